@@ -1,0 +1,232 @@
+"""The fused ULSAM subspace-attention Triton kernel (single source of truth) + torch launcher.
+
+Math: see :mod:`ulsam_deploy.kernels.reference`. Design (full discussion in ``docs/kernel.md``):
+
+Work item = (batch ``n``, group ``k``, channel-split index ``s``); programs are persistent and
+loop over items. For one item the program runs three passes:
+
+A. **logits** - for each column tile (``BLOCK_W`` >= W in practice) and each channel block
+   (``BLOCK_C`` channels) it slides a 3-row window down the image: per row it loads row ``r+1``
+   three times (columns -1/0/+1, all L1 hits but the centre), forms the horizontal 3-max, and
+   takes the vertical max with the two previous rows kept in registers. So ``x`` is read once
+   from DRAM and 3x from L1, instead of 9x for a naive 3x3 gather. The depthwise affine+ReLU is
+   applied *after* pooling (it is monotone per channel: max for a positive scale, min via sign
+   flip for a negative one), i.e. once per element instead of 9 times. The channel-weighted
+   sum for row ``r`` is accumulated into a per-program fp32 workspace row (read-modify-write
+   across channel blocks, separated by a CTA barrier).
+B. **softmax statistics** - one online pass (running max + rescaled sum, exp2) over the
+   ``H*W`` logits of the workspace row (L1/L2 resident).
+C. **output** - for each block of ``OUT_HW`` positions compute ``1 + A`` once and stream the
+   item's channels: ``y = x * (1 + A)``. This second read of ``x`` is meant to hit L2: the
+   planner bounds the persistent grid so that the group slices in flight fit in half the L2.
+
+fp16 in/out, fp32 everywhere inside. Per-element offsets are int32 relative to a per-group
+int64 base, so ``G*H*W`` must be < 2**31 (far above any real layer).
+
+Runtime ``int`` arguments (never specialised: the AOT PTX takes them as ``.param .u32``)::
+
+    G, H, W, groups, n_items, split, chunk, relu_dw, relu_pw
+
+Pointer order: ``x, y, dw_scale, dw_shift, pw_weight, pw_bias, ws`` and then - added by Triton
+itself - the two hidden trailing scratch pointers (global scratch, profile scratch), which a
+raw ``cuLaunchKernel`` must pass (NULL is fine: this kernel requests no scratch).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from . import plan as _plan
+
+LOG2E = 1.4426950408889634
+
+# Order of the kernel's runtime parameters (constexprs excluded). Shared with aot.py and the C++
+# launcher; tests check it against the compiled signature.
+PARAM_ORDER = (
+    ("x_ptr", "ptr_io"), ("y_ptr", "ptr_io"),
+    ("dw_scale_ptr", "*fp32"), ("dw_shift_ptr", "*fp32"),
+    ("pw_weight_ptr", "*fp32"), ("pw_bias_ptr", "*fp32"), ("ws_ptr", "*fp32"),
+    ("G", "i32"), ("H", "i32"), ("W", "i32"), ("groups", "i32"), ("n_items", "i32"),
+    ("split", "i32"), ("chunk", "i32"), ("relu_dw", "i32"), ("relu_pw", "i32"),
+)
+CONSTEXPR_NAMES = ("BLOCK_W", "BLOCK_C", "OUT_HW", "OUT_C")
+KERNEL_NAME = "ulsam_subspace_attention_kernel"
+
+
+@triton.jit
+def _hmax_row(xg, ch_off, chm, sg, r, H, W, cols):
+    """Horizontal 3-max of sign-flipped row ``r`` for a [BLOCK_C, BLOCK_W] tile.
+
+    Out-of-image positions (row or column) are -inf, so padding never wins."""
+    row_ok = r < H
+    base = ch_off[:, None] + (r * W + cols)[None, :]
+    sgb = sg[:, None]
+    m_c = chm[:, None] & ((cols < W) & row_ok)[None, :]
+    v = tl.load(xg + base, mask=m_c, other=0.0).to(tl.float32)
+    h = tl.where(m_c, v * sgb, float("-inf"))
+    m_l = chm[:, None] & ((cols >= 1) & (cols <= W) & row_ok)[None, :]
+    v = tl.load(xg + base - 1, mask=m_l, other=0.0).to(tl.float32)
+    h = tl.maximum(h, tl.where(m_l, v * sgb, float("-inf")))
+    m_r = chm[:, None] & ((cols + 1 < W) & row_ok)[None, :]
+    v = tl.load(xg + base + 1, mask=m_r, other=0.0).to(tl.float32)
+    h = tl.maximum(h, tl.where(m_r, v * sgb, float("-inf")))
+    return h
+
+
+@triton.jit
+def ulsam_subspace_attention_kernel(
+    x_ptr, y_ptr, dw_scale_ptr, dw_shift_ptr, pw_weight_ptr, pw_bias_ptr, ws_ptr,
+    G, H, W, groups, n_items, split, chunk, relu_dw, relu_pw,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, OUT_HW: tl.constexpr, OUT_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    HW = H * W
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_hw = tl.arange(0, OUT_HW)
+    offs_oc = tl.arange(0, OUT_C)
+    offs_b = tl.arange(0, BLOCK_C * BLOCK_W)
+    wsg = ws_ptr + pid.to(tl.int64) * HW  # this program's logit row
+    for item in range(pid, n_items, nprog):
+        grp = item // split  # = n * groups + k
+        s_idx = item - grp * split
+        k = grp % groups
+        xoff = grp.to(tl.int64) * G * HW  # x[n, k*G, 0, 0]
+        xg = x_ptr + xoff
+        yg = y_ptr + xoff
+        cbase = k * G  # first channel of the group in the constant arrays
+        bias = tl.load(pw_bias_ptr + k)
+
+        # ---- pass A: raw logits sum_c w_c * maxpool(relu(s_c x_c + t_c)) -> ws row ----
+        for w0 in range(0, W, BLOCK_W):
+            cols = w0 + offs_w
+            colm = cols < W
+            for c0 in range(0, G, BLOCK_C):
+                tl.debug_barrier()  # previous channel block / previous item done with ws
+                ch = c0 + offs_c
+                chm = ch < G
+                sc = tl.load(dw_scale_ptr + cbase + ch, mask=chm, other=1.0)
+                sh = tl.load(dw_shift_ptr + cbase + ch, mask=chm, other=0.0)
+                wt = tl.load(pw_weight_ptr + cbase + ch, mask=chm, other=0.0)
+                sg = tl.where(sc >= 0, 1.0, -1.0)
+                sa = tl.abs(sc)
+                ch_off = ch * HW
+                valid_c = chm[:, None] & colm[None, :]
+                h_prev = tl.full([BLOCK_C, BLOCK_W], float("-inf"), tl.float32)
+                h_cur = _hmax_row(xg, ch_off, chm, sg, 0, H, W, cols)
+                for r in range(0, H):
+                    h_next = _hmax_row(xg, ch_off, chm, sg, r + 1, H, W, cols)
+                    pooled = tl.maximum(tl.maximum(h_prev, h_cur), h_next)
+                    a = sa[:, None] * pooled + sh[:, None]
+                    a = tl.where(relu_dw != 0, tl.maximum(a, 0.0), a)
+                    contrib = tl.sum(tl.where(valid_c, wt[:, None] * a, 0.0), axis=0)
+                    wp = wsg + r * W + cols
+                    old = tl.load(wp, mask=colm & (c0 > 0), other=0.0)
+                    tl.store(wp, old + contrib, mask=colm)
+                    h_prev = h_cur
+                    h_cur = h_next
+        tl.debug_barrier()
+
+        # ---- pass B: online softmax statistics over the H*W logits ----
+        m_run = tl.max(tl.full([OUT_HW], float("-inf"), tl.float32), axis=0)
+        s_run = tl.sum(tl.zeros([OUT_HW], tl.float32), axis=0)
+        for p0 in range(0, HW, OUT_HW):
+            p = p0 + offs_hw
+            pm = p < HW
+            lg = tl.load(wsg + p, mask=pm, other=0.0) + bias
+            lg = tl.where(relu_pw != 0, tl.maximum(lg, 0.0), lg)
+            lg = tl.where(pm, lg * LOG2E, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(lg, axis=0))
+            s_run = s_run * tl.exp2(m_run - m_new) + tl.sum(tl.exp2(lg - m_new), axis=0)
+            m_run = m_new
+        inv_s = 1.0 / s_run
+
+        # ---- pass C: y = x * (1 + A) for this item's channels ----
+        c_lo = s_idx * chunk
+        c_hi = tl.minimum(c_lo + chunk, G)
+        for p0 in range(0, HW, OUT_HW):
+            p = p0 + offs_hw
+            pm = p < HW
+            lg = tl.load(wsg + p, mask=pm, other=0.0) + bias
+            lg = tl.where(relu_pw != 0, tl.maximum(lg, 0.0), lg)
+            scale = 1.0 + tl.exp2(lg * LOG2E - m_run) * inv_s
+            for c0 in range(c_lo, c_hi, OUT_C):
+                oc = c0 + offs_oc
+                m2 = (oc < c_hi)[:, None] & pm[None, :]
+                off = oc[:, None] * HW + p[None, :]
+                xv = tl.load(xg + off, mask=m2, other=0.0)
+                yv = xv.to(tl.float32) * scale[None, :]
+                tl.store(yg + off, yv.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+# --------------------------------------------------------------------------- torch launcher
+
+
+def _as_f32_tensor(v, device, n, name):
+    import numpy as np
+    import torch
+
+    t = v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v, dtype=np.float32))
+    t = t.to(device=device, dtype=torch.float32).contiguous()
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    return t
+
+
+def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
+                       relu_dw: bool = True, relu_pw: bool = True, *, out=None,
+                       workspace=None, split: int | None = None, grid: int | None = None,
+                       sm_count: int | None = None, l2_bytes: int | None = None,
+                       variant: int | None = None, return_plan: bool = False):
+    """Run the fused kernel on a contiguous NCHW fp32/fp16 tensor ``x``.
+
+    Works on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``. ``split``, ``grid``
+    and ``variant`` override the planner (tests use them to hit the channel split, the
+    persistent loop and every tile family). ``workspace``: optional fp32 tensor with at least
+    ``plan.grid * H * W`` elements.
+    """
+    import torch
+
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D NCHW, got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"x must be float32 or float16, got {x.dtype}")
+    x = x.contiguous()
+    n, c, h, w = x.shape
+    if groups < 1 or c % groups:
+        raise ValueError(f"channels ({c}) must be a positive multiple of groups ({groups})")
+    dtype = "fp16" if x.dtype == torch.float16 else "fp32"
+    if sm_count is None and x.is_cuda:
+        props = torch.cuda.get_device_properties(x.device)
+        sm_count = props.multi_processor_count
+        l2_bytes = l2_bytes or getattr(props, "L2_cache_size", None)
+    pl = _plan.make_plan(n, c, h, w, groups, dtype, sm_count=sm_count, l2_bytes=l2_bytes,
+                         split=split, grid=grid)
+    vid = pl.variant if variant is None else variant
+    var = _plan.VARIANTS[vid]
+    if variant is not None:  # re-plan the chunking with the forced variant's OUT_C
+        chunk = min(c // groups, _plan.cdiv(_plan.cdiv(c // groups, pl.split), var.out_c) * var.out_c)
+        spl = _plan.cdiv(c // groups, chunk)
+        items = n * groups * spl
+        pl = _plan.Plan(vid, spl, chunk, items, min(pl.grid, items), min(pl.grid, items) * h * w * 4,
+                        var.num_warps)
+    dev = x.device
+    s_t = _as_f32_tensor(dw_scale, dev, c, "dw_scale")
+    t_t = _as_f32_tensor(dw_shift, dev, c, "dw_shift")
+    w_t = _as_f32_tensor(pw_weight, dev, c, "pw_weight")
+    b_t = _as_f32_tensor(pw_bias, dev, groups, "pw_bias")
+    y = torch.empty_like(x) if out is None else out
+    if workspace is None:
+        workspace = torch.empty(pl.grid * h * w, device=dev, dtype=torch.float32)
+    elif workspace.numel() < pl.grid * h * w or workspace.dtype != torch.float32:
+        raise ValueError("workspace must be fp32 with at least grid*H*W elements")
+    ulsam_subspace_attention_kernel[(pl.grid,)](
+        x, y, s_t, t_t, w_t, b_t, workspace,
+        c // groups, h, w, groups, pl.items, pl.split, pl.chunk, int(bool(relu_dw)),
+        int(bool(relu_pw)),
+        BLOCK_W=var.block_w, BLOCK_C=var.block_c, OUT_HW=var.out_hw, OUT_C=var.out_c,
+        num_warps=var.num_warps,
+    )
+    return (y, pl) if return_plan else y

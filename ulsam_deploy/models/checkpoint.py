@@ -1,0 +1,293 @@
+"""Checkpoint I/O.
+
+Our format is self-describing (config, class names, input size, mean/std, state dict), so
+``export ckpt.pt`` needs no flags. Foreign layouts are accepted too: a bare state dict,
+``{"state_dict": ...}``, ``{"model": ...}``, keys prefixed by ``module.`` or ``model.``; their
+config comes from flags, or is inferred from the tensor shapes when flags are absent.
+Files are always read with ``weights_only=True``: nothing in a checkpoint is executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ConfigError
+from .mobilenet import MobileNetULSAM, ModelConfig
+from .ulsam import ULSAM
+
+FORMAT = "ulsam-deploy/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself, beside the weights."""
+
+    config: ModelConfig
+    class_names: list[str] | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    meta: dict = field(default_factory=dict)
+    source_format: str = FORMAT
+    inferred: bool = False  # config inferred from tensor shapes rather than stored or given
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+
+def save_checkpoint(model: MobileNetULSAM, path: str | os.PathLike, *, class_names=None,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, **meta) -> Path:
+    """Write a self-describing checkpoint atomically (temp file, then rename)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "input_size": model.config.input_size,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "meta": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> object:
+    """``torch.load(weights_only=True)`` with one-sentence errors for missing/corrupt/unsafe files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint '{path}' does not exist; check the path.")
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory, not a checkpoint file; pass the .pt/.pth file inside it.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"Checkpoint '{path}' contains Python objects beyond tensors and plain data, which are not loaded "
+                "for safety (weights_only=True); re-save it as a state dict: torch.save(model.state_dict(), path)."
+            ) from exc
+        raise CheckpointError(f"Checkpoint '{path}' is corrupt or not a PyTorch file ({_first_line(exc)}); re-export or re-download it.") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"Checkpoint '{path}' is corrupt or not a PyTorch file ({_first_line(exc)}); re-export or re-download it.") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(
+        isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _strip_prefixes(state: dict) -> dict:
+    for prefix in ("module.", "model.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def extract_state_dict(obj: object, path: str | os.PathLike = "checkpoint") -> tuple[dict, dict]:
+    """Return (state_dict, container) for any accepted layout."""
+    container: dict = obj if isinstance(obj, dict) else {}
+    if _is_state_dict(obj):
+        return _strip_prefixes(dict(obj)), {}
+    for key in ("state_dict", "model", "model_state_dict", "weights"):
+        inner = container.get(key)
+        if _is_state_dict(inner):
+            return _strip_prefixes(dict(inner)), container
+    raise CheckpointError(
+        f"'{path}' holds no state dict (expected tensors, or a dict with 'state_dict' or 'model'); "
+        "save it with torch.save(model.state_dict(), path)."
+    )
+
+
+_ULSAM_KEY = re.compile(r"^(features\.(\d+)|ulsam_after\.(\d+))\.subspaces\.(\d+)\.conv_dws\.weight$")
+
+
+def infer_config(state: dict, input_size: int = 224) -> ModelConfig:
+    """Infer arch, width, ULSAM positions, groups and classes from tensor names and shapes."""
+    if "features.0.0.weight" not in state or "classifier.1.weight" not in state:
+        raise CheckpointError(
+            "The state dict does not look like an MV1/MV2 network of this project or torchvision "
+            "(no 'features.0.0.weight' / 'classifier.1.weight'); pass --arch and the other flags if it is one."
+        )
+    arch = "mv2" if any(".conv.0." in k or ".conv.1." in k for k in state) else "mv1"
+    stem = state["features.0.0.weight"].shape[0]
+    width = round(stem / 32, 4)
+    if arch == "mv1":
+        width = next((w for w in (1.0, 0.75, 0.5, 0.25, 1.25, 1.5, 2.0) if int(32 * w) == stem), width)
+    else:
+        from .mobilenet import make_divisible
+        width = next((w for w in (1.0, 0.75, 0.5, 0.35, 1.3, 1.4, 1.5, 2.0) if make_divisible(32 * w) == stem), width)
+    groups: dict[str, set[int]] = {}
+    for key in state:
+        m = _ULSAM_KEY.match(key)
+        if m:
+            pos = f"{int(m.group(2)) + 1}" if m.group(2) else f"{m.group(3)}:1"
+            groups.setdefault(pos, set()).add(int(m.group(4)))
+    counts = {len(v) for v in groups.values()}
+    g = counts.pop() if len(counts) == 1 else 4
+    plain = bool(groups) and not any(".bn_dws." in k for k in state)
+    return ModelConfig(arch=arch, width=width, ulsam=",".join(groups), groups=g,
+                       num_classes=state["classifier.1.weight"].shape[0], input_size=input_size,
+                       in_channels=state["features.0.0.weight"].shape[1], plain_ulsam=plain)
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides) -> MobileNetULSAM:
+    """Load any accepted checkpoint into an eval-mode model (config from file, flags, or shapes)."""
+    model, _ = load_checkpoint_with_info(path, **overrides)
+    return model
+
+
+def load_checkpoint_with_info(path: str | os.PathLike, **overrides) -> tuple[MobileNetULSAM, CheckpointInfo]:
+    obj = read_checkpoint_file(path)
+    state, container = extract_state_dict(obj, path)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    stored = container.get("config") if isinstance(container.get("config"), dict) else None
+    inferred = False
+    if stored is not None:
+        config_dict = dict(stored)
+        conflicts = {k: (config_dict.get(k), v) for k, v in overrides.items()
+                     if k in config_dict and k not in ("input_size",) and _differs(config_dict[k], v, k)}
+        if conflicts:
+            desc = ", ".join(f"--{k.replace('_', '-')} {v!s} (checkpoint: {c!s})" for k, (c, v) in conflicts.items())
+            raise CheckpointError(
+                f"'{path}' is a self-describing checkpoint and {desc} contradicts it; drop those flags."
+            )
+        config_dict.update(overrides)
+        config = ModelConfig.from_dict(config_dict)
+    else:
+        guess = _safe_infer(state, overrides.get("input_size", container.get("input_size", 224)))
+        if guess is None and "arch" not in overrides:
+            raise CheckpointError(
+                f"'{path}' carries no model config and its keys do not reveal one; pass --arch, --width, --ulsam, "
+                "--groups and --num-classes."
+            )
+        same_arch = guess is not None and ("arch" not in overrides or ModelConfig(arch=overrides["arch"]).arch == guess.arch)
+        base = guess.to_dict() if same_arch else {}
+        base.update(overrides)
+        config = ModelConfig.from_dict(base)
+        inferred = guess is not None and not overrides.keys() & {"arch", "width", "ulsam", "groups", "num_classes"}
+    try:
+        model = MobileNetULSAM(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"Cannot build the model for '{path}': {exc}") from exc
+    _load_strict(model, state, path)
+    model.eval()
+    info = CheckpointInfo(
+        config=config,
+        class_names=container.get("class_names"),
+        mean=tuple(container.get("mean") or IMAGENET_MEAN),
+        std=tuple(container.get("std") or IMAGENET_STD),
+        meta=container.get("meta") or {},
+        source_format=container.get("format", "state_dict"),
+        inferred=inferred,
+    )
+    return model, info
+
+
+def _differs(stored, given, key) -> bool:
+    if key == "ulsam":
+        return ModelConfig(ulsam=stored or "").ulsam != ModelConfig(ulsam=given or "").ulsam
+    if key == "arch":
+        return ModelConfig(arch=stored).arch != ModelConfig(arch=given).arch
+    if isinstance(stored, float) or isinstance(given, float):
+        return abs(float(stored) - float(given)) > 1e-9
+    return stored != given
+
+
+def _safe_infer(state: dict, input_size: int) -> ModelConfig | None:
+    try:
+        return infer_config(state, int(input_size))
+    except (CheckpointError, ConfigError):
+        return None
+
+
+def _load_strict(model: MobileNetULSAM, state: dict, path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        if wrong_shape:
+            parts.append(f"wrong shape {_few(wrong_shape)}")
+        guess = _safe_infer(state, model.config.input_size)
+        hint = ""
+        if guess is not None and guess.to_dict() != model.config.to_dict():
+            hint = (f" The weights look like: --arch {guess.arch} --width {guess.width:g} --ulsam '{guess.ulsam}' "
+                    f"--groups {guess.groups} --num-classes {guess.num_classes}.")
+        raise CheckpointError(
+            f"'{path}' does not fit {model.config.describe()}: {'; '.join(parts)}.{hint}"
+            + ("" if hint else " Check --arch/--width/--ulsam/--groups/--num-classes.")
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# ------------------------------------------------------------------------ pretrained (torchvision)
+
+@dataclass
+class PretrainedReport:
+    loaded: int
+    skipped: list[str]  # keys of substituted layers or mismatched heads
+    fresh: list[str]  # keys of the model left at their init (ULSAM blocks, new head)
+
+    def summary(self) -> str:
+        return (f"loaded {self.loaded} tensors, skipped {len(self.skipped)} (replaced layers / other head), "
+                f"{len(self.fresh)} left at fresh init (ULSAM / new head)")
+
+
+def load_pretrained(model: MobileNetULSAM, source) -> PretrainedReport:
+    """Load torchvision-layout weights (a path or a state dict) into a model with ULSAM anywhere.
+
+    Tensors of layers that ULSAM replaces, and a classifier of another size, are skipped and
+    reported; ULSAM blocks keep their fresh init. No manual key surgery needed.
+    """
+    state = source if isinstance(source, dict) else extract_state_dict(read_checkpoint_file(source), source)[0]
+    state = _strip_prefixes(dict(state))
+    target = model.state_dict()
+    replaced = {f"features.{i}." for i, layer in enumerate(model.features) if isinstance(layer, ULSAM)}
+    usable, skipped = {}, []
+    for key, tensor in state.items():
+        if any(key.startswith(p) for p in replaced) or key not in target or target[key].shape != tensor.shape:
+            skipped.append(key)
+        else:
+            usable[key] = tensor
+    if not usable:
+        raise CheckpointError("None of the pretrained tensors fit this model; check that they are MobileNet-V2 weights in torchvision's layout.")
+    model.load_state_dict(usable, strict=False)
+    fresh = [k for k in target if k not in usable]
+    return PretrainedReport(loaded=len(usable), skipped=skipped, fresh=fresh)

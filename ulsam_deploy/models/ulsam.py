@@ -1,0 +1,162 @@
+"""ULSAM: ultra-lightweight subspace attention (Saini et al., WACV 2020).
+
+Two forms of the same math:
+
+* :class:`ULSAM` is the training form, child-for-child identical to the reference implementation
+  (``subspaces.<i>.conv_dws`` ... ``softmax``), so reference checkpoints load with ``strict=True``.
+* :class:`ULSAMExport` is the deployment form: BatchNorm folded into per-channel constants and all
+  groups computed by one branch (one depthwise conv, one max pool, one grouped 1x1 conv giving ``g``
+  maps, one softmax on ``[N, g, h*w]``), so the exported graph has the same node count for any ``g``.
+
+:class:`FoldedULSAM` holds the folded constants; it is the contract shared with the ONNX fusion
+pass, the Triton kernel and the TensorRT plugin (see ``docs/kernel.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class SubSpace(nn.Module):
+    """One subspace: attention map over h*w from its G channels, applied as ``x * (1 + A)``."""
+
+    def __init__(self, channels: int, plain: bool = False):
+        super().__init__()
+        self.plain = plain
+        self.conv_dws = nn.Conv2d(channels, channels, kernel_size=1, groups=channels, bias=True)
+        self.bn_dws = nn.Identity() if plain else nn.BatchNorm2d(channels, momentum=0.9)
+        self.relu_dws = nn.Identity() if plain else nn.ReLU(inplace=False)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.conv_point = nn.Conv2d(channels, 1, kernel_size=1, bias=True)
+        self.bn_point = nn.Identity() if plain else nn.BatchNorm2d(1, momentum=0.9)
+        self.relu_point = nn.Identity() if plain else nn.ReLU(inplace=False)
+        self.softmax = nn.Softmax(dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu_dws(self.bn_dws(self.conv_dws(x)))
+        out = self.maxpool(out)
+        out = self.relu_point(self.bn_point(self.conv_point(out)))
+        n, c, h, w = out.shape
+        attention = self.softmax(out.view(n, c, h * w)).view(n, c, h, w)
+        return attention.expand_as(x) * x + x
+
+
+class ULSAM(nn.Module):
+    """Training form: ``g`` subspaces over contiguous channel chunks (``torch.chunk``)."""
+
+    def __init__(self, channels: int, groups: int = 4, plain: bool = False):
+        super().__init__()
+        if groups < 1 or channels % groups != 0:
+            raise ConfigError(
+                f"ULSAM cannot split {channels} channels into {groups} groups "
+                f"(channels must be divisible by groups); choose groups from {divisors_upto(channels, 16)}."
+            )
+        self.channels = channels
+        self.groups = groups
+        self.plain = plain
+        self.subspaces = nn.ModuleList(SubSpace(channels // groups, plain) for _ in range(groups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = torch.chunk(x, self.groups, dim=1)
+        return torch.cat([sub(chunk) for sub, chunk in zip(self.subspaces, chunks)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, groups={self.groups}" + (", plain=True" if self.plain else "")
+
+
+def divisors_upto(n: int, limit: int) -> list[int]:
+    return [d for d in (1, 2, 4, 8, 16, 32) if d <= limit and n % d == 0]
+
+
+@dataclass
+class FoldedULSAM:
+    """Eval-mode ULSAM as constants: ``a = relu?(s*x + t)``, ``p = maxpool3x3(a)``,
+    ``l_k = relu?(sum_{c in k} w_c p_c + b_k)``, ``A_k = softmax_hw(l_k)``, ``y = x (1 + A)``."""
+
+    groups: int
+    dw_scale: np.ndarray  # [C]
+    dw_shift: np.ndarray  # [C]
+    pw_weight: np.ndarray  # [C]
+    pw_bias: np.ndarray  # [g]
+    relu_dw: bool = True
+    relu_pw: bool = True
+
+    @property
+    def channels(self) -> int:
+        return int(self.dw_scale.shape[0])
+
+
+def _bn_affine(bn: nn.Module, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm; identity for ``nn.Identity``."""
+    if isinstance(bn, nn.BatchNorm2d):
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+    return torch.ones(size), torch.zeros(size)
+
+
+@torch.no_grad()
+def fold_ulsam(module: ULSAM) -> FoldedULSAM:
+    """Fold every subspace's conv + BN pairs into per-channel constants (eval-mode statistics)."""
+    scales, shifts, weights, biases = [], [], [], []
+    for sub in module.subspaces:
+        g_ch = sub.conv_dws.out_channels
+        bn_s, bn_t = _bn_affine(sub.bn_dws, g_ch)
+        scales.append(sub.conv_dws.weight.reshape(g_ch) * bn_s)
+        shifts.append(sub.conv_dws.bias * bn_s + bn_t)
+        pbn_s, pbn_t = _bn_affine(sub.bn_point, 1)
+        weights.append(sub.conv_point.weight.reshape(g_ch) * pbn_s)
+        biases.append(sub.conv_point.bias * pbn_s + pbn_t)
+    as_np = lambda ts: torch.cat(ts).detach().float().cpu().numpy()  # noqa: E731
+    return FoldedULSAM(
+        groups=module.groups,
+        dw_scale=as_np(scales),
+        dw_shift=as_np(shifts),
+        pw_weight=as_np(weights),
+        pw_bias=as_np(biases),
+        relu_dw=not module.plain,
+        relu_pw=not module.plain,
+    )
+
+
+class ULSAMExport(nn.Module):
+    """Deployment form of :class:`ULSAM`: one branch for all groups, node count independent of g."""
+
+    def __init__(self, folded: FoldedULSAM):
+        super().__init__()
+        c, g = folded.channels, folded.groups
+        self.channels, self.groups = c, g
+        self.relu_dw, self.relu_pw = folded.relu_dw, folded.relu_pw
+        self.dw = nn.Conv2d(c, c, kernel_size=1, groups=c, bias=True)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.pw = nn.Conv2d(c, g, kernel_size=1, groups=g, bias=True)
+        with torch.no_grad():
+            self.dw.weight.copy_(torch.from_numpy(folded.dw_scale).view(c, 1, 1, 1))
+            self.dw.bias.copy_(torch.from_numpy(folded.dw_shift))
+            self.pw.weight.copy_(torch.from_numpy(folded.pw_weight).view(g, c // g, 1, 1))
+            self.pw.bias.copy_(torch.from_numpy(folded.pw_bias))
+
+    @classmethod
+    def from_ulsam(cls, module: ULSAM) -> "ULSAMExport":
+        return cls(fold_ulsam(module))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        g = self.groups
+        a = self.dw(x)
+        if self.relu_dw:
+            a = torch.relu(a)
+        logits = self.pw(self.pool(a))
+        if self.relu_pw:
+            logits = torch.relu(logits)
+        attention = torch.softmax(logits.reshape(-1, g, h * w), dim=2).reshape(-1, g, 1, h * w)
+        y = x.reshape(-1, g, c // g, h * w) * (attention + 1.0)
+        return y.reshape(-1, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, groups={self.groups}"
