@@ -29,23 +29,33 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-#: Tile elements per program for the two tile families.
-BIG_TILE = 1024  # 4 warps, 8 fp32 lanes per thread
-SMALL_TILE = 128  # 1 warp, 4 lanes per thread (small groups)
-BIG_WARPS = 4
-SMALL_WARPS = 1
-BIG_OUT_TILE = 1024
-SMALL_OUT_TILE = 256
-BLOCK_WS = (8, 16, 32, 64, 128)
+#: Tile families. A pass-A tile is [BLOCK_C channels, ROWS strips x BLOCK_W columns]; the
+#: "row-tile" width ROWS*BLOCK_W is 64 for BLOCK_W=8 (a whole <=8x8 image) and 256 for
+#: BLOCK_W=16 (a whole <=16x16 image; wider images loop over 16-column tiles, taller ones
+#: split the rows into 16 strips).
+BIG_TILE = 2048  # 8 warps, 8 fp32 lanes per thread
+SMALL_TILE = 256  # 2 warps, 4 lanes per thread (groups of very few channels)
+BIG_WARPS = 8
+SMALL_WARPS = 2
+BLOCK_WS = (8, 16)
 
 #: Cap on the channel split (redundant logit computations per group).
 MAX_SPLIT = 16
-#: CTAs per SM we aim for (big tiles / small tiles), i.e. >= 8 resident warps per SM.
-CTAS_PER_SM_BIG = 2
-CTAS_PER_SM_SMALL = 8
-#: Defaults used when the device is unknown (CPU interpreter, workspace upper bounds).
+#: Programs per SM the channel split aims for (only when N*groups is below that).
+SPLIT_CTAS_PER_SM = 2
+#: Minimum persistent programs per SM (big tiles / small tiles): >= 8 resident warps per SM.
+CTAS_PER_SM_BIG = 1
+CTAS_PER_SM_SMALL = 4
+#: Defaults used when the device is unknown (CPU interpreter).
 DEFAULT_SM_COUNT = 132
 DEFAULT_L2_BYTES = 50 * 1024 * 1024
+#: Workspace sizing is device independent and monotone in N, H, W (TensorRT sizes the
+#: workspace once for the profile's max shape at build time; any smaller shape must fit):
+#: bytes = min(N*groups*MAX_SPLIT*HW*4, max(WS_MIN_ROWS*HW*4, (WS_L2_REF_BYTES // (G*elem))*4 + HW*4))
+#: (each term is non-decreasing in N and HW, hence so is the min/max; the second one gives at
+#: least ``WS_L2_REF_BYTES / slice_bytes`` rows).
+WS_MIN_ROWS = 1024
+WS_L2_REF_BYTES = 32 * 1024 * 1024
 
 DTYPES = ("fp32", "fp16")
 DTYPE_CODES = {"fp32": 0, "fp16": 1}
@@ -57,27 +67,32 @@ class Variant:
     """One compiled specialization of the kernel (per dtype)."""
 
     block_w: int
+    rows: int
     block_c: int
-    num_warps: int
-    out_hw: int
     out_c: int
+    num_warps: int
+
+    @property
+    def row_tile(self) -> int:
+        """Positions per pass-A/pass-C tile row (= OUT_HW)."""
+        return self.rows * self.block_w
 
     @property
     def name(self) -> str:
-        return f"w{self.block_w}_c{self.block_c}"
+        return f"w{self.block_w}_r{self.rows}_c{self.block_c}"
 
     @property
     def constexprs(self) -> dict:
-        return {"BLOCK_W": self.block_w, "BLOCK_C": self.block_c, "OUT_HW": self.out_hw,
+        return {"BLOCK_W": self.block_w, "ROWS": self.rows, "BLOCK_C": self.block_c,
                 "OUT_C": self.out_c}
 
 
 def _variant(block_w: int, small: bool) -> Variant:
     tile = SMALL_TILE if small else BIG_TILE
-    out_tile = SMALL_OUT_TILE if small else BIG_OUT_TILE
-    block_c = max(1, tile // block_w)
-    out_hw = min(out_tile, block_w * block_w)
-    return Variant(block_w, block_c, SMALL_WARPS if small else BIG_WARPS, out_hw, out_tile // out_hw)
+    row_tile = 64 if block_w == 8 else 256
+    block_c = max(1, tile // row_tile)
+    return Variant(block_w, row_tile // block_w, block_c, block_c,
+                   SMALL_WARPS if small else BIG_WARPS)
 
 
 #: All compiled variants, in a fixed order (index = variant id in the C++ tables).
@@ -138,23 +153,32 @@ def make_plan(n: int, c: int, h: int, w: int, groups: int, dtype: str = "fp32", 
     ctas_per_sm = CTAS_PER_SM_SMALL if var.num_warps == SMALL_WARPS else CTAS_PER_SM_BIG
     target = sm * ctas_per_sm
     ng = n * groups
-    if split is None:
-        split = min(MAX_SPLIT, cdiv(g_size, var.out_c), max(1, cdiv(target, ng)))
+    if split is None:  # redundant logit work buys parallelism only when groups are scarce
+        split = min(MAX_SPLIT, cdiv(g_size, var.out_c), max(1, (sm * SPLIT_CTAS_PER_SM) // ng))
     split = max(1, min(split, g_size))
     chunk = cdiv(g_size, split)
     chunk = min(g_size, cdiv(chunk, var.out_c) * var.out_c)
     split = cdiv(g_size, chunk)
     items = ng * split
+    slice_bytes = g_size * hw * ELEM_BYTES[dtype]
     if grid is None:
-        slice_bytes = g_size * hw * ELEM_BYTES[dtype]
-        grid = max(target, (l2 // 2) // max(1, slice_bytes))
-    grid = max(1, min(grid, items))
-    if workspace_limit is not None:
-        grid = max(1, min(grid, workspace_limit // (hw * 4)))
+        grid = max(target, (l2 // 2) // slice_bytes)
+    limit = workspace_bytes(n, c, h, w, groups, dtype) if workspace_limit is None else workspace_limit
+    if limit < hw * 4:
+        raise ValueError(f"workspace of {limit} bytes is below one logit row ({hw * 4} bytes)")
+    grid = max(1, min(grid, items, limit // (hw * 4)))
     return Plan(vid, split, chunk, items, grid, grid * hw * 4, var.num_warps)
 
 
-def workspace_bytes(n: int, c: int, h: int, w: int, groups: int, dtype: str = "fp32", *,
-                    sm_count: int | None = None, l2_bytes: int | None = None) -> int:
-    """Workspace (bytes) the default plan needs; the C++ twin is ``ulsam_sa_workspace_size``."""
-    return make_plan(n, c, h, w, groups, dtype, sm_count=sm_count, l2_bytes=l2_bytes).workspace_bytes
+def workspace_bytes(n: int, c: int, h: int, w: int, groups: int, dtype: str = "fp32") -> int:
+    """Workspace (bytes) that always suffices for this shape on any device.
+
+    Device independent and non-decreasing in ``n``, ``h`` and ``w`` so that a size computed for
+    a profile's max shape covers every smaller one. C++ twin: ``ulsam_sa_workspace_size``."""
+    if min(n, c, h, w, groups) < 1 or c % groups:
+        raise ValueError(f"bad shape N={n} C={c} H={h} W={w} groups={groups}")
+    if dtype not in ELEM_BYTES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    hw = h * w
+    per_hw = WS_L2_REF_BYTES // ((c // groups) * ELEM_BYTES[dtype])
+    return min(n * groups * MAX_SPLIT * hw * 4, max(WS_MIN_ROWS * hw * 4, per_hw * 4 + hw * 4))

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from . import plan as _plan
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 # Order of the kernel's runtime parameters (constexprs excluded). Shared with aot.py and the C++
 # launcher; tests check it against the compiled signature.
@@ -50,25 +50,26 @@ PARAM_ORDER = (
     ("G", "i32"), ("H", "i32"), ("W", "i32"), ("groups", "i32"), ("n_items", "i32"),
     ("split", "i32"), ("chunk", "i32"), ("relu_dw", "i32"), ("relu_pw", "i32"),
 )
-CONSTEXPR_NAMES = ("BLOCK_W", "BLOCK_C", "OUT_HW", "OUT_C")
+CONSTEXPR_NAMES = ("BLOCK_W", "ROWS", "BLOCK_C", "OUT_C")
 KERNEL_NAME = "ulsam_subspace_attention_kernel"
 
 
 @triton.jit
-def _hmax_row(xg, ch_off, chm, sg, r, H, W, cols):
-    """Horizontal 3-max of sign-flipped row ``r`` for a [BLOCK_C, BLOCK_W] tile.
+def _hmax_rows(xg, ch_off, chm, sg, rows, H, W, cols):
+    """Horizontal 3-max of the sign-flipped input for a [BLOCK_C, ROWS*BLOCK_W] tile whose
+    lanes sit at (``rows``, ``cols``) (both per-lane vectors).
 
-    Out-of-image positions (row or column) are -inf, so padding never wins."""
-    row_ok = r < H
-    base = ch_off[:, None] + (r * W + cols)[None, :]
+    Out-of-image positions (row or column) give -inf, so padding never wins."""
+    rok = (rows >= 0) & (rows < H)
+    base = ch_off[:, None] + (rows * W + cols)[None, :]
     sgb = sg[:, None]
-    m_c = chm[:, None] & ((cols < W) & row_ok)[None, :]
+    m_c = chm[:, None] & (rok & (cols < W))[None, :]
     v = tl.load(xg + base, mask=m_c, other=0.0).to(tl.float32)
     h = tl.where(m_c, v * sgb, float("-inf"))
-    m_l = chm[:, None] & ((cols >= 1) & (cols <= W) & row_ok)[None, :]
+    m_l = chm[:, None] & (rok & (cols >= 1) & (cols <= W))[None, :]
     v = tl.load(xg + base - 1, mask=m_l, other=0.0).to(tl.float32)
     h = tl.maximum(h, tl.where(m_l, v * sgb, float("-inf")))
-    m_r = chm[:, None] & ((cols + 1 < W) & row_ok)[None, :]
+    m_r = chm[:, None] & (rok & (cols + 1 < W))[None, :]
     v = tl.load(xg + base + 1, mask=m_r, other=0.0).to(tl.float32)
     h = tl.maximum(h, tl.where(m_r, v * sgb, float("-inf")))
     return h
@@ -78,16 +79,24 @@ def _hmax_row(xg, ch_off, chm, sg, r, H, W, cols):
 def ulsam_subspace_attention_kernel(
     x_ptr, y_ptr, dw_scale_ptr, dw_shift_ptr, pw_weight_ptr, pw_bias_ptr, ws_ptr,
     G, H, W, groups, n_items, split, chunk, relu_dw, relu_pw,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, OUT_HW: tl.constexpr, OUT_C: tl.constexpr,
+    BLOCK_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, OUT_C: tl.constexpr,
 ):
+    TW: tl.constexpr = ROWS * BLOCK_W  # lanes of one tile row = positions per pass-C block
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     HW = H * W
-    offs_w = tl.arange(0, BLOCK_W)
+    hs = (H + ROWS - 1) // ROWS  # rows per strip
+    offs_t = tl.arange(0, TW)
+    strip = offs_t // BLOCK_W
+    col_in = offs_t % BLOCK_W
+    row0 = strip * hs  # first row of each lane's strip
     offs_c = tl.arange(0, BLOCK_C)
-    offs_hw = tl.arange(0, OUT_HW)
     offs_oc = tl.arange(0, OUT_C)
-    offs_b = tl.arange(0, BLOCK_C * BLOCK_W)
+    # hs == 1 (the whole image fits one tile row, e.g. 14x14 with BLOCK_W=16): accumulate the
+    # logits in registers across channel blocks. Otherwise read-modify-write the workspace row.
+    # Expressed as column limits because scalar predicates cannot be used as masks everywhere.
+    lim_reg = tl.where(hs == 1, W, 0)
+    lim_rmw = W - lim_reg
     wsg = ws_ptr + pid.to(tl.int64) * HW  # this program's logit row
     for item in range(pid, n_items, nprog):
         grp = item // split  # = n * groups + k
@@ -101,8 +110,8 @@ def ulsam_subspace_attention_kernel(
 
         # ---- pass A: raw logits sum_c w_c * maxpool(relu(s_c x_c + t_c)) -> ws row ----
         for w0 in range(0, W, BLOCK_W):
-            cols = w0 + offs_w
-            colm = cols < W
+            cols = w0 + col_in
+            acc = tl.zeros([TW], tl.float32)
             for c0 in range(0, G, BLOCK_C):
                 tl.debug_barrier()  # previous channel block / previous item done with ws
                 ch = c0 + offs_c
@@ -110,30 +119,38 @@ def ulsam_subspace_attention_kernel(
                 sc = tl.load(dw_scale_ptr + cbase + ch, mask=chm, other=1.0)
                 sh = tl.load(dw_shift_ptr + cbase + ch, mask=chm, other=0.0)
                 wt = tl.load(pw_weight_ptr + cbase + ch, mask=chm, other=0.0)
+                # relu(s*x+t) is monotone in x: its window max is s*max(x)+t for s >= 0 and
+                # s*min(x)+t = |s|*max(-x)+t for s < 0, so pool sign-flipped x, affine once.
                 sg = tl.where(sc >= 0, 1.0, -1.0)
                 sa = tl.abs(sc)
                 ch_off = ch * HW
-                valid_c = chm[:, None] & colm[None, :]
-                h_prev = tl.full([BLOCK_C, BLOCK_W], float("-inf"), tl.float32)
-                h_cur = _hmax_row(xg, ch_off, chm, sg, 0, H, W, cols)
-                for r in range(0, H):
-                    h_next = _hmax_row(xg, ch_off, chm, sg, r + 1, H, W, cols)
+                lim_first = tl.where(c0 > 0, lim_rmw, 0)  # 1st channel block overwrites
+                h_prev = _hmax_rows(xg, ch_off, chm, sg, row0 - 1, H, W, cols)
+                h_cur = _hmax_rows(xg, ch_off, chm, sg, row0, H, W, cols)
+                for i in range(0, hs):
+                    r = row0 + i
+                    h_next = _hmax_rows(xg, ch_off, chm, sg, r + 1, H, W, cols)
                     pooled = tl.maximum(tl.maximum(h_prev, h_cur), h_next)
+                    valid = chm[:, None] & ((r < H) & (cols < W))[None, :]
+                    pooled = tl.where(valid, pooled, 0.0)  # lanes outside: no inf*0 NaNs
                     a = sa[:, None] * pooled + sh[:, None]
                     a = tl.where(relu_dw != 0, tl.maximum(a, 0.0), a)
-                    contrib = tl.sum(tl.where(valid_c, wt[:, None] * a, 0.0), axis=0)
+                    contrib = tl.sum(tl.where(valid, wt[:, None] * a, 0.0), axis=0)
+                    acc += tl.where(cols < lim_reg, contrib, 0.0)
                     wp = wsg + r * W + cols
-                    old = tl.load(wp, mask=colm & (c0 > 0), other=0.0)
-                    tl.store(wp, old + contrib, mask=colm)
+                    rv = r < H
+                    old = tl.load(wp, mask=rv & (cols < lim_first), other=0.0)
+                    tl.store(wp, old + contrib, mask=rv & (cols < lim_rmw))
                     h_prev = h_cur
                     h_cur = h_next
+            tl.store(wsg + row0 * W + cols, acc, mask=(row0 < H) & (cols < lim_reg))
         tl.debug_barrier()
 
-        # ---- pass B: online softmax statistics over the H*W logits ----
-        m_run = tl.max(tl.full([OUT_HW], float("-inf"), tl.float32), axis=0)
-        s_run = tl.sum(tl.zeros([OUT_HW], tl.float32), axis=0)
-        for p0 in range(0, HW, OUT_HW):
-            p = p0 + offs_hw
+        # ---- pass B: online softmax statistics over the H*W logits (base-2 domain) ----
+        m_run = tl.max(tl.full([TW], float("-inf"), tl.float32), axis=0)
+        s_run = tl.sum(tl.zeros([TW], tl.float32), axis=0)
+        for p0 in range(0, HW, TW):
+            p = p0 + offs_t
             pm = p < HW
             lg = tl.load(wsg + p, mask=pm, other=0.0) + bias
             lg = tl.where(relu_pw != 0, tl.maximum(lg, 0.0), lg)
@@ -146,8 +163,8 @@ def ulsam_subspace_attention_kernel(
         # ---- pass C: y = x * (1 + A) for this item's channels ----
         c_lo = s_idx * chunk
         c_hi = tl.minimum(c_lo + chunk, G)
-        for p0 in range(0, HW, OUT_HW):
-            p = p0 + offs_hw
+        for p0 in range(0, HW, TW):
+            p = p0 + offs_t
             pm = p < HW
             lg = tl.load(wsg + p, mask=pm, other=0.0) + bias
             lg = tl.where(relu_pw != 0, tl.maximum(lg, 0.0), lg)
@@ -226,7 +243,7 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
         x, y, s_t, t_t, w_t, b_t, workspace,
         c // groups, h, w, groups, pl.items, pl.split, pl.chunk, int(bool(relu_dw)),
         int(bool(relu_pw)),
-        BLOCK_W=var.block_w, BLOCK_C=var.block_c, OUT_HW=var.out_hw, OUT_C=var.out_c,
+        **var.constexprs,
         num_warps=var.num_warps,
     )
     return (y, pl) if return_plan else y
