@@ -82,7 +82,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
                 f"Checkpoint '{path}' contains Python objects beyond tensors and plain data, which are not loaded "
                 "for safety (weights_only=True); re-save it as a state dict: torch.save(model.state_dict(), path)."

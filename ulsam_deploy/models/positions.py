@@ -81,6 +81,8 @@ def validate_positions(
     last = max(spec.number for spec in layers if spec.spatial)
     for pos in positions:
         spec = by_number.get(pos.layer)
+        if spec is not None and not spec.spatial and arch == "mv1":
+            spec = None  # the paper does not number MV1's classifier
         if spec is None:
             raise ConfigError(
                 f"ULSAM position '{pos}': {arch} has no layer {pos.layer}; its feature layers are numbered 1 to {last}."
