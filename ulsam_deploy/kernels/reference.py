@@ -96,7 +96,7 @@ def random_params(channels: int, groups: int, *, seed: int = 0, relu_dw: bool = 
     dw_scale = rng.uniform(0.3, 1.5, channels) * rng.choice([-1.0, 1.0], channels)
     dw_shift = rng.normal(0.0, 0.3, channels)
     pw_weight = rng.normal(0.0, 1.0, channels) * logit_scale / np.sqrt(max(1, channels // groups))
-    pw_bias = rng.normal(0.2, 0.3, groups)
+    pw_bias = rng.normal(0.5, 0.3, groups) * max(1.0, logit_scale)  # keeps relu_pw mostly open
     f32 = np.float32
     return SubspaceAttentionParams(groups, dw_scale.astype(f32), dw_shift.astype(f32),
                                    pw_weight.astype(f32), pw_bias.astype(f32), relu_dw, relu_pw)

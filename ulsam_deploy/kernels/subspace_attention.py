@@ -181,6 +181,13 @@ def ulsam_subspace_attention_kernel(
 # --------------------------------------------------------------------------- torch launcher
 
 
+def is_interpreted() -> bool:
+    """True when this module was imported with ``TRITON_INTERPRET=1`` (kernel runs on CPU)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(ulsam_subspace_attention_kernel, InterpretedFunction)
+
+
 def _as_f32_tensor(v, device, n, name):
     import numpy as np
     import torch
@@ -230,6 +237,9 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
         pl = _plan.Plan(vid, spl, chunk, items, min(pl.grid, items), min(pl.grid, items) * h * w * 4,
                         var.num_warps)
     dev = x.device
+    if not x.is_cuda and not is_interpreted():
+        raise RuntimeError("the Triton kernel needs a CUDA tensor, or TRITON_INTERPRET=1 set before "
+                           "ulsam_deploy.kernels.subspace_attention is imported (CPU interpreter)")
     s_t = _as_f32_tensor(dw_scale, dev, c, "dw_scale")
     t_t = _as_f32_tensor(dw_shift, dev, c, "dw_shift")
     w_t = _as_f32_tensor(pw_weight, dev, c, "pw_weight")
