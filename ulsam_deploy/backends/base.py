@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import numpy as np
 
@@ -14,9 +15,16 @@ class RunnerUnavailable(BackendUnavailable):
 
 
 class Runner(ABC):
-    """One backend holding one model. ``infer`` takes and returns float32 NumPy arrays (NCHW in, logits out)."""
+    """One backend holding one model. ``infer`` takes and returns float32 NumPy arrays (NCHW in, logits out).
+
+    Beyond ``load`` / ``infer`` / ``describe`` / ``close``, the timing loop uses :meth:`prepare`, which
+    binds one batch and returns the call to time (so conversions that a deployed program would do
+    once are not timed), and :meth:`batch_limits` (static-batch models and engine profiles).
+    """
 
     name: str = "runner"
+    #: numeric precision of the model this runner holds: "fp32", "fp16" or "int8"
+    precision: str = "fp32"
 
     def __enter__(self) -> "Runner":
         self.load()
@@ -25,17 +33,32 @@ class Runner(ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def label(self) -> str:
+        """Short name for tables: the backend plus where it runs (``ort:cpu``, ``torch:cuda``, ``trt``)."""
+        return self.name
+
     @abstractmethod
     def load(self) -> None:
         """Prepare the model (build a session, move weights); may raise :class:`RunnerUnavailable`."""
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch synchronously and return the output as a host array."""
+        """Run one batch synchronously and return the output as a host float32 array."""
+
+    def prepare(self, batch: np.ndarray) -> tuple[Callable[[], object], Callable[[], dict | None] | None]:
+        """(run, stages): ``run()`` infers ``batch`` once, synchronously, end to end (host in, host out);
+        ``stages()`` returns the GPU stage timings in ms (``h2d``, ``compute``, ``d2h``) of the last run, or
+        None where the backend has none. The default binds nothing and times :meth:`infer`."""
+        return (lambda: self.infer(batch)), None
+
+    def batch_limits(self) -> tuple[int, int] | None:
+        """(min, max) batch this model accepts, or None for any batch."""
+        return None
 
     def describe(self) -> dict:
         """Settings and versions that make a measurement reproducible."""
-        return {"backend": self.name}
+        return {"backend": self.name, "precision": self.precision}
 
     def close(self) -> None:
         """Free resources; idempotent."""
