@@ -1,0 +1,95 @@
+"""Fashion-MNIST from its idx files (gzip): 60 000 train / 10 000 test 28x28 grey product photos."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from .images import Preprocess
+from .resources import fashion_mnist_files
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# folder-safe class names, index-prefixed so that sorted folder order == label order (the convention of
+# torchvision's ImageFolder) and name matching both give the right labels; these are the checkpoints' class names
+FOLDER_NAMES = ["0_t-shirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt", "7_sneaker",
+                "8_bag", "9_ankle_boot"]
+# pixel statistics of the 60 000 training images (x / 255)
+MEAN = (0.2860,)
+STD = (0.3530,)
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (``.gz`` or plain) into a NumPy array of its declared type and shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_TYPES:
+                raise UserError(f"'{path}' is not an idx file (bad magic number); reinstall the data set.")
+            ndim = header[3]
+            dims = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+            dtype = np.dtype(_IDX_TYPES[header[2]])
+            count = int(np.prod(dims, dtype=np.int64))
+            data = fh.read(count * dtype.itemsize)
+    except (OSError, EOFError, struct.error) as exc:
+        raise UserError(f"'{path}' cannot be read as an idx file ({type(exc).__name__}); reinstall the data set.") from exc
+    if len(data) != count * dtype.itemsize:
+        raise UserError(f"'{path}' is truncated ({len(data)} of {count * dtype.itemsize} bytes); reinstall the data set.")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def load_arrays(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``uint8 [N, 28, 28]`` images and ``int64 [N]`` labels (the first ``limit`` when given)."""
+    images_path, labels_path = fashion_mnist_files(split)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"Fashion-MNIST {split} files disagree (images {images.shape}, labels {labels.shape}); reinstall them.")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels.astype(np.int64)
+
+
+def default_preprocess(size: int = 28) -> Preprocess:
+    return Preprocess(size=size, in_channels=1, crop_pct=1.0, mean=MEAN, std=STD)
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST held in memory as ``uint8 [N, 1, size, size]`` (resized once, with PIL bilinear).
+
+    Items are ``(uint8 tensor [1, size, size], label)``; normalise batches with ``preprocess.normalize``.
+    Resizing goes through :meth:`Preprocess.to_uint8`, exactly what reading the exported PNGs does.
+    """
+
+    classes = CLASSES
+
+    def __init__(self, split: str = "train", size: int = 28, limit: int | None = None,
+                 preprocess: Preprocess | None = None):
+        if limit is not None and limit < 1:
+            raise UserError(f"--limit must be a positive number of images, not {limit}.")
+        self.split = split
+        self.preprocess = preprocess or default_preprocess(size)
+        if self.preprocess.in_channels != 1:
+            raise UserError("Fashion-MNIST is grey: train it with --in-channels 1.")
+        raw, labels = load_arrays(split, limit)
+        if self.preprocess.size == raw.shape[1] and self.preprocess.crop_pct == 1.0:
+            images = raw[:, None]
+        else:
+            images = np.stack([self.preprocess.to_uint8(Image.fromarray(img)) for img in raw])
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])

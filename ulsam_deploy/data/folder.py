@@ -1,0 +1,123 @@
+"""ImageFolder-style data (``root/<class>/<image>``) read with PIL, and exporting Fashion-MNIST as one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from .images import IMAGE_EXTENSIONS, Preprocess, load_image_uint8
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class-folder names under ``root`` (hidden folders ignored)."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"Image folder '{root}' does not exist; give a directory laid out as ROOT/<class>/<image>.")
+    if not root.is_dir():
+        raise UserError(f"'{root}' is a file; give a directory laid out as ROOT/<class>/<image>.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"'{root}' has no class folders; lay it out as ROOT/<class>/<image> (one folder per class).")
+    return classes
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """``root/<class>/<image>`` with classes in sorted order (torchvision's convention, without torchvision).
+
+    Items are ``(uint8 tensor [C, size, size], label)`` read lazily through ``preprocess``.
+    ``classes`` may be given to fix the label order (e.g. a checkpoint's class names): folders must match.
+    """
+
+    def __init__(self, root: str | os.PathLike, preprocess: Preprocess, classes: list[str] | None = None,
+                 limit: int | None = None):
+        self.root = Path(root)
+        found = find_classes(self.root)
+        if classes is not None:
+            unknown = [c for c in found if c not in classes]
+            if unknown:
+                raise UserError(f"'{self.root}' has class folders the model does not know ({', '.join(unknown[:5])}); "
+                                f"expected a subset of: {', '.join(classes[:12])}{'...' if len(classes) > 12 else ''}.")
+            self.classes = list(classes)
+        else:
+            self.classes = found
+        index = {name: i for i, name in enumerate(self.classes)}
+        samples = []
+        for name in found:
+            for path in sorted((self.root / name).rglob("*")):
+                if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+                    samples.append((path, index[name]))
+        if not samples:
+            raise UserError(f"'{self.root}' holds no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in its class folders.")
+        if limit is not None:
+            if limit < 1:
+                raise UserError(f"--limit must be a positive number of images, not {limit}.")
+            samples = _balanced_slice(samples, limit)
+        self.samples = samples
+        self.preprocess = preprocess
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return torch.from_numpy(np.ascontiguousarray(load_image_uint8(path, self.preprocess))), label
+
+
+def _balanced_slice(samples: list, limit: int) -> list:
+    """The first ``limit`` samples taken round-robin over classes (a slice that keeps every class)."""
+    by_class: dict[int, list] = {}
+    for item in samples:
+        by_class.setdefault(item[1], []).append(item)
+    queues = [list(v) for _, v in sorted(by_class.items())]
+    out = []
+    while len(out) < limit and any(queues):
+        for queue in queues:
+            if queue and len(out) < limit:
+                out.append(queue.pop(0))
+    return sorted(out, key=lambda s: (s[1], str(s[0])))
+
+
+def export_fashion_mnist_folder(output: str | os.PathLike, count: int = 1000, split: str = "test",
+                                force: bool = False) -> Path:
+    """Write the first ``count`` images of a Fashion-MNIST split as ``output/<class>/<split>_<index>.png``.
+
+    The PNGs are the original 28x28 grey pixels (lossless), so reading them back through
+    :class:`ImageFolder` gives the same inputs as the in-memory data set. Written to a temp folder
+    and renamed, so a failure leaves nothing half-written.
+    """
+    from .fashion_mnist import FOLDER_NAMES, load_arrays
+
+    output = Path(output)
+    if count < 1:
+        raise UserError(f"count must be a positive number of images, not {count}.")
+    if output.exists():
+        if not force:
+            raise UserError(f"'{output}' already exists; pass --force to replace it or choose another folder.")
+        if not output.is_dir():
+            raise UserError(f"'{output}' is a file; choose a folder path.")
+    images, labels = load_arrays(split, count)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        for name in FOLDER_NAMES:
+            (tmp / name).mkdir()
+        for index, (image, label) in enumerate(zip(images, labels)):
+            Image.fromarray(image).save(tmp / FOLDER_NAMES[label] / f"{split}_{index:05d}.png")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
