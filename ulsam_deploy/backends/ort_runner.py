@@ -113,6 +113,10 @@ class OrtRunner(Runner):
             register_custom_ops(options)
         self.custom_ops = custom
         source = bytes(self.model) if isinstance(self.model, (bytes, bytearray)) else str(Path(self.model))
+        if custom:  # the Python op cannot read FLOATS attributes: run ORT's view (constants as inputs, fp16 casts)
+            from ..graph.custom_ops import prepare_model
+
+            source = prepare_model(proto)
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         try:
             self.session = ort.InferenceSession(source, options, providers=providers)
