@@ -2,8 +2,9 @@
 
 Figures follow trtexec's performance summary so users read them the same way:
 
-* percentiles by the nearest-rank method, which is exactly what trtexec computes
-  (``sorted[max(n - 1 - floor((1 - p/100) n), 0)]`` == ``sorted[ceil(p n / 100) - 1]``);
+* percentiles by the nearest-rank method, which is what trtexec computes
+  (``sorted[max(n - 1 - floor((1 - p/100) n), 0)]`` == ``sorted[ceil(p n / 100) - 1]``), here in exact
+  arithmetic (trtexec's float maths can pick the next sample when ``p n / 100`` is an integer);
 * median of the sorted samples (mean of the two middle values for an even count);
 * coefficient of variation = population standard deviation / mean; a run above 2.5 % is flagged
   "unstable", as trtexec warns;

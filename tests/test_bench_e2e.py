@@ -1,0 +1,204 @@
+"""bench end to end on a small exported model: torch vs ort on random and real images, reports,
+corrupt images, a deliberately broken ONNX failing parity with a non-zero exit, --compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import randomize_bn
+from ulsam_deploy.bench import BenchOptions, parse_model_spec, resolve_model, run_bench
+from ulsam_deploy.cli import app
+from ulsam_deploy.errors import ParityError, UserError
+from ulsam_deploy.inputs import load_images, make_preprocess
+from ulsam_deploy.latency import TimingConfig
+from ulsam_deploy.models import build_model, save_checkpoint
+
+FAST = ["--warmup", "0", "--duration", "0", "--iterations", "3"]
+FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+
+def _foolbox_dir() -> Path:
+    try:
+        from ulsam_deploy.data.resources import foolbox_data_dir
+
+        return foolbox_data_dir()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"foolbox's sample images are not installed ({exc}); run scripts/setup.sh")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A grey 32x32 MV2 x0.35 + ULSAM 17:1 (10 classes) checkpoint and its exported ONNX (+ sidecar)."""
+    from ulsam_deploy.export import ExportOptions, export_checkpoint
+
+    root = tmp_path_factory.mktemp("bench")
+    model = randomize_bn(build_model("mv2", 0.35, "14,17:1", 4, num_classes=10, input_size=32, in_channels=1)).eval()
+    ckpt = save_checkpoint(model, root / "small.pt", class_names=FASHION, mean=(0.286,), std=(0.353,))
+    export_checkpoint(ckpt, root / "small.onnx", ExportOptions())
+    return {"root": root, "ckpt": ckpt, "onnx": root / "small.onnx"}
+
+
+@pytest.fixture(scope="module")
+def fashion_folder(small):
+    """An ImageFolder of foolbox's real Fashion-MNIST PNGs (class sub-folders by name) plus one corrupt file."""
+    src = _foolbox_dir()
+    files = sorted(src.glob("fashionMNIST_*.png"))
+    if not files:
+        pytest.skip(f"no fashionMNIST_*.png in {src}")
+    root = small["root"] / "fashion"
+    for f in files:
+        label = int(f.stem.rsplit("_", 1)[1])
+        (root / FASHION[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / FASHION[label] / f.name)
+    (root / "bag" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    return {"root": root, "count": len(files)}
+
+
+def _fast_options(**kw) -> BenchOptions:
+    kw.setdefault("timing", TimingConfig(warmup_s=0.0, min_iters=3, min_seconds=0.0))
+    return BenchOptions(**kw)
+
+
+def test_torch_vs_ort_random_inputs(small):
+    report = run_bench([resolve_model(small["ckpt"], onnx=[small["onnx"]])],
+                       _fast_options(backends=("torch", "ort", "trt"), batches=(1, 4), num_inputs=6))
+    assert report.passed
+    labels = {(r.backend, r.batch) for r in report.latency}
+    assert labels == {("torch:cpu", 1), ("ort:cpu", 1), ("torch:cpu", 4), ("ort:cpu", 4)}
+    cand = [r for r in report.parity if not r.is_reference]
+    assert len(cand) == 1 and cand[0].backend == "ort:cpu" and cand[0].precision == "fp32"
+    c = cand[0].comparison
+    assert c.samples == 6 and c.max_abs < 1e-4 and c.top1_agreement == 1.0 and c.cosine > 0.99999
+    assert [s["backend"] for s in report.skipped] == ["trt"] and "engine" in report.skipped[0]["reason"]
+    for row in report.latency:
+        s = row.stats
+        assert s.count >= 3 and s.min <= s.median <= s.p90 <= s.p95 <= s.p99 <= s.max
+        assert row.qps == pytest.approx(1000 / s.mean) and row.images_per_s == pytest.approx(row.qps * row.batch)
+    data = report.to_dict()
+    assert data["schema"] == "ulsam-deploy-bench/1" and data["inputs"]["source"] == "random"
+    assert data["versions"]["onnxruntime"] and data["machine"]["cpu_count"]
+    assert {r["label"] for r in data["runners"]} == {"torch:cpu", "ort:cpu"}
+
+
+def test_onnx_argument_finds_checkpoint_through_sidecar(small):
+    spec = resolve_model(small["onnx"])
+    assert spec.checkpoint == small["ckpt"] and spec.config.in_channels == 1 and spec.class_names == FASHION
+    assert spec.module is not None
+
+
+def test_real_images_with_labels_and_a_corrupt_file(small, fashion_folder):
+    spec = resolve_model(small["ckpt"], onnx=[small["onnx"]])
+    report = run_bench([spec], _fast_options(backends=("torch", "ort"), inputs=str(fashion_folder["root"]),
+                                              latency=False))
+    assert report.inputs["count"] == fashion_folder["count"] and report.inputs["skipped"] == 1
+    assert any("skipped 1 unreadable or corrupt image" in w and "corrupt.png" in w for w in report.warnings)
+    assert report.inputs["labelled"] == fashion_folder["count"]
+    ref, ort_row = report.parity
+    assert ref.is_reference and ref.accuracy is not None and ref.accuracy.samples == fashion_folder["count"]
+    assert ort_row.accuracy.top1 == pytest.approx(ref.accuracy.top1)  # fp32 parity: same answers
+    assert ort_row.to_dict()["accuracy_delta"]["top1"] == pytest.approx(0.0)
+    assert report.passed
+
+
+def test_image_labels_map_to_class_names_and_preprocess_grey(small, fashion_folder):
+    pre = make_preprocess(32, 1, (0.286,), (0.353,))
+    assert pre.crop_pct == 1.0  # small inputs are resized, not cropped
+    inputs = load_images(fashion_folder["root"], pre, class_names=FASHION, num_classes=10)
+    by_name = {Path(n).name: int(l) for n, l in zip(inputs.names, inputs.labels)}
+    assert by_name["fashionMNIST_00_9.png"] == 9 and by_name["fashionMNIST_01_2.png"] == 2
+    assert inputs.data.shape[1:] == (1, 32, 32) and inputs.data.dtype == np.float32
+    # the same files with labels from the file name (as foolbox names them)
+    flat = load_images(str(_foolbox_dir() / "fashionMNIST_*.png"), pre, label_regex=r"_(\d+)$", num_classes=10)
+    assert sorted(flat.labels.tolist()) == sorted(by_name.values())
+
+
+def test_imagenet_preprocess_and_regex_labels():
+    files = str(_foolbox_dir() / "imagenet_0*")
+    inputs = load_images(files, make_preprocess(224), label_regex=r"_(\d+)$", num_classes=1000)
+    assert inputs.data.shape == (10, 3, 224, 224) and inputs.labels[0] == 243
+    assert inputs.preprocess.resize == 256  # resize 256, center crop 224
+
+
+def test_cli_bench_writes_every_report(small, fashion_folder, cli_runner, tmp_path):
+    out = tmp_path / "report"
+    result = cli_runner.invoke(app, ["bench", str(small["onnx"]), "--backends", "torch,ort,trt", "--batch", "1,2",
+                                     "--inputs", str(fashion_folder["root"]), "--out", str(out), "--threads", "1",
+                                     *FAST])
+    assert result.exit_code == 0, result.output
+    assert "Parity passed" in result.output and "skipped" in result.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["passed"] is True and data["inputs"]["skipped"] == 1
+    assert {(r["backend"], r["batch"]) for r in data["latency"]} == {("torch:cpu", 1), ("ort:cpu", 1),
+                                                                     ("torch:cpu", 2), ("ort:cpu", 2)}
+    for r in data["latency"]:
+        assert set(r["latency_ms"]) >= {"min", "max", "mean", "median", "p90", "p95", "p99", "cv", "unstable"}
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert len(rows) == 4 and all(r["top1_accuracy"] != "" for r in rows)
+    assert "| ort:cpu | fp32 |" in (out / "bench.md").read_text()
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broken_onnx_fails_parity_with_nonzero_exit(small, cli_runner, tmp_path):
+    proto = onnx.load(str(small["onnx"]))
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    init = next(t for t in proto.graph.initializer if t.name == gemm.input[1])
+    weights = numpy_helper.to_array(init).copy()
+    weights += np.random.default_rng(0).standard_normal(weights.shape).astype(np.float32) * weights.std()
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    out = tmp_path / "r.json"
+    result = cli_runner.invoke(app, ["bench", str(small["ckpt"]), "--onnx", str(broken), "--backends", "torch,ort",
+                                     "--no-latency", "--json", str(out)])
+    assert result.exit_code == ParityError.exit_code == 3, result.output
+    assert "Parity failed" in result.output and "Traceback" not in result.output
+    data = json.loads(out.read_text())  # the report is still written, for CI artifacts
+    assert data["passed"] is False
+    failed = [p for p in data["parity"] if not p["passed"]]
+    assert failed and failed[0]["comparison"]["max_abs"] > 1e-3
+
+
+def test_compare_two_models_prints_macs_and_latency_ratios(cli_runner, tmp_path):
+    out = tmp_path / "cmp.json"
+    result = cli_runner.invoke(app, ["bench", "mv2x0.35@32", "mv2x0.35+13,14,16,17/g4@32", "--backends", "ort",
+                                     "--compare", "--no-parity", "--json", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    (row,) = data["compare"]
+    assert row["backend"] == "ort:cpu" and row["model"] == "mv2x0.35+13,14,16,17/g4@32"
+    assert row["macs_ratio"] < 1.0 and row["latency_ratio"] > 0  # replacing layers cuts MACs
+    assert "MACs ratio" in result.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "no/such/model.pt"], "neither an existing file"),
+    (["bench", "mv2@32", "--backends", "torch,tpu"], "Unknown backend"),
+    (["bench", "mv2@32", "--batch", "1,x"], "--batch"),
+    (["bench", "mv2@32", "--batch", "0"], "positive integers"),
+    (["bench", "mv2@32", "--compare"], "two or more models"),
+    (["bench", "mv2@32", "--inputs", "/no/such/images"], "does not exist"),
+    (["bench", "mv2@32", "--threshold", "fp16:speed=1"], "unknown key"),
+    (["bench", "mv2@32", "mv1@64", "--backends", "ort"], "different inputs"),
+])
+def test_bad_input_is_one_sentence_and_nonzero(cli_runner, tmp_path, args, words):
+    out = tmp_path / "never.json"
+    result = cli_runner.invoke(app, args + ["--json", str(out)])
+    assert result.exit_code != 0
+    assert words in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_model_spec_parsing():
+    c = parse_model_spec("mv1x0.75+8:1,9:1,11/g8@160")
+    assert (c.arch, c.width, c.ulsam, c.groups, c.input_size) == ("mv1", 0.75, "8:1,9:1,11", 8, 160)
+    assert parse_model_spec("resnet50") is None
+    with pytest.raises(UserError):
+        resolve_model("resnet50")
