@@ -1,0 +1,290 @@
+// Host-side test of the TensorRT plugin library WITHOUT a TensorRT runtime or GPU:
+// dlopen()s the plugin like IPluginRegistry::loadLibrary / trtexec --dynamicPlugins do, calls
+// setLoggerFinder + getCreators, and drives the creator and plugin through the IPluginV3 calls
+// TensorRT makes while parsing ONNX (INT -> kINT32, FLOATS -> kFLOAT32 fields), building
+// (formats, shapes, workspace), serializing (fields round trip) and enqueueing (which must fail
+// cleanly without a GPU, or run when one is present).
+//
+//   ulsam_sa_plugin_selftest <path/to/libulsam_subspace_attention_plugin.so>
+// Prints one line per check; exit 0 when all pass.
+#include "NvInferRuntime.h"
+#include "launcher.h"
+
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+namespace
+{
+
+int gFailures = 0;
+
+void check(bool ok, std::string const& what)
+{
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
+    if (!ok)
+        ++gFailures;
+}
+
+class CaptureLogger : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity <= Severity::kWARNING)
+            messages.emplace_back(msg);
+    }
+    std::vector<std::string> messages;
+    bool saw(char const* needle) const
+    {
+        for (auto const& m : messages)
+            if (m.find(needle) != std::string::npos)
+                return true;
+        return false;
+    }
+};
+
+class Finder : public ILoggerFinder
+{
+public:
+    explicit Finder(ILogger* l)
+        : mLogger(l)
+    {
+    }
+    ILogger* findLogger() override
+    {
+        return mLogger;
+    }
+
+private:
+    ILogger* mLogger;
+};
+
+struct Fields
+{
+    int32_t groups, reluDw, reluPw;
+    std::vector<float> scale, shift, weight, bias;
+    std::vector<PluginField> list;
+    PluginFieldCollection fc{};
+
+    Fields(int c, int g)
+        : groups(g)
+        , reluDw(1)
+        , reluPw(0)
+    {
+        for (int i = 0; i < c; ++i)
+        {
+            scale.push_back(0.5f + 0.01f * i);
+            shift.push_back(-0.1f * (i % 3));
+            weight.push_back(0.2f * ((i % 5) - 2));
+        }
+        for (int k = 0; k < g; ++k)
+            bias.push_back(0.1f * k);
+        rebuild();
+    }
+    void rebuild()
+    {
+        list.clear();
+        list.emplace_back("groups", &groups, PluginFieldType::kINT32, 1);
+        list.emplace_back("relu_dw", &reluDw, PluginFieldType::kINT32, 1);
+        list.emplace_back("relu_pw", &reluPw, PluginFieldType::kINT32, 1);
+        list.emplace_back("dw_scale", scale.data(), PluginFieldType::kFLOAT32, static_cast<int32_t>(scale.size()));
+        list.emplace_back("dw_shift", shift.data(), PluginFieldType::kFLOAT32, static_cast<int32_t>(shift.size()));
+        list.emplace_back("pw_weight", weight.data(), PluginFieldType::kFLOAT32, static_cast<int32_t>(weight.size()));
+        list.emplace_back("pw_bias", bias.data(), PluginFieldType::kFLOAT32, static_cast<int32_t>(bias.size()));
+        fc.nbFields = static_cast<int32_t>(list.size());
+        fc.fields = list.data();
+    }
+};
+
+DynamicPluginTensorDesc desc(DataType t, TensorFormat f, Dims d, Dims mn, Dims mx)
+{
+    DynamicPluginTensorDesc x{};
+    x.desc.type = t;
+    x.desc.format = f;
+    x.desc.dims = d;
+    x.min = mn;
+    x.max = mx;
+    return x;
+}
+
+Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    Dims d{};
+    d.nbDims = 4;
+    d.d[0] = n;
+    d.d[1] = c;
+    d.d[2] = h;
+    d.d[3] = w;
+    return d;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 2)
+    {
+        std::fprintf(stderr, "usage: %s <plugin.so>\n", argv[0]);
+        return 2;
+    }
+    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    check(lib != nullptr, std::string("dlopen plugin: ") + (lib ? "ok" : dlerror()));
+    if (!lib)
+        return 1;
+    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    using SetLoggerFinder = void (*)(ILoggerFinder*);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
+    check(getCreators && setLoggerFinder, "exports getCreators + setLoggerFinder");
+    check(dlsym(lib, "ulsam_sa_launch") == nullptr, "launcher symbols stay private to the plugin");
+    if (!getCreators || !setLoggerFinder)
+        return 1;
+    CaptureLogger logger;
+    Finder finder(&logger);
+    setLoggerFinder(&finder);
+
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = getCreators(n);
+    check(n == 1 && creators && creators[0], "one creator");
+    auto* creator = static_cast<IPluginCreatorV3One*>(creators[0]);
+    check(std::string(creator->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE", "creator kind PLUGIN CREATOR_V3ONE");
+    check(std::string(creator->getPluginName()) == "SubspaceAttention", "name SubspaceAttention");
+    check(std::string(creator->getPluginVersion()) == "1", "version 1");
+    check(std::string(creator->getPluginNamespace()) == "ulsam", "namespace ulsam");
+    PluginFieldCollection const* names = creator->getFieldNames();
+    char const* expected[] = {"groups", "relu_dw", "relu_pw", "dw_scale", "dw_shift", "pw_weight", "pw_bias"};
+    bool namesOk = names && names->nbFields == 7;
+    for (int i = 0; namesOk && i < 7; ++i)
+        namesOk = std::strcmp(names->fields[i].name, expected[i]) == 0
+            && names->fields[i].type == (i < 3 ? PluginFieldType::kINT32 : PluginFieldType::kFLOAT32);
+    check(namesOk, "field names/types as the ONNX parser passes them");
+
+    // ---- bad fields are rejected with a logged reason ----
+    {
+        Fields f(12, 5); // 12 % 5 != 0
+        check(creator->createPlugin("bad", &f.fc, TensorRTPhase::kBUILD) == nullptr && logger.saw("multiple of groups"),
+            "rejects C % groups != 0");
+        Fields g(12, 3);
+        g.bias.pop_back();
+        g.rebuild();
+        check(creator->createPlugin("bad2", &g.fc, TensorRTPhase::kBUILD) == nullptr && logger.saw("pw_bias"),
+            "rejects pw_bias of the wrong length");
+        Fields h(12, 3);
+        h.list.erase(h.list.begin() + 3);
+        h.fc.nbFields = static_cast<int32_t>(h.list.size());
+        h.fc.fields = h.list.data();
+        check(creator->createPlugin("bad3", &h.fc, TensorRTPhase::kBUILD) == nullptr && logger.saw("dw_scale"),
+            "rejects a missing dw_scale");
+    }
+
+    Fields f(12, 3);
+    IPluginV3* plugin = creator->createPlugin("sa0", &f.fc, TensorRTPhase::kBUILD);
+    check(plugin != nullptr, "createPlugin with ONNX-style fields");
+    if (!plugin)
+        return 1;
+    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
+    auto* build = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    check(core && build && runtime, "core/build/runtime capabilities");
+    check(std::string(core->getPluginName()) == "SubspaceAttention" && std::string(core->getPluginNamespace()) == "ulsam",
+        "plugin reports name + namespace");
+    check(build->getNbOutputs() == 1, "one output");
+
+    DataType in = DataType::kHALF, out = DataType::kFLOAT;
+    check(build->getOutputDataTypes(&out, 1, &in, 1) == 0 && out == DataType::kHALF, "output dtype = input dtype");
+
+    Dims const d = dims4(-1, 12, -1, -1), mn = dims4(1, 12, 1, 1), mx = dims4(8, 12, 56, 56);
+    DynamicPluginTensorDesc io[2] = {desc(DataType::kFLOAT, TensorFormat::kLINEAR, d, mn, mx),
+        desc(DataType::kFLOAT, TensorFormat::kLINEAR, d, mn, mx)};
+    check(build->supportsFormatCombination(0, io, 1, 1) && build->supportsFormatCombination(1, io, 1, 1),
+        "fp32 linear supported");
+    io[0].desc.type = io[1].desc.type = DataType::kHALF;
+    check(build->supportsFormatCombination(0, io, 1, 1) && build->supportsFormatCombination(1, io, 1, 1),
+        "fp16 linear supported");
+    io[1].desc.type = DataType::kFLOAT;
+    check(!build->supportsFormatCombination(1, io, 1, 1), "mixed in/out dtypes rejected");
+    io[1].desc.type = DataType::kHALF;
+    io[0].desc.format = TensorFormat::kHWC8;
+    check(!build->supportsFormatCombination(0, io, 1, 1), "non-linear format rejected");
+    io[0].desc.format = TensorFormat::kLINEAR;
+    io[0].desc.type = DataType::kINT8;
+    check(!build->supportsFormatCombination(0, io, 1, 1), "int8 rejected");
+    io[0].desc.type = DataType::kHALF;
+
+    check(build->configurePlugin(&io[0], 1, &io[1], 1) == 0, "configurePlugin dynamic N/H/W");
+    DynamicPluginTensorDesc wrongC[2] = {io[0], io[1]};
+    wrongC[0].desc.dims.d[1] = 16;
+    check(build->configurePlugin(&wrongC[0], 1, &wrongC[1], 1) != 0 && logger.saw("channels"),
+        "configurePlugin rejects a channel mismatch");
+
+    size_t const ws = build->getWorkspaceSize(&io[0], 1, &io[1], 1);
+    check(ws == ulsam_sa_workspace_size(ULSAM_SA_FP16, 8, 12, 56, 56, 3) && ws >= 56 * 56 * 4,
+        "workspace sized for the profile max (" + std::to_string(ws) + " bytes)");
+
+    // getOutputShapes copies the input expressions (the builder is not used)
+    DimsExprs inE{}, outE{};
+    inE.nbDims = 4;
+    alignas(IExprBuilder) unsigned char builderStorage[sizeof(IExprBuilder)] = {};
+    check(build->getOutputShapes(&inE, 1, nullptr, 0, &outE, 1, *reinterpret_cast<IExprBuilder*>(builderStorage)) == 0
+            && outE.nbDims == 4,
+        "output shape = input shape");
+
+    // ---- serialization round trip ----
+    PluginFieldCollection const* ser = runtime->getFieldsToSerialize();
+    check(ser && ser->nbFields == 7, "7 fields serialized");
+    IPluginV3* restored = creator->createPlugin("sa0", ser, TensorRTPhase::kRUNTIME);
+    check(restored != nullptr, "plugin re-created from serialized fields");
+    if (restored)
+    {
+        auto* rt2 = static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        PluginFieldCollection const* ser2 = rt2->getFieldsToSerialize();
+        bool same = ser2 && ser2->nbFields == ser->nbFields;
+        for (int i = 0; same && i < ser->nbFields; ++i)
+        {
+            PluginField const &a = ser->fields[i], &b = ser2->fields[i];
+            size_t const bytes = static_cast<size_t>(a.length) * 4;
+            same = std::strcmp(a.name, b.name) == 0 && a.type == b.type && a.length == b.length
+                && std::memcmp(a.data, b.data, bytes) == 0;
+        }
+        check(same, "serialized fields identical after the round trip");
+        delete restored;
+    }
+    IPluginV3* cloned = plugin->clone();
+    check(cloned != nullptr, "clone");
+    delete cloned;
+
+    // ---- runtime: without a GPU enqueue fails cleanly and says why ----
+    PluginTensorDesc rin{}, rout{};
+    rin.type = rout.type = DataType::kFLOAT;
+    rin.format = rout.format = TensorFormat::kLINEAR;
+    rin.dims = rout.dims = dims4(2, 12, 7, 7);
+    check(runtime->onShapeChange(&rin, 1, &rout, 1) == 0, "onShapeChange");
+    void* ctx0 = nullptr;
+    bool const haveGpu = ulsam_sa_use_device(0) == ULSAM_SA_OK;
+    if (!haveGpu)
+    {
+        IPluginV3* attached = runtime->attachToContext(nullptr);
+        check(attached != nullptr, "attachToContext without a GPU still returns a clone (upload retried later)");
+        delete attached;
+        float const* fakeIn = reinterpret_cast<float const*>(0x10000);
+        float* fakeOut = reinterpret_cast<float*>(0x20000);
+        void const* ins[] = {fakeIn};
+        void* outs[] = {fakeOut};
+        int32_t const rc = runtime->enqueue(&rin, &rout, ins, outs, reinterpret_cast<void*>(0x30000), nullptr);
+        check(rc != 0 && logger.saw("CUDA driver"), "enqueue without a GPU returns an error and logs the reason");
+    }
+    else
+    {
+        std::printf("INFO GPU present: run ulsam_sa_selftest for the numeric check\n");
+    }
+    (void) ctx0;
+    delete plugin;
+    std::printf("%s: %d failure(s)\n", gFailures ? "FAIL" : "PASS", gFailures);
+    return gFailures ? 1 : 0;
+}
