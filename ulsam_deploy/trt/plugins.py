@@ -1,0 +1,129 @@
+"""Making the fused SubspaceAttention op known to TensorRT: the C++ plugin library or the Python plugin.
+
+Routes (``build-trt --plugin``):
+
+- ``lib``: our IPluginV3 library (built by ``ulsam-deploy build-plugin``, see
+  :mod:`ulsam_deploy.plugin_build`), loaded with ``get_plugin_registry().load_library(path)`` (10.x
+  and 11.x; the library exports ``getCreators``/``setLoggerFinder``). The engine needs the same
+  library at run time (``trtexec --dynamicPlugins=PATH`` or ``load_library`` before deserializing).
+- ``python``: ``ulsam_deploy.kernels.trt_python_plugin`` registers the op with ``tensorrt.plugin``
+  (QDP; ``aot_impl`` since TensorRT 10.9), so engines embed the AOT kernel and run without Python.
+- ``auto``: the library when one is found, else the Python plugin.
+
+Both are optional: a missing piece is one sentence on how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackendUnavailable, UserError
+from ..op_spec import OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .runtime import parse_version
+
+PLUGIN_LIBRARY_ENV = "ULSAM_PLUGIN_LIBRARY"
+PYTHON_PLUGIN_MODULE = "ulsam_deploy.kernels.trt_python_plugin"
+QDP_AOT_MIN = (10, 9)
+
+
+def _library_name() -> str:
+    try:
+        from ..plugin_build import PLUGIN_LIBRARY
+
+        return PLUGIN_LIBRARY
+    except ImportError:
+        return "libulsam_subspace_attention_plugin.so"
+
+
+def plugin_library_candidates() -> list[Path]:
+    """Where a built library is looked for: $ULSAM_PLUGIN_LIBRARY, then build-plugin's default build folder."""
+    name = _library_name()
+    candidates = []
+    if os.environ.get(PLUGIN_LIBRARY_ENV):
+        candidates.append(Path(os.environ[PLUGIN_LIBRARY_ENV]))
+    candidates.append(Path.cwd() / "build" / "subspace_attention_plugin" / name)
+    try:
+        from .. import plugin_build
+
+        finder = getattr(plugin_build, "find_plugin_library", None)
+        if callable(finder):
+            found = finder()
+            if found:
+                candidates.insert(0, Path(found))
+    except ImportError:
+        pass
+    return candidates
+
+
+def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"Plugin library '{path}' does not exist; build it with 'ulsam-deploy build-plugin' and "
+                            "pass the path it prints.")
+        return path
+    return next((p for p in plugin_library_candidates() if p.is_file()), None)
+
+
+def python_plugin_available() -> bool:
+    try:
+        return importlib.util.find_spec(PYTHON_PLUGIN_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class PluginRoute:
+    route: str  # "lib" or "python"
+    library: Path | None = None
+    module: str | None = None
+
+
+def resolve_route(route: str, trt_version: str, explicit_lib=None) -> PluginRoute:
+    """Decide lib/python for ``--plugin ROUTE`` (no TensorRT call; files and imports only)."""
+    version = parse_version(trt_version)
+    if route in ("lib", "auto"):
+        library = find_plugin_library(explicit_lib)
+        if library is not None:
+            return PluginRoute("lib", library)
+        if route == "lib":
+            raise UserError(f"No SubspaceAttention plugin library found (looked in: "
+                            f"{', '.join(str(p) for p in plugin_library_candidates())}); build it with 'ulsam-deploy "
+                            f"build-plugin', then pass --plugin-lib PATH or set {PLUGIN_LIBRARY_ENV}.")
+    if version < QDP_AOT_MIN:
+        raise BackendUnavailable(f"The Python plugin route needs TensorRT 10.9 or newer (tensorrt.plugin with aot_impl), "
+                                 f"this is {trt_version}; build the C++ plugin with 'ulsam-deploy build-plugin' and "
+                                 "pass --plugin lib.")
+    if not python_plugin_available():
+        raise BackendUnavailable(f"The Python plugin ({PYTHON_PLUGIN_MODULE}) is not in this install; use the C++ "
+                                 "plugin: 'ulsam-deploy build-plugin', then --plugin lib.")
+    return PluginRoute("python", module=PYTHON_PLUGIN_MODULE)
+
+
+def activate(trt, registry, route: PluginRoute) -> dict:
+    """Load the library into ``registry`` or register the Python plugin; check the creator is there."""
+    info: dict = {"route": route.route, "op": OP_TYPE, "plugin_version": PLUGIN_VERSION,
+                  "plugin_namespace": PLUGIN_NAMESPACE}
+    if route.route == "lib":
+        handle = registry.load_library(str(route.library))
+        if handle is None:
+            raise UserError(f"TensorRT could not load the plugin library '{route.library}' (built for another TensorRT, "
+                            "or missing getCreators); rebuild it on this machine with 'ulsam-deploy build-plugin'.")
+        from ..graph.common import sha256_file
+
+        info.update(library=str(Path(route.library).resolve()), library_sha256=sha256_file(route.library))
+    else:
+        module = importlib.import_module(route.module)
+        register = getattr(module, "register", None) or getattr(module, "register_plugin", None)
+        if not callable(register):
+            raise UserError(f"{route.module} has no register() function; reinstall ulsam-deploy.")
+        register()
+        info.update(python_module=route.module, library=None, library_sha256=None)
+    getter = getattr(registry, "get_creator", None)
+    if callable(getter) and getter(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        raise UserError(f"The {route.route} plugin route registered no '{OP_TYPE}' version {PLUGIN_VERSION} in namespace "
+                        f"'{PLUGIN_NAMESPACE}'; rebuild the plugin with 'ulsam-deploy build-plugin'.")
+    return info
