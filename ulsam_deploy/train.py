@@ -207,7 +207,18 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     if not 0 <= o.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), not {o.dropout}.")
     o.device = resolve_device(o.device)
+    _check_model_flags(o)
     return o
+
+
+def _check_model_flags(o: TrainOptions) -> None:
+    """Refuse an illegal model (position, groups, width) before anything is read or written."""
+    from .models.mobilenet import ModelConfig, layer_specs
+    from .models.positions import validate_positions
+
+    config = ModelConfig(arch=o.arch, width=o.width, ulsam=o.ulsam, groups=o.groups, num_classes=2,
+                         input_size=o.input_size, in_channels=o.in_channels, dropout=o.dropout)
+    validate_positions(config.positions, layer_specs(config), config.groups, config.arch)
 
 
 def resolve_device(device: str) -> str:
@@ -368,10 +379,16 @@ class RichReporter(Reporter):
                                  disable=not self.console.is_terminal)
         self.progress.start()
         self.task = self.progress.add_task(name, total=total, stats="")
+        self.phase, self.total, self.done = name, total, 0
+        # no live bar in a log file: a line at each quarter of a training epoch instead
+        self.marks = {total * q // 4 for q in (1, 2, 3)} if not self.console.is_terminal and total >= 8 else set()
 
     def advance(self, loss=None, acc=None) -> None:
         stats = "" if loss is None else f"loss {loss:.4f}  acc {acc:.2%}"
         self.progress.update(self.task, advance=1, stats=stats)
+        self.done += 1
+        if self.done in self.marks and loss is not None:
+            self.console.print(f"  {self.phase}: {self.done}/{self.total} steps, {stats}")
 
     def end_phase(self) -> None:
         if self.progress is not None:
@@ -661,7 +678,7 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         model.cpu().eval(), out / "final.pt", class_names=data.class_names, mean=data.preprocess.mean,
         std=data.preprocess.std, epoch=final.epoch, test_accuracy=final.test_acc, test_samples=_count(data.test),
         test_loss=final.test_loss, train_seconds=round(prior + seconds, 1),
-        history=[r.to_row() for r in history], torch=torch.__version__, device=device, **base_meta)
+        history=[r.to_row() for r in history], torch=str(torch.__version__), device=str(device), **base_meta)
     reporter.message(f"Test top-1 {final.test_acc:.2%} on {_count(data.test)} images; wrote {final_path}")
     return TrainResult(out, final_path, history, final.test_acc, _count(data.test), seconds, start_epoch)
 

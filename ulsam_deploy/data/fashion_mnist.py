@@ -85,7 +85,7 @@ class FashionMNIST(torch.utils.data.Dataset):
             images = raw[:, None]
         else:
             images = np.stack([self.preprocess.to_uint8(Image.fromarray(img)) for img in raw])
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
         self.labels = torch.from_numpy(labels)
 
     def __len__(self) -> int:
