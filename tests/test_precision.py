@@ -427,3 +427,38 @@ def test_idx_directory_splits():
     test = load_eval_set(fashion_mnist_dir(), pre, split="test", limit=50)
     assert "train split" in train.source and "test split" in test.source
     assert train.labelled and not np.array_equal(train.images, test.images)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _one_error_line(output: str) -> str:
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_path, monkeypatch):
+    from ulsam_deploy.cli import app
+
+    out = tmp_path / "cli.fp16.onnx"
+    result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "fp16", "-o", str(out),
+                                     "--verify-data", str(grey_images), "--min-agreement", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and Path(str(out) + ".json").exists() and "top-1 agree" in result.output
+
+    result = cli_runner.invoke(app, ["convert", str(tmp_path / "nope.onnx"), "--precision", "fp16"])
+    assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
+    target = tmp_path / "x.int8.onnx"
+    result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "int8", "-o", str(target),
+                                     "--verify-data", str(grey_images)])
+    assert result.exit_code == 2 and "--calib-data" in _one_error_line(result.output) and not target.exists()
+    result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "bf16", "-o", str(target)])
+    assert result.exit_code == 2 and "fp16 or int8" in _one_error_line(result.output)
+
+    monkeypatch.setattr(P, "verify_against_fp32", lambda *a, **k: {"top1_agreement": 0.5})
+    result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "fp16", "-o", str(target),
+                                     "--verify-data", str(grey_images)])
+    assert result.exit_code == 3 and "nothing was written" in _one_error_line(result.output)
+    assert not target.exists() and not Path(str(target) + ".json").exists()

@@ -640,3 +640,54 @@ def test_real_engine_build_and_compat(tmp_path):
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine((tmp_path / "m.engine").read_bytes())
     assert engine is not None and engine.num_io_tensors == 2
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _one_error_line(output: str) -> str:
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_cli_build_trt_error_paths(cli_runner, tmp_path):
+    from ulsam_deploy.cli import app
+
+    model = tiny_onnx(tmp_path / "m.onnx")
+    engine = tmp_path / "m.engine"
+    if _no_real_tensorrt():
+        result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch", "1:2:4"])
+        line = _one_error_line(result.output)
+        assert result.exit_code == 4 and "TensorRT's Python package is not installed" in line
+        assert "pip install tensorrt" in line or "python3-libnvinfer" in line
+    for args, code, text in (
+            (["--batch", "4:2:1"], 2, "1 <= MIN <= OPT <= MAX"),
+            (["--batch", "1", "--fp16"], 2, "--weakly-typed"),
+            (["--batch", "1", "--gpu-fallback"], 2, "--dla-core"),
+            (["--batch", "1", "--opt-level", "9"], 2, "0 to 5"),
+            ([], 2, "pass --batch"),
+    ):
+        result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine)] + args)
+        assert result.exit_code == code and text in _one_error_line(result.output), (args, result.output)
+    result = cli_runner.invoke(app, ["build-trt", str(tmp_path / "missing.onnx")])
+    assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
+    engine.write_bytes(b"old")
+    result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch", "1"])
+    assert result.exit_code == 2 and "--force" in _one_error_line(result.output) and engine.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.onnx"]
+
+
+def test_cli_build_trt_shows_parser_errors_in_full(cli_runner, tmp_path, monkeypatch):
+    from ulsam_deploy.cli import app
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(parse_errors=[
+        ("UNSUPPORTED_NODE", "No importer registered for op: Foo. Attempting to import as plugin.", 2, "foo_1", "Foo"),
+        ("UNSUPPORTED_NODE", "creator for Foo version 1 not found", 2, "foo_1", "Foo")]))
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch", "1"])
+    assert result.exit_code == 2
+    assert "No importer registered for op: Foo" in result.output and "creator for Foo version 1 not found" in result.output
+    assert "does not support op Foo (node 'foo_1')" in _one_error_line(result.output)
+    assert not (tmp_path / "m.engine").exists()

@@ -337,6 +337,133 @@ def demo(
                         exit_code=3)
 
 
+# --------------------------------------------------------------------------------------- convert
+
+@app.command()
+@handle_errors
+def convert(
+    model: Path = typer.Argument(..., help="fp32 ONNX from 'ulsam-deploy export' (the unfused one for int8)."),
+    precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX to write (default: MODEL.fp16.onnx / MODEL.int8.onnx)."),
+    io: str = typer.Option("fp32", "--io", help="fp16: graph input/output type, fp32 (default) or fp16."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8: real calibration images (ImageFolder, flat folder, or a folder of idx files: its train split)."),
+    calib_limit: int = typer.Option(512, "--calib-limit", help="int8: calibration images to use at most (a seeded random subset)."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="int8: percentile (default), minmax or entropy."),
+    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Real images to verify on [default: Fashion-MNIST test set or foolbox's ImageNet photos, whichever fits the model]."),
+    verify_limit: Optional[int] = typer.Option(None, "--verify-limit", help="Verification images to use at most."),
+    min_agreement: float = typer.Option(0.995, "--min-agreement", help="fp16 gate: top-1 agreement with fp32."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="int8 gate: top-1 accuracy points lost against fp32."),
+    fuse: bool = typer.Option(False, "--fuse", help="Fuse ULSAM blocks into SubspaceAttention (int8: after quantizing)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """fp16 or int8 (explicit Q/DQ) ONNX for strongly typed TensorRT, verified on real images with ONNX Runtime."""
+    from .graph.precision import PrecisionOptions, convert_precision
+
+    options = PrecisionOptions(io=io, fuse=fuse, force=force, min_agreement=min_agreement, max_drop=max_drop,
+                               calib_method=calib_method)
+    result = convert_precision(model, output, precision, calib_data=calib_data, verify_data=verify_data,
+                               calib_limit=calib_limit, verify_limit=verify_limit, options=options, stage=stage,
+                               warn=print_warning)
+    figures = result.verification
+    table = Table(title=f"{precision} vs fp32 on ONNX Runtime CPU ({figures['data']['source']})", title_justify="left")
+    for col in ("images", "top-1 agree", "top-5 overlap", "max |diff|", "cosine", "acc fp32", f"acc {precision}"):
+        table.add_column(col, justify="right")
+    acc = (lambda key: f"{figures[key]:.2%}" if key in figures else "-")
+    table.add_row(str(figures["samples"]), f"{figures['top1_agreement']:.2%}", f"{figures['top5_overlap']:.2%}",
+                  f"{figures['max_abs']:.3g}", f"{figures['cosine']:.5f}", acc("accuracy_reference"),
+                  acc("accuracy_candidate"))
+    console.print(table)
+    gate = figures["gate"]
+    if gate["metric"] == "top1_agreement":
+        verdict = f"top-1 agreement {gate['value']:.2%} >= {gate['threshold']:.2%}"
+    else:
+        verdict = f"accuracy drop {gate['value']:.2f} points <= {gate['threshold']:g}"
+    kept = result.section["kept_fp32"]
+    console.print(f"[green]Wrote[/] {result.onnx_path} ({precision}, {verdict}; {kept['ulsam_blocks']} ULSAM block(s) "
+                  f"kept fp32) and {result.sidecar_path}")
+
+
+# ------------------------------------------------------------------------------------- build-trt
+
+@app.command("build-trt")
+@handle_errors
+def build_trt(
+    model: Path = typer.Argument(..., help="ONNX to build (fp32, or fp16/int8 from 'ulsam-deploy convert')."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Engine file to write (default: MODEL.engine); MODEL.engine.json goes beside it."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Optimization profile MIN:OPT:MAX (e.g. 1:8:32) or N; required for a dynamic batch axis."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Workspace memory pool limit in MiB [default: TensorRT's]."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 [TensorRT's default: 3]."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: loaded if present, saved after the build."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson Orin, TensorRT 10)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla-core: layers DLA cannot run go to the GPU."),
+    plugin: Optional[str] = typer.Option(None, "--plugin", help="Fuse ULSAM and use our plugin: lib (C++ library), python (TensorRT >= 10.9) or auto."),
+    plugin_lib: Optional[Path] = typer.Option(None, "--plugin-lib", help="Path of libulsam_subspace_attention_plugin.so (implies --plugin lib)."),
+    weakly_typed: bool = typer.Option(False, "--weakly-typed", help="TensorRT 10 only: let the builder pick precisions (with --fp16/--int8)."),
+    fp16: bool = typer.Option(False, "--fp16", help="With --weakly-typed: allow fp16 kernels (BuilderFlag.FP16)."),
+    int8: bool = typer.Option(False, "--int8", help="With --weakly-typed: allow int8 kernels for a Q/DQ ONNX (BuilderFlag.INT8)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show all of TensorRT's log."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing engine."),
+) -> None:
+    """Build a TensorRT engine (strongly typed by default) and its sidecar; raw engine file, trtexec-readable."""
+    from .trt.build import build_engine
+    from .trt.progress import BuildProgress
+    from .trt.settings import BuildOptions
+    from .ui import err_console
+
+    options = BuildOptions(batch=batch, workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+                           dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
+                           weakly_typed=weakly_typed, fp16=fp16, int8=int8, force=force, verbose=verbose)
+    output = output or model.with_suffix(".engine")
+    result = build_engine(model, output, options, stage=stage, warn=print_warning,
+                          details=lambda text: err_console.print(text, markup=False, highlight=False, soft_wrap=True),
+                          progress=BuildProgress())
+    data = result.sidecar
+    table = Table(title=f"TensorRT engine {result.engine_path}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    gpu = data.get("gpu") or {}
+    table.add_row("TensorRT", f"{data['tensorrt']['version']} (CUDA driver {data['cuda']['driver_version']})")
+    table.add_row("GPU", f"{gpu.get('name', '?')} ({gpu.get('sm', '?')})")
+    table.add_row("precision", data["precision"]["mode"] + (" [strongly typed]" if data["precision"]["strongly_typed"] else ""))
+    table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}" for p in data["profiles"]))
+    if data.get("plugin"):
+        p = data["plugin"]
+        table.add_row("plugin", f"{p['route']}: {p.get('library') or p.get('python_module')} ({p['fused_blocks']} block(s))")
+    table.add_row("size / time", f"{data['engine_bytes'] / 2**20:.1f} MiB, built in {result.seconds:.1f}s")
+    console.print(table)
+    console.print(f"[green]Wrote[/] {result.engine_path} and {result.sidecar_path} "
+                  f"(run it: trtexec --loadEngine={result.engine_path}"
+                  f"{' --dynamicPlugins=' + data['plugin']['library'] if data.get('plugin') and data['plugin'].get('library') else ''})")
+
+
+# ---------------------------------------------------------------------------------------- doctor
+
+@app.command()
+@handle_errors
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON to stdout."),
+    data: bool = typer.Option(True, "--data/--no-data", help="Also check the real data sets and weights."),
+) -> None:
+    """What is installed and usable (torch, ONNX, ONNX Runtime, TensorRT, CUDA, GPU, Triton, plugins), what a missing piece disables, how to get it."""
+    from .doctor import run_doctor
+
+    report = run_doctor(include_data=data)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    table = Table(title="ulsam-deploy doctor", title_justify="left")
+    for col in ("component", "", "version", "details", "missing means", "how to get it"):
+        table.add_column(col, overflow="fold")
+    for c in report.checks:
+        mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if not c.optional else "[yellow]–[/]")
+        table.add_row(c.name, mark, c.version or "", c.detail, c.disables if (not c.ok or c.disables) else "",
+                      c.fix if (not c.ok or c.fix) else "")
+    console.print(table)
+    missing = [c.name for c in report.checks if not c.ok]
+    console.print(f"{len(report.checks) - len(missing)} of {len(report.checks)} available"
+                  + (f"; missing: {', '.join(missing)}" if missing else ""))
+
+
 def run() -> None:  # console-script entry point
     app()
 

@@ -1,0 +1,76 @@
+"""``ulsam-deploy doctor``: every component reported with version or reason, what it disables, how to get it."""
+
+from __future__ import annotations
+
+import json
+
+from ulsam_deploy.cli import app
+from ulsam_deploy.doctor import run_doctor
+
+EXPECTED = {"python", "torch", "onnx", "onnxsim", "onnxruntime", "onnxruntime-extensions", "onnxconverter-common",
+            "tensorrt", "cuda-driver", "gpu", "triton", "plugin-library", "python-plugin"}
+
+
+def test_report_covers_every_component():
+    report = run_doctor(include_data=False)
+    names = [c.name for c in report.checks]
+    assert set(names) == EXPECTED and len(names) == len(set(names))
+    for check in report.checks:
+        if check.ok:
+            continue
+        assert check.detail, check.name  # why it is missing
+        assert check.disables and check.fix, check.name  # what that costs and how to get it
+
+
+def test_versions_match_the_environment():
+    import onnx
+    import onnxruntime
+    import torch
+
+    report = run_doctor(include_data=False)
+    assert report.get("torch").version == torch.__version__ and report.get("torch").ok
+    assert report.get("onnx").version == onnx.__version__
+    ort = report.get("onnxruntime")
+    assert ort.version == onnxruntime.__version__ and "CPUExecutionProvider" in ort.detail
+
+
+def test_tensorrt_and_gpu_probed_for_real():
+    from ulsam_deploy.trt.cuda_driver import probe_cuda_driver
+
+    report = run_doctor(include_data=False)
+    try:
+        import tensorrt
+
+        assert report.get("tensorrt").ok and report.get("tensorrt").version == tensorrt.__version__
+    except ImportError:
+        trt = report.get("tensorrt")
+        assert not trt.ok and "pip install tensorrt" in trt.fix or "python3-libnvinfer" in trt.fix
+        assert "build-trt" in trt.disables
+    driver = probe_cuda_driver()
+    assert report.get("gpu").ok == driver.available
+    if not driver.available:
+        assert report.get("gpu").detail == driver.error
+
+
+def test_plugin_library_found_through_env(tmp_path, monkeypatch):
+    lib = tmp_path / "libulsam_subspace_attention_plugin.so"
+    monkeypatch.setenv("ULSAM_PLUGIN_LIBRARY", str(lib))
+    monkeypatch.chdir(tmp_path)
+    assert not run_doctor(include_data=False).get("plugin-library").ok
+    lib.write_bytes(b"\x7fELF")
+    check = run_doctor(include_data=False).get("plugin-library")
+    assert check.ok and str(lib) in check.detail
+
+
+def test_cli_table_and_json(cli_runner):
+    result = cli_runner.invoke(app, ["doctor", "--no-data"])
+    assert result.exit_code == 0, result.output
+    for name in ("onnxruntime", "tensorrt", "gpu", "triton", "plugin-library"):
+        assert name in result.output
+    assert "available" in result.output
+    result = cli_runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    names = {c["name"] for c in data["checks"]}
+    assert EXPECTED <= names and "fashion-mnist" in names
+    assert set(data["summary"]["ok"]) | set(data["summary"]["missing"]) == names
