@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +73,10 @@ def test_ptxas_assembles_shipped_ptx(arch):
         if k["arch"] == arch:
             info = aot.ptxas_check(aot.PTX_DIR / k["file"], arch, PTXAS)
             assert "Used" in info and "registers" in info
+            spill = int(re.search(r"(\d+) bytes spill stores", info).group(1))
+            # ptxas picks its own register cap; a few small-tile kernels spill a handful of
+            # bytes on some targets (outside the hot loop). Catch real register blow-ups.
+            assert spill <= 32, f"{k['file']} spills {spill} bytes:\n{info}"
 
 
 @pytest.mark.skipif(PTXAS is None, reason="ptxas (CUDA toolkit) not found")
@@ -92,16 +101,21 @@ def test_find_kernel_falls_back_to_nearest_lower_arch():
 def test_regenerating_sm87_matches_shipped(dtype, variant):
     """GPU-free compile of one target reproduces the shipped metadata (and the PTX byte for
     byte when the Triton version is the one that generated it)."""
-    import triton
-
-    k = aot.compile_kernel(dtype, variant, 87)
+    # in a fresh interpreter: this test session may have switched Triton to interpreter mode
+    code = ("import json,sys; from ulsam_deploy.kernels import aot; "
+            f"k=aot.compile_kernel({dtype!r},{variant},87); r=k.record(); r['header']=aot.ptx_header(k.ptx); "
+            "import triton; r['triton']=triton.__version__; print(json.dumps(r))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(aot.__file__).parents[2], timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads(res.stdout.strip().splitlines()[-1])
     shipped = aot.find_kernel(MANIFEST, 87, dtype, variant)
-    rec = k.record()
     for key in ("arch", "entry", "num_warps", "threads", "shared_bytes", "ptx_params",
                 "constexprs", "global_scratch_bytes", "profile_scratch_bytes", "file"):
         assert rec[key] == shipped[key], key
-    assert aot.ptx_header(k.ptx) == ("8.5", "sm_87")
-    if triton.__version__ != MANIFEST["triton_version"]:
+    assert tuple(rec["header"]) == ("8.5", "sm_87")
+    if rec["triton"] != MANIFEST["triton_version"]:
         pytest.skip(f"PTX text compare needs triton {MANIFEST['triton_version']}")
     assert rec["sha256"] == shipped["sha256"], "shipped PTX is stale: run python -m ulsam_deploy.kernels.aot"
 
@@ -118,7 +132,7 @@ def test_generate_writes_manifest_and_files(tmp_path, monkeypatch):
     monkeypatch.setattr(aot, "compile_kernel", fake_compile)
     man = aot.generate(tmp_path, archs=(87,), dtypes=("fp32",), variants=[0, 3])
     assert sorted(p.name for p in (tmp_path / "sm_87").iterdir()) == [
-        "fp32_w16_r16_c1.ptx", "fp32_w8_r8_c32.ptx"]
+        "fp32_w16_r16_c1.ptx", "fp32_w8_r8_c16.ptx"]
     assert aot.load_manifest(tmp_path)["kernels"] == man["kernels"]
 
     def bad_compile(dtype, variant, arch, *, ptx_version):

@@ -21,7 +21,7 @@ namespace
 {
 
 // ------------------------------------------------------------------ plan (mirror of plan.py)
-constexpr int64_t kBigTile = 2048;
+constexpr int64_t kBigTile = 1024;
 constexpr int64_t kSmallTile = 256;
 constexpr int kBigWarps = 8;
 constexpr int kSmallWarps = 2;
@@ -29,7 +29,7 @@ constexpr int kBlockWs[] = {8, 16};
 constexpr int kNumBlockWs = 2;
 constexpr int64_t kMaxSplit = 16;
 constexpr int64_t kSplitCtasPerSm = 2;
-constexpr int64_t kCtasPerSmBig = 1;
+constexpr int64_t kCtasPerSmBig = 2;
 constexpr int64_t kCtasPerSmSmall = 4;
 constexpr int64_t kDefaultSmCount = 132;
 constexpr int64_t kDefaultL2Bytes = 50LL * 1024 * 1024;
@@ -444,8 +444,9 @@ int ulsam_sa_launch(void const* x, void* y, int dtype, int N, int C, int H, int 
         return fail(ULSAM_SA_ERR_NO_KERNEL, "embedded PTX (num_warps=%d) does not match variant %d (num_warps=%d); "
             "regenerate the PTX and rebuild", lk.numWarps, plan.variant, plan.num_warps);
 
-    // Parameter order = ulsam_deploy/kernels/ptx/manifest.json "params": 7 pointers, 9 int32,
-    // then Triton's two hidden scratch pointers (this kernel needs no scratch: NULL).
+    // Parameter order = ulsam_deploy/kernels/ptx/manifest.json "params": 5 input pointers,
+    // 9 int32, 2 output pointers (y, workspace), then Triton's two hidden scratch pointers (this
+    // kernel needs no scratch: NULL).
     CUdeviceptr px = reinterpret_cast<CUdeviceptr>(x), py = reinterpret_cast<CUdeviceptr>(y);
     CUdeviceptr ps = reinterpret_cast<CUdeviceptr>(dwScale), pt = reinterpret_cast<CUdeviceptr>(dwShift);
     CUdeviceptr pw = reinterpret_cast<CUdeviceptr>(pwWeight), pb = reinterpret_cast<CUdeviceptr>(pwBias);
@@ -453,7 +454,7 @@ int ulsam_sa_launch(void const* x, void* y, int dtype, int N, int C, int H, int 
     int32_t G = C / groups, h = H, w = W, grp = groups, nItems = plan.items, split = plan.split, chunk = plan.chunk;
     int32_t rd = reluDw ? 1 : 0, rp = reluPw ? 1 : 0;
     CUdeviceptr globalScratch = 0, profileScratch = 0;
-    void* args[] = {&px, &py, &ps, &pt, &pw, &pb, &pws, &G, &h, &w, &grp, &nItems, &split, &chunk, &rd, &rp,
+    void* args[] = {&px, &ps, &pt, &pw, &pb, &G, &h, &w, &grp, &nItems, &split, &chunk, &rd, &rp, &py, &pws,
         &globalScratch, &profileScratch};
     CUresult r = d.cuLaunchKernel(lk.fn, static_cast<unsigned>(plan.grid), 1, 1,
         static_cast<unsigned>(32 * lk.numWarps), 1, 1, static_cast<unsigned>(lk.sharedBytes),

@@ -143,6 +143,9 @@ def compile_kernel(dtype: str, variant: int, arch: int, *,
 
     if dtype not in _plan.DTYPES:
         raise ValueError(f"dtype must be one of {_plan.DTYPES}")
+    if type(ulsam_subspace_attention_kernel).__name__ == "InterpretedFunction":
+        raise RuntimeError("Triton runs in interpreter mode (TRITON_INTERPRET=1) in this process; "
+                           "AOT compilation needs a process started without it")
     var = _plan.VARIANTS[variant]
     src = ASTSource(fn=ulsam_subspace_attention_kernel, signature=signature_for(dtype),
                     constexprs=var.constexprs)
@@ -163,7 +166,7 @@ def compile_kernel(dtype: str, variant: int, arch: int, *,
 
 
 def expected_ptx_params() -> list[str]:
-    """PTX parameter types the launcher assumes: 7 pointers, 9 int32, 2 hidden pointers."""
+    """PTX parameter types the launcher assumes: 5 pointers, 9 int32, 2 pointers, 2 hidden."""
     from .subspace_attention import PARAM_ORDER
 
     types = ["u64" if kind.startswith(("*", "ptr")) else "u32" for _, kind in PARAM_ORDER]

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 #: "row-tile" width ROWS*BLOCK_W is 64 for BLOCK_W=8 (a whole <=8x8 image) and 256 for
 #: BLOCK_W=16 (a whole <=16x16 image; wider images loop over 16-column tiles, taller ones
 #: split the rows into 16 strips).
-BIG_TILE = 2048  # 8 warps, 8 fp32 lanes per thread
+BIG_TILE = 1024  # 8 warps, 4 lanes per thread (8 per thread spills: ptxas caps at 128 regs)
 SMALL_TILE = 256  # 2 warps, 4 lanes per thread (groups of very few channels)
 BIG_WARPS = 8
 SMALL_WARPS = 2
@@ -44,7 +44,7 @@ MAX_SPLIT = 16
 #: Programs per SM the channel split aims for (only when N*groups is below that).
 SPLIT_CTAS_PER_SM = 2
 #: Minimum persistent programs per SM (big tiles / small tiles): >= 8 resident warps per SM.
-CTAS_PER_SM_BIG = 1
+CTAS_PER_SM_BIG = 2
 CTAS_PER_SM_SMALL = 4
 #: Defaults used when the device is unknown (CPU interpreter).
 DEFAULT_SM_COUNT = 132

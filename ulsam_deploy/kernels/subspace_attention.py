@@ -23,13 +23,13 @@ C. **output** - for each block of ``OUT_HW`` positions compute ``1 + A`` once an
 fp16 in/out, fp32 everywhere inside. Per-element offsets are int32 relative to a per-group
 int64 base, so ``G*H*W`` must be < 2**31 (far above any real layer).
 
-Runtime ``int`` arguments (never specialised: the AOT PTX takes them as ``.param .u32``)::
+Runtime ``int`` arguments are never specialised (the AOT PTX takes them as ``.param .u32``).
 
-    G, H, W, groups, n_items, split, chunk, relu_dw, relu_pw
-
-Pointer order: ``x, y, dw_scale, dw_shift, pw_weight, pw_bias, ws`` and then - added by Triton
-itself - the two hidden trailing scratch pointers (global scratch, profile scratch), which a
-raw ``cuLaunchKernel`` must pass (NULL is fine: this kernel requests no scratch).
+Parameter order (:data:`PARAM_ORDER`, TensorRT's AOT-plugin convention: inputs, int32 scalars,
+outputs): ``x, dw_scale, dw_shift, pw_weight, pw_bias, G, H, W, groups, n_items, split, chunk,
+relu_dw, relu_pw, y, ws`` and then - added by Triton itself - two hidden trailing scratch
+pointers (global scratch, profile scratch), which a raw ``cuLaunchKernel`` must pass (NULL is
+fine: this kernel requests no scratch; the QDP glue strips them from the PTX instead).
 """
 
 from __future__ import annotations
@@ -43,12 +43,15 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 # Order of the kernel's runtime parameters (constexprs excluded). Shared with aot.py and the C++
 # launcher; tests check it against the compiled signature.
+# Calling convention = TensorRT's AOT plugin convention (input pointers, int32 scalars, output
+# pointers), so the very same PTX serves the C++ launcher and tensorrt.plugin (QDP).
 PARAM_ORDER = (
-    ("x_ptr", "ptr_io"), ("y_ptr", "ptr_io"),
+    ("x_ptr", "ptr_io"),
     ("dw_scale_ptr", "*fp32"), ("dw_shift_ptr", "*fp32"),
-    ("pw_weight_ptr", "*fp32"), ("pw_bias_ptr", "*fp32"), ("ws_ptr", "*fp32"),
+    ("pw_weight_ptr", "*fp32"), ("pw_bias_ptr", "*fp32"),
     ("G", "i32"), ("H", "i32"), ("W", "i32"), ("groups", "i32"), ("n_items", "i32"),
     ("split", "i32"), ("chunk", "i32"), ("relu_dw", "i32"), ("relu_pw", "i32"),
+    ("y_ptr", "ptr_io"), ("ws_ptr", "*fp32"),
 )
 CONSTEXPR_NAMES = ("BLOCK_W", "ROWS", "BLOCK_C", "OUT_C")
 KERNEL_NAME = "ulsam_subspace_attention_kernel"
@@ -77,8 +80,9 @@ def _hmax_rows(xg, ch_off, chm, sg, rows, H, W, cols):
 
 @triton.jit
 def ulsam_subspace_attention_kernel(
-    x_ptr, y_ptr, dw_scale_ptr, dw_shift_ptr, pw_weight_ptr, pw_bias_ptr, ws_ptr,
+    x_ptr, dw_scale_ptr, dw_shift_ptr, pw_weight_ptr, pw_bias_ptr,
     G, H, W, groups, n_items, split, chunk, relu_dw, relu_pw,
+    y_ptr, ws_ptr,
     BLOCK_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, OUT_C: tl.constexpr,
 ):
     TW: tl.constexpr = ROWS * BLOCK_W  # lanes of one tile row = positions per pass-C block
@@ -147,8 +151,8 @@ def ulsam_subspace_attention_kernel(
         tl.debug_barrier()
 
         # ---- pass B: online softmax statistics over the H*W logits (base-2 domain) ----
-        m_run = tl.max(tl.full([TW], float("-inf"), tl.float32), axis=0)
-        s_run = tl.sum(tl.zeros([TW], tl.float32), axis=0)
+        m_run = tl.full([], float("-inf"), tl.float32)
+        s_run = tl.full([], 0.0, tl.float32)
         for p0 in range(0, HW, TW):
             p = p0 + offs_t
             pm = p < HW
@@ -250,9 +254,10 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
     elif workspace.numel() < pl.grid * h * w or workspace.dtype != torch.float32:
         raise ValueError("workspace must be fp32 with at least grid*H*W elements")
     ulsam_subspace_attention_kernel[(pl.grid,)](
-        x, y, s_t, t_t, w_t, b_t, workspace,
+        x, s_t, t_t, w_t, b_t,
         c // groups, h, w, groups, pl.items, pl.split, pl.chunk, int(bool(relu_dw)),
         int(bool(relu_pw)),
+        y, workspace,
         **var.constexprs,
         num_warps=var.num_warps,
     )
