@@ -456,6 +456,14 @@ def test_apply_plan_maps_options_to_builder_calls(tmp_path):
     assert {("config.set_flag", "BuilderFlag.FP16"), ("config.set_flag", "BuilderFlag.GPU_FALLBACK")} <= set(dla.calls)
 
 
+def test_engine_precision_word():
+    from ulsam_deploy.trt.build import engine_precision
+
+    assert engine_precision("fp32", []) == "fp32" and engine_precision("fp16", []) == "fp16"
+    assert engine_precision("int8", []) == "int8" and engine_precision("fp32", ["FP16"]) == "fp16"
+    assert engine_precision("int8", ["INT8"]) == "int8" and engine_precision("fp32", ["FP16", "INT8"]) == "int8"
+
+
 def test_network_flags_strongly_typed_on_10_and_11(tmp_path):
     info = info_of(tiny_onnx(tmp_path / "m.onnx"))
     trt10 = fake_tensorrt("10.3.0.30")
@@ -599,7 +607,8 @@ def test_file_handling_with_fake_tensorrt(tmp_path, monkeypatch):
     assert progress.phases == [("Building", None, 2)]
     data = json.loads((tmp_path / "m.engine.json").read_text())
     assert data == result.sidecar and data["format"] == ENGINE_SIDECAR_FORMAT
-    assert data["tensorrt"]["version"] == "10.3.0.30" and data["precision"]["strongly_typed"]
+    assert data["tensorrt"]["version"] == "10.3.0.30" and data["precision_details"]["strongly_typed"]
+    assert data["precision"] == "fp32"
     assert data["profiles"] == [{"input": "input", "min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8]}]
     assert data["onnx"]["sha256"] == P_sha(model) and data["engine_sha256"] == P_sha(tmp_path / "m.engine")
     assert data["build"]["timing_cache"] == {"path": str(cache), "loaded_bytes": 8, "saved_bytes": 14}
