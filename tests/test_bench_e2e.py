@@ -202,3 +202,36 @@ def test_model_spec_parsing():
     assert parse_model_spec("resnet50") is None
     with pytest.raises(UserError):
         resolve_model("resnet50")
+
+
+def test_fused_onnx_gets_the_custom_op_library_automatically(small, tmp_path):
+    pytest.importorskip("onnxruntime_extensions", reason="the fused op needs onnxruntime-extensions (ulsam-deploy[kernels])")
+    from ulsam_deploy.export import ExportOptions, export_checkpoint
+
+    fused = tmp_path / "fused.onnx"
+    result = export_checkpoint(small["ckpt"], fused, ExportOptions(fuse=True))
+    assert result.fusion and result.fusion.get("fused", 0) >= 1
+    report = run_bench([resolve_model(small["ckpt"], onnx=[fused])],
+                       _fast_options(backends=("torch", "ort"), num_inputs=4, batches=(2,)))
+    (ort_info,) = [r for r in report.runners if r["label"] == "ort:cpu"]
+    assert ort_info["custom_ops"] is True and ort_info["fused_nodes"] >= 1
+    assert report.passed and report.parity[1].comparison.max_abs < 1e-4
+
+
+def test_fp16_io_model_is_fed_fp16_and_judged_as_fp16(small, tmp_path):
+    pytest.importorskip("onnxconverter_common", reason="the fp16 pass needs onnxconverter-common")
+    from ulsam_deploy.graph.precision import to_fp16
+
+    half, _ = to_fp16(onnx.load(str(small["onnx"])), io_fp16=True)
+    path = tmp_path / "half.onnx"
+    onnx.save(half, str(path))
+    report = run_bench([resolve_model(small["ckpt"], onnx=[small["onnx"], path])],
+                       _fast_options(backends=("torch", "ort"), num_inputs=8, batches=(1,)))
+    rows = {(r.artifact, r.precision): r for r in report.parity if not r.is_reference}
+    fp16 = rows[(str(path), "fp16")]
+    assert rows[(str(small["onnx"]), "fp32")].passed
+    assert fp16.thresholds.atol is None and fp16.thresholds.min_top1_agreement == 0.99  # judged on agreement
+    assert 1e-6 < fp16.comparison.max_abs < 0.5 and fp16.comparison.cosine > 0.999
+    (info,) = [r for r in report.runners if r["artifact"] == str(path)]
+    assert info["io_fp16"] is True and info["precision"] == "fp16"
+    assert {(r.precision, r.batch) for r in report.latency if r.backend == "ort:cpu"} == {("fp32", 1), ("fp16", 1)}
