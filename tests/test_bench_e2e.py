@@ -235,3 +235,13 @@ def test_fp16_io_model_is_fed_fp16_and_judged_as_fp16(small, tmp_path):
     (info,) = [r for r in report.runners if r["artifact"] == str(path)]
     assert info["io_fp16"] is True and info["precision"] == "fp16"
     assert {(r.precision, r.batch) for r in report.latency if r.backend == "ort:cpu"} == {("fp32", 1), ("fp16", 1)}
+
+
+def test_onnx_without_sidecar_or_checkpoint_runs_on_ort_alone(small, tmp_path):
+    bare = tmp_path / "foreign.onnx"
+    shutil.copy(small["onnx"], bare)  # no foreign.onnx.json beside it
+    report = run_bench([resolve_model(bare)], _fast_options(backends=("torch", "ort"), num_inputs=3))
+    assert report.inputs["shape"] == [1, 32, 32]  # read from the graph
+    assert [s["backend"] for s in report.skipped] == ["torch"] and "no checkpoint" in report.skipped[0]["reason"]
+    assert any("reference backend 'torch' is not available" in w for w in report.warnings)
+    assert report.passed and [r.backend for r in report.latency] == ["ort:cpu"]

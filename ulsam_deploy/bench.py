@@ -64,8 +64,15 @@ class ModelSpec:
     meta: dict = field(default_factory=dict)
     random_weights: bool = False
     notes: list = field(default_factory=list)
+    graph_shape: tuple | None = None  # (channels, size, classes) read from an ONNX graph without sidecar
     _macs: int | None = None
     _params: int | None = None
+
+    def input_info(self) -> tuple[int, int, int | None] | None:
+        """(channels, square size, classes) from the config, else from the ONNX graph; None when unknown."""
+        if self.config is not None:
+            return self.config.in_channels, self.config.input_size, self.config.num_classes
+        return self.graph_shape
 
     def cost(self) -> tuple[int | None, int | None]:
         """(MACs, params) counted the paper's way (profile_model); None without a config."""
@@ -127,6 +134,8 @@ def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
     sidecar = read_sidecar(onnx_path)
     if not sidecar:
         spec.notes.append(f"{onnx_path.name} has no sidecar: input shape from the graph, ImageNet mean/std")
+        if spec.graph_shape is None:
+            spec.graph_shape = _graph_shape(onnx_path)
         return
     if spec.config is None and sidecar.get("config"):
         spec.config = ModelConfig.from_dict(sidecar["config"])
@@ -137,6 +146,25 @@ def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
     source = sidecar.get("source")
     if spec.checkpoint is None and source and Path(source).is_file():
         spec.checkpoint = Path(source)
+
+
+def _graph_shape(onnx_path: Path) -> tuple | None:
+    """(channels, size, classes) of an N x C x S x S image model, read from its graph (no weights loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - reported later as "cannot tell the input shape"
+        return None
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if not inputs:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:] or dims[2] != dims[3]:
+        return None
+    out = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    return int(dims[1]), int(dims[2]), (int(out[-1]) if out and out[-1] else None)
 
 
 def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Sequence = (), seed: int = 0,
@@ -561,30 +589,29 @@ def _infer_all(runner: Runner, data: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> InputSet:
-    configs = [s.config for s in specs if s.config is not None]
-    if not configs:
-        raise UserError("Cannot tell the input shape: no checkpoint, sidecar or model spec describes the model; "
-                        "export with 'ulsam-deploy export' (it writes the sidecar) or give the checkpoint.")
-    first = configs[0]
-    shapes = {(c.in_channels, c.input_size) for c in configs}
+    known = [(s, s.input_info()) for s in specs if s.input_info() is not None]
+    if not known:
+        raise UserError("Cannot tell the input shape: no checkpoint, sidecar, model spec or static ONNX input "
+                        "describes the model; export with 'ulsam-deploy export' (it writes the sidecar) or give the checkpoint.")
+    spec, (channels, size, classes) = known[0]
+    shapes = {(c, z) for _, (c, z, _n) in known}
     if len(shapes) > 1:
-        raise UserError(f"The models take different inputs ({', '.join(f'{c}x{s}x{s}' for c, s in sorted(shapes))}); "
+        raise UserError(f"The models take different inputs ({', '.join(f'{c}x{z}x{z}' for c, z in sorted(shapes))}); "
                         "compare models with the same input size and channels.")
     if options.inputs is None:
-        return random_inputs(options.num_inputs or 16, first.in_channels, first.input_size, options.seed)
-    spec = next(s for s in specs if s.config is not None)
-    preprocess = make_preprocess(first.input_size, first.in_channels, options.mean or spec.mean,
-                                 options.std or spec.std, meta_preprocess=(spec.meta or {}).get("preprocess"),
-                                 resize=options.resize, crop_pct=options.crop_pct)
+        return random_inputs(options.num_inputs or 16, channels, size, options.seed)
+    preprocess = make_preprocess(size, channels, options.mean or spec.mean, options.std or spec.std,
+                                 meta_preprocess=(spec.meta or {}).get("preprocess"), resize=options.resize,
+                                 crop_pct=options.crop_pct)
     class_names = spec.class_names
-    if class_names is None and first.num_classes == 1000 and first.in_channels == 3:
+    if class_names is None and classes == 1000 and channels == 3:
         try:
             from .data import imagenet_class_names
 
             class_names = imagenet_class_names()
         except Exception:  # noqa: BLE001 - optional nicety
             class_names = None
-    return load_images(options.inputs, preprocess, class_names=class_names, num_classes=first.num_classes,
+    return load_images(options.inputs, preprocess, class_names=class_names, num_classes=classes,
                        label_regex=options.label_regex, limit=options.num_inputs)
 
 
@@ -609,10 +636,6 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
     inputs = _build_inputs(specs, options)
     warnings += inputs.warnings
     event("inputs", inputs=inputs)
-    for spec in specs:
-        if spec.config is not None and (spec.config.in_channels, spec.config.input_size) != tuple(inputs.data.shape[1:3]):
-            raise UserError(f"{spec.name} takes {spec.config.in_channels}x{spec.config.input_size}x{spec.config.input_size} "
-                            f"inputs, unlike the others; compare models with the same input shape.")
 
     per_model: dict[str, list[RunnerEntry]] = {}
     try:
