@@ -348,3 +348,11 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
         run()
         timings = stages()
         assert set(timings) == {"h2d", "compute", "d2h"} and all(v >= 0 for v in timings.values())
+
+
+@pytest.mark.parametrize("value, expected", [("fp16", "fp16"), ({"precision": "int8", "calibration": "x"}, "int8"),
+                                             (None, "fp32"), ("FP16", "fp16"), ("mixed?", "fp32")])
+def test_engine_precision_read_from_sidecar(value, expected):
+    from ulsam_deploy.backends.trt_runner import _sidecar_precision
+
+    assert _sidecar_precision({"precision": value}) == expected

@@ -70,6 +70,7 @@ class TorchCudaMemory(CudaMemory):
         self.device = torch.device("cuda", device)
         torch.cuda.set_device(self.device)
         self.stream = torch.cuda.Stream(self.device)
+        self._pinned: dict[int, object] = {}  # host pointer -> pinned torch tensor owning it
 
     def _dtype(self, dtype):
         return self.torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
@@ -81,15 +82,24 @@ class TorchCudaMemory(CudaMemory):
         return int(buf.data_ptr())
 
     def host_empty(self, shape, dtype) -> np.ndarray:
-        return self.torch.empty(tuple(shape), dtype=self._dtype(dtype)).pin_memory().numpy()
+        tensor = self.torch.empty(tuple(shape), dtype=self._dtype(dtype)).pin_memory()
+        array = tensor.numpy()
+        self._pinned[array.ctypes.data] = tensor
+        return array
+
+    def _host(self, array: np.ndarray):
+        return self._pinned.get(array.ctypes.data) if array.ctypes.data in self._pinned else self.torch.from_numpy(array)
 
     def h2d(self, dev, host):
         with self.torch.cuda.stream(self.stream):
-            dev.copy_(self.torch.from_numpy(host), non_blocking=True)
+            dev.copy_(self._host(host), non_blocking=True)
 
     def d2h(self, host, dev):
         with self.torch.cuda.stream(self.stream):
-            self.torch.from_numpy(host).copy_(dev, non_blocking=True)
+            self._host(host).copy_(dev, non_blocking=True)
+
+    def close(self):
+        self._pinned.clear()
 
     def event(self):
         return self.torch.cuda.Event(enable_timing=True)
@@ -250,8 +260,11 @@ def _make_logger(trt):
             self.messages: list[str] = []
 
         def log(self, severity, msg):  # noqa: D401 - TensorRT's callback
-            if severity <= trt.ILogger.Severity.WARNING:
+            if severity in keep:
                 self.messages.append(str(msg))
+
+    levels = trt.ILogger.Severity
+    keep = {getattr(levels, name) for name in ("INTERNAL_ERROR", "ERROR", "WARNING") if hasattr(levels, name)}
 
     return _Logger()
 
@@ -269,6 +282,15 @@ def load_plugin_library(trt, library: str | os.PathLike) -> object:
         if handle is not None:
             return handle
     return ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
+def _sidecar_precision(sidecar: dict) -> str:
+    """The engine's precision from its sidecar: a string, or a section such as {"precision": "fp16", ...}."""
+    value = sidecar.get("precision")
+    if isinstance(value, dict):
+        value = value.get("precision") or value.get("mode") or value.get("name")
+    value = str(value or "fp32").lower()
+    return value if value in ("fp32", "fp16", "int8", "bf16", "fp8") else "fp32"
 
 
 class TrtRunner(Runner):
@@ -339,7 +361,7 @@ class TrtRunner(Runner):
         trt = self.trt
         self.check_compat()
         sidecar = self.sidecar or {}
-        self.precision = str(sidecar.get("precision") or "fp32")
+        self.precision = _sidecar_precision(sidecar)
         if self.cuda is None:
             self.cuda = (self._cuda_choice if isinstance(self._cuda_choice, CudaMemory)
                          else open_cuda_memory(self.device, self._cuda_choice))
