@@ -213,10 +213,26 @@ def test_launcher_rejects_bad_input():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n,c,h,w,groups,dtype,relu,over", [
-    pytest.param(1, 64, 112, 112, 4, F16, (1, 1), {"grid": 2}, id="112x112-G16-fp16"),
-    pytest.param(1, 512, 14, 14, 1, F32, (1, 1), {"grid": 2}, id="G512-14x14-split"),
+    pytest.param(1, 64, 112, 112, 4, F16, (1, 1), {"grid": 2, "split": 1}, id="112x112-G16-fp16"),
+    pytest.param(1, 512, 14, 14, 1, F32, (1, 1), {"grid": 2, "split": 2}, id="G512-14x14-split"),
     pytest.param(2, 1024, 7, 7, 2, F16, (0, 0), {"grid": 2, "split": 1}, id="G512-7x7-fp16-b2"),
     pytest.param(2, 160, 7, 7, 8, F32, (1, 1), {"grid": 4}, id="mv2-160@7-g8"),
 ])
 def test_kernel_matches_reference_slow(n, c, h, w, groups, dtype, relu, over):
     run_case(n, c, h, w, groups, dtype, relu, **over)
+
+
+@pytest.mark.parametrize("n,c,h,w,groups,dtype", [(2, 24, 7, 7, 4, F16), (1, 32, 10, 13, 2, F32)])
+def test_qdp_launch_configuration(n, c, h, w, groups, dtype):
+    """The launch the tensorrt.plugin AOT path encodes (grid = N*groups, split 1, a separate
+    [N*groups, H*W] fp32 workspace output) computes the op."""
+    from ulsam_deploy.kernels.trt_python_plugin import qdp_launch_config
+
+    cfg = qdp_launch_config(n, c, h, w, groups)
+    params = R.random_params(c, groups, seed=11, logit_scale=3.0)
+    x = make_input(n, c, h, w, dtype, seed=5).to(DEVICE)
+    ws = torch.empty(cfg["ws_shape"], dtype=torch.float32, device=DEVICE)
+    y, pl = SA.subspace_attention(x, **params.as_kwargs(), split=cfg["split"], grid=cfg["grid"],
+                                  workspace=ws.view(-1), return_plan=True)
+    assert (pl.grid, pl.items, pl.split, pl.chunk) == (cfg["grid"], cfg["items"], 1, cfg["chunk"])
+    assert_matches(y, x, params, what="QDP launch")
