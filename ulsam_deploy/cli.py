@@ -306,6 +306,48 @@ def train(
                   f"(export it with 'ulsam-deploy export {result.final_checkpoint}').")
 
 
+# ------------------------------------------------------------------------------------------ fuse
+
+@app.command()
+@handle_errors
+def fuse(
+    model: Path = typer.Argument(..., help="ONNX model to fuse (run after export/onnxsim)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Fused ONNX to write (default: MODEL.fused.onnx)."),
+    atol: float = typer.Option(1e-5, "--atol", help="Largest allowed |fused - unfused| on ONNX Runtime."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Replace every ULSAM block with one SubspaceAttention node, proven equal to the unfused graph on ONNX Runtime."""
+    from .fuse import fuse_file
+
+    result = fuse_file(model, output, atol=atol, force=force, seed=seed, stage=stage)
+    report = result.report
+    if report["blocks"]:
+        table = Table(title=f"Fused into {report['op']['type']} ({report['op']['domain']})", title_justify="left")
+        for col, just in (("node", "left"), ("channels", "right"), ("groups", "right"), ("form", "left"),
+                          ("ReLU dw/pw", "left"), ("BN folded", "right"), ("nodes replaced", "right")):
+            table.add_column(col, justify=just)
+        for b in report["blocks"]:
+            table.add_row(b["name"], str(b["channels"]), str(b["groups"]), b["form"],
+                          f"{'yes' if b['relu_dw'] else 'no'}/{'yes' if b['relu_pw'] else 'no'}",
+                          str(b["batchnorm_folded"]), str(b["nodes_replaced"]))
+        console.print(table)
+    if report["left_alone"]:
+        table = Table(title="Left alone (near-matches that cannot be fused safely)", title_justify="left")
+        table.add_column("node")
+        table.add_column("reason")
+        for entry in report["left_alone"]:
+            table.add_row(entry["node"], entry["reason"])
+        console.print(table)
+    if not result.fused:
+        print_warning(f"No ULSAM block found in {model}; the output is the same graph.")
+    console.print(f"[green]Wrote[/] {result.onnx_path} ({result.fused} ULSAM block(s) fused, "
+                  f"{report['nodes_before']} -> {report['nodes_after']} nodes, {len(report['left_alone'])} left alone; "
+                  f"fused == unfused on ONNX Runtime, max |diff| {result.max_abs:.2g} at the outputs, "
+                  f"{result.blocks_max_abs:.2g} at the blocks, <= {atol:g}) "
+                  f"and {result.sidecar_path}")
+
+
 # ------------------------------------------------------------------------------------------ demo
 
 @app.command()

@@ -46,11 +46,12 @@ _errors: list[str] = []
 
 def subspace_attention(x: np.ndarray, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
                        relu_dw: bool = True, relu_pw: bool = True) -> np.ndarray:
-    """The op on a NumPy array ``[N, C, H, W]`` (fp32 or fp16): fp32 math, result in ``x``'s dtype.
+    """The op on a NumPy array ``[N, C, H, W]``, result in ``x``'s dtype.
 
     Delegates to the shared oracle :func:`ulsam_deploy.kernels.reference.subspace_attention_numpy`
-    (vectorised; padding of the max pool never wins), computed in float32 like the deployed kernels.
-    Raises ``ValueError`` on inconsistent shapes.
+    (vectorised; padding of the max pool never wins). fp16 inputs are computed in fp32 (as the deployed
+    kernels do); fp32 inputs in fp64, so that on ONNX Runtime the fused graph is the more exact side of any
+    fused-vs-unfused comparison. Raises ``ValueError`` on inconsistent shapes.
     """
     from ..kernels.reference import subspace_attention_numpy
 
@@ -61,7 +62,8 @@ def subspace_attention(x: np.ndarray, groups: int, dw_scale, dw_shift, pw_weight
         raise ValueError(f"SubspaceAttention supports float32 and float16 inputs, not {x.dtype}")
     return subspace_attention_numpy(x, int(groups), np.asarray(dw_scale, np.float32), np.asarray(dw_shift, np.float32),
                                     np.asarray(pw_weight, np.float32), np.asarray(pw_bias, np.float32),
-                                    bool(relu_dw), bool(relu_pw), compute_dtype=np.float32, out_dtype=x.dtype)
+                                    bool(relu_dw), bool(relu_pw),
+                                    compute_dtype=np.float64 if x.dtype == np.float32 else np.float32, out_dtype=x.dtype)
 
 
 def _op_body(x, dw_scale, dw_shift, pw_weight, pw_bias, groups=1, relu_dw=1, relu_pw=1):

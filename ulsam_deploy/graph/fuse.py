@@ -19,6 +19,7 @@ Run it after onnxsim: shape inference stops at the custom op.
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -937,6 +938,15 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     ``blocks`` (name, input, output, channels, groups, form, ReLUs, BN folded, nodes replaced),
     ``left_alone`` (node, op, reason for every near-match) and node counts before/after.
     """
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))  # shape/value recursion follows long chains in deep graphs
+    try:
+        return _fuse(model)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     work = onnx.ModelProto()
     work.CopyFrom(model)
     g = _Graph(work)
@@ -950,6 +960,9 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             branch = matcher.match_branch(index)
         except _Refuse as exc:
             refused.append(_refusal(node, str(exc)))
+            continue
+        except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as exc:  # malformed near-match
+            refused.append(_refusal(node, f"could not analyse it ({type(exc).__name__}: {exc})"))
             continue
         if branch is not None:
             branches[index] = branch
