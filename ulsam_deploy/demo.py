@@ -174,6 +174,7 @@ def run_demo(opts: DemoOptions, stage: Stage = _null_stage, echo: Echo = lambda 
         steps, report = _pipeline(entry, opts, work, stage, echo, bench_event)
         result = DemoResult(out, steps, report, time.perf_counter() - started)
         _write_report(result, entry, opts, work)
+        _name_final_folder(work, out)
         _open_permissions(work)
         if out.exists():
             shutil.rmtree(out)
@@ -188,6 +189,16 @@ def run_demo(opts: DemoOptions, stage: Stage = _null_stage, echo: Echo = lambda 
             import torch
 
             torch.set_num_threads(threads_before)
+
+
+def _name_final_folder(work: Path, out: Path) -> None:
+    """The reports were written while the folder had its temporary name: make their paths name the final one."""
+    old, new = str(work), str(out)
+    for path in work.iterdir():
+        if path.is_file() and path.suffix in (".json", ".md", ".csv"):
+            text = path.read_text()
+            if old in text:
+                path.write_text(text.replace(old, new))
 
 
 def _open_permissions(folder: Path) -> None:
@@ -246,7 +257,7 @@ def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, be
     variants: list[Path] = [onnx_path]
     variants += _fuse_step(onnx_path, work, stage, record)
     variants += _precision_steps(onnx_path, work, images, stage, record)
-    engines = _tensorrt_step(onnx_path, work, stage, record)
+    engines = _tensorrt_step(variants, work, opts.batches, stage, record)
     report = _bench_step(model, info, entry, variants, engines, images, opts, work, stage, record, bench_event)
     return steps, report
 
@@ -306,7 +317,8 @@ def _precision_steps(onnx_path: Path, work: Path, images: RealImages, stage: Sta
     return written
 
 
-def _tensorrt_step(onnx_path: Path, work: Path, stage: Stage, record) -> list[Path]:
+def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], stage: Stage, record) -> list[Path]:
+    """One engine per ONNX artifact (fp32, fused, fp16, int8: the precision lives in the ONNX file)."""
     build_engine = _optional("ulsam_deploy.trt.build", "build_engine")
     if build_engine is None:
         record(Step("tensorrt", "skipped", "the TensorRT builder (ulsam_deploy.trt.build) is not part of this version"))
@@ -318,20 +330,30 @@ def _tensorrt_step(onnx_path: Path, work: Path, stage: Stage, record) -> list[Pa
 
         record(Step("tensorrt", "skipped", f"TensorRT is not installed here ({install_hint()})"))
         return []
-    t0 = time.perf_counter()
-    engine = work / "model.engine"
-    try:
-        with stage("Building a TensorRT engine"):
-            built = build_engine(onnx_path, engine)
-    except BackendUnavailable as exc:  # no GPU, no plugin...
-        record(Step("tensorrt", "skipped", str(exc), time.perf_counter() - t0))
-        return []
-    except UserError as exc:
-        record(Step("tensorrt", "failed", str(exc), time.perf_counter() - t0))
-        return []
-    path = Path(getattr(built, "engine_path", None) or getattr(built, "path", None) or engine)
-    record(Step("tensorrt", "ok", f"engine {path.name}", time.perf_counter() - t0, str(path)))
-    return [path]
+    from .trt.settings import BatchProfile, BuildOptions
+
+    top = max(batches)
+    engines = []
+    for onnx_path in variants:
+        name = f"tensorrt:{onnx_path.stem.replace('model', '').strip('.') or 'fp32'}"
+        engine = onnx_path.with_suffix(".engine")
+        options = BuildOptions(batch=BatchProfile(1, top, top), plugin="auto" if ".fused" in onnx_path.name else None,
+                               force=True)
+        t0 = time.perf_counter()
+        try:
+            result = build_engine(onnx_path, engine, options, stage=stage)
+        except BackendUnavailable as exc:  # no GPU, no plugin library...
+            record(Step(name, "skipped", str(exc), time.perf_counter() - t0))
+            if not engines and "GPU" in str(exc):
+                break  # the same reason for every other engine
+            continue
+        except UserError as exc:
+            record(Step(name, "failed", str(exc), time.perf_counter() - t0))
+            continue
+        record(Step(name, "ok", f"engine from {onnx_path.name} in {result.seconds:.0f} s", time.perf_counter() - t0,
+                    str(result.engine_path)))
+        engines.append(result.engine_path)
+    return engines
 
 
 def _bench_step(model, info, entry, variants, engines, images: RealImages, opts: DemoOptions, work: Path,

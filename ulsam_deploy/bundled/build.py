@@ -195,7 +195,7 @@ momentum and weight decay and **scales** the rest to {r['epochs']} epochs on a 2
 - seed {r['seed']}, {r['threads']} CPU threads, torch {e['train_torch']}.
 
 Training took {total_min:.0f} min on a shared 2-core CPU (other jobs were running; about
-{min(e['epoch_seconds']):.0f}-{max(e['epoch_seconds']):.0f} s per epoch including the test pass).
+{min(e['epoch_seconds'] or [0]):.0f}-{max(e['epoch_seconds'] or [0]):.0f} s per epoch including the test pass).
 
 | epoch | lr | train loss | train acc | test loss | test acc | seconds |
 |---|---|---|---|---|---|---|
