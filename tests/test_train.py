@@ -162,3 +162,21 @@ def test_augment_is_seeded_and_keeps_pixels():
     assert not torch.equal(a, augment(batch, torch.Generator().manual_seed(4)))
     # a translation by at most 2 pixels (16 / 8) and a flip keep the central pixels' values in the image
     assert set(a.unique().tolist()) <= set(batch.unique().tolist()) | {0}
+
+
+def test_pretrained_torchvision_weights_for_grey_input():
+    from ulsam_deploy.data.resources import mv2_weights_path
+    from ulsam_deploy.models import build_model
+    from ulsam_deploy.train import _load_pretrained
+
+    try:
+        path = mv2_weights_path()
+    except MissingResource as exc:
+        pytest.skip(str(exc))
+    model = build_model("mv2", 1.0, "17:1", 4, 10, 64, in_channels=1)
+    summary = _load_pretrained(model, in_channels=1)
+    assert summary.startswith("loaded 312 tensors")  # everything but the 1000-class head; ULSAM stays fresh
+    reference = read_checkpoint_file(path)
+    stem = reference["features.0.0.weight"].sum(dim=1, keepdim=True)  # grey = the RGB filters summed
+    assert torch.equal(model.state_dict()["features.0.0.weight"], stem)
+    assert torch.equal(model.state_dict()["features.18.0.weight"], reference["features.18.0.weight"])

@@ -577,11 +577,6 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         if start_epoch >= o.epochs:
             raise UserError(f"The run in '{out}' already finished epoch {start_epoch} of {o.epochs}; "
                             f"raise --epochs above {start_epoch} to train further.")
-    elif o.force and out.is_dir():
-        for _, path in existing:
-            path.unlink()
-        for name in ("final.pt", "metrics.jsonl", "metrics.csv"):
-            (out / name).unlink(missing_ok=True)
 
     reporter.message(f"Loading data ({o.dataset or o.data})")
     data = load_data(o)
@@ -613,6 +608,13 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
     }
     if pretrained_report is not None:
         base_meta["pretrained"] = pretrained_report
+    elif container is not None and "pretrained" in (container.get("meta") or {}):
+        base_meta["pretrained"] = container["meta"]["pretrained"]
+    if container is None and o.force and out.is_dir():  # start over, now that data and model are known to be fine
+        for _, path in existing:
+            path.unlink()
+        for name in ("final.pt", "metrics.jsonl", "metrics.csv"):
+            (out / name).unlink(missing_ok=True)
     reporter.message(f"Training {model.config.describe()} on {device}: {data.description}")
     reporter.message(f"Recipe: {o.epochs} epochs, batch {o.batch_size}, SGD lr {o.lr:.4g} momentum {o.momentum} "
                      f"wd {o.weight_decay:g}, " + (f"x{o.lr_gamma:.4g} per epoch" if o.arch == "mv2"
