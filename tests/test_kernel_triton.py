@@ -98,7 +98,7 @@ F32, F16 = torch.float32, torch.float16
 # (N, C, H, W, groups, dtype, (relu_dw, relu_pw), launcher overrides)
 CASES = [
     pytest.param(1, 96, 14, 14, 4, F32, (1, 1), {}, id="mv2-96@14-g4-split"),
-    pytest.param(2, 160, 7, 7, 1, F32, (1, 1), {"grid": 4}, id="mv2-160@7-g1-G160-b2"),
+    pytest.param(2, 160, 7, 7, 1, F32, (1, 1), {"grid": 4, "split": 3}, id="mv2-160@7-g1-G160-b2"),
     pytest.param(1, 32, 14, 14, 8, F16, (1, 1), {}, id="g8-G4-fp16"),
     pytest.param(2, 16, 5, 6, 16, F32, (0, 0), {}, id="g16-G1-plain"),
     pytest.param(1, 16, 1, 1, 4, F32, (1, 1), {}, id="1x1"),
