@@ -236,3 +236,15 @@ def test_qdp_launch_configuration(n, c, h, w, groups, dtype):
                                   workspace=ws.view(-1), return_plan=True)
     assert (pl.grid, pl.items, pl.split, pl.chunk) == (cfg["grid"], cfg["items"], 1, cfg["chunk"])
     assert_matches(y, x, params, what="QDP launch")
+
+
+def test_small_workspace_caps_the_grid():
+    """Like the C++ launcher: a workspace of k rows runs k persistent programs."""
+    params = R.random_params(16, 4, seed=3, logit_scale=3.0)
+    x = make_input(2, 16, 5, 6, F32, seed=8).to(DEVICE)
+    ws = torch.empty(2 * 30 + 7, dtype=torch.float32, device=DEVICE)
+    y, pl = SA.subspace_attention(x, **params.as_kwargs(), workspace=ws, return_plan=True)
+    assert pl.grid == 2 and pl.items >= 8
+    assert_matches(y, x, params, what="2-row workspace")
+    with pytest.raises(ValueError):
+        SA.subspace_attention(x, **params.as_kwargs(), workspace=ws[:29])

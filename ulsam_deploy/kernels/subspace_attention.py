@@ -212,8 +212,8 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
 
     Works on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``. ``split``, ``grid``
     and ``variant`` override the planner (tests use them to hit the channel split, the
-    persistent loop and every tile family). ``workspace``: optional fp32 tensor with at least
-    ``plan.grid * H * W`` elements.
+    persistent loop and every tile family). ``workspace``: optional contiguous fp32 tensor of at
+    least ``H * W`` elements; the grid is capped to the rows it holds (like the C++ launcher).
     """
     import torch
 
@@ -230,8 +230,11 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
         props = torch.cuda.get_device_properties(x.device)
         sm_count = props.multi_processor_count
         l2_bytes = l2_bytes or getattr(props, "L2_cache_size", None)
+    if workspace is not None and (workspace.dtype != torch.float32 or not workspace.is_contiguous()):
+        raise ValueError("workspace must be a contiguous fp32 tensor")
     pl = _plan.make_plan(n, c, h, w, groups, dtype, sm_count=sm_count, l2_bytes=l2_bytes,
-                         split=split, grid=grid)
+                         split=split, grid=grid,
+                         workspace_limit=None if workspace is None else workspace.numel() * 4)
     vid = pl.variant if variant is None else variant
     var = _plan.VARIANTS[vid]
     if variant is not None:  # re-plan the chunking with the forced variant's OUT_C
@@ -251,8 +254,8 @@ def subspace_attention(x, groups: int, dw_scale, dw_shift, pw_weight, pw_bias,
     y = torch.empty_like(x) if out is None else out
     if workspace is None:
         workspace = torch.empty(pl.grid * h * w, device=dev, dtype=torch.float32)
-    elif workspace.numel() < pl.grid * h * w or workspace.dtype != torch.float32:
-        raise ValueError("workspace must be fp32 with at least grid*H*W elements")
+    elif workspace.numel() < pl.grid * h * w:  # only reachable with a forced variant
+        raise ValueError("workspace must hold at least grid*H*W fp32 elements")
     ulsam_subspace_attention_kernel[(pl.grid,)](
         x, s_t, t_t, w_t, b_t,
         c // groups, h, w, groups, pl.items, pl.split, pl.chunk, int(bool(relu_dw)),
