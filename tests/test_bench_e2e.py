@@ -245,3 +245,9 @@ def test_onnx_without_sidecar_or_checkpoint_runs_on_ort_alone(small, tmp_path):
     assert [s["backend"] for s in report.skipped] == ["torch"] and "no checkpoint" in report.skipped[0]["reason"]
     assert any("reference backend 'torch' is not available" in w for w in report.warnings)
     assert report.passed and [r.backend for r in report.latency] == ["ort:cpu"]
+
+
+def test_no_runnable_backend_exits_4_with_the_reasons(cli_runner):
+    result = cli_runner.invoke(app, ["bench", "mv2x0.35@32", "--backends", "trt"])
+    assert result.exit_code == 4
+    assert "No backend could run here" in result.output and "build-trt" in result.output
