@@ -132,7 +132,7 @@ def rich_tables(report: BenchReport) -> list[Table]:
             cmp.add_column(col, justify="right" if "ratio" in col or col == "batch" else "left")
         for c in report.compare:
             cmp.add_row(c.backend, c.precision, str(c.batch), c.model, c.baseline,
-                        "" if c.macs_ratio is None else f"{c.macs_ratio:.3f}", f"{c.latency_ratio:.3f}")
+                        "" if c.macs_ratio is None else f"{c.macs_ratio:.4f}", f"{c.latency_ratio:.3f}")
         tables.append(cmp)
     return tables
 
@@ -177,7 +177,7 @@ def markdown(report: BenchReport) -> str:
                   "|---|---|---|---|---|---|---|"]
         for c in report.compare:
             lines.append(f"| {c.backend} | {c.precision} | {c.batch} | {c.model} | {c.baseline} | "
-                         f"{'' if c.macs_ratio is None else f'{c.macs_ratio:.3f}'} | {c.latency_ratio:.3f} |")
+                         f"{'' if c.macs_ratio is None else f'{c.macs_ratio:.4f}'} | {c.latency_ratio:.3f} |")
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- {s['model']} {s['backend']}: {s['reason']}" for s in report.skipped]
     if report.warnings:
@@ -243,6 +243,7 @@ def chart_png(report: BenchReport) -> bytes:
         if meds and max(meds) > 10 * min(meds):
             ax.set_xscale("log")
         ax.set_xlabel(f"median latency, batch {smallest} (ms)")
+        ax.margins(x=0.25, y=0.15)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title("accuracy vs latency", fontsize=10)
         ax.grid(alpha=0.3)
