@@ -352,6 +352,7 @@ def fake_tensorrt(version="10.3.0.30", parse_errors=(), build_fails_with=None, d
         def set_timing_cache(self, cache, ignore_mismatch):
             calls.append(("config.set_timing_cache", ignore_mismatch))
             object.__setattr__(self, "_cache", cache)
+            return not cache.data.startswith(b"other-gpu")
 
         def get_timing_cache(self):
             return self._cache
@@ -446,6 +447,8 @@ def test_apply_plan_maps_options_to_builder_calls(tmp_path):
     assert ("config.create_timing_cache", b"old") in trt.calls and ("config.set_timing_cache", False) in trt.calls
     assert applied["builder_flags"] == ["INT8"] and applied["memory_pools"] == {"WORKSPACE": 64 << 20}
     assert not any(c[0] == "config.default_device_type" for c in trt.calls)
+    with pytest.raises(UserError, match="made by another TensorRT version or GPU; delete it"):
+        apply_plan(trt, trt.Builder(None), trt.Builder(None).create_builder_config(), plan, b"other-gpu cache")
 
     dla = fake_tensorrt("10.3.0.30", dla_cores=2)
     plan = plan_build(BuildOptions(batch="2", dla_core=1, gpu_fallback=True, weakly_typed=True, fp16=True),

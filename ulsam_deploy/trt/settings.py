@@ -334,7 +334,13 @@ def apply_plan(trt, builder, config, plan: BuildPlan, timing_cache_bytes: bytes 
         applied["DLA_core"] = int(plan.dla_core)
     if plan.timing_cache is not None:
         cache = config.create_timing_cache(timing_cache_bytes or b"")
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another device is refused
+        if cache is None:
+            raise UserError(f"The timing cache '{plan.timing_cache}' is not a TensorRT timing cache (damaged?); delete "
+                            "it or pass another --timing-cache file.")
+        # ignore_mismatch=False: TensorRT refuses (returns False) a cache made by another TensorRT or device
+        if config.set_timing_cache(cache, False) is False:
+            raise UserError(f"The timing cache '{plan.timing_cache}' was made by another TensorRT version or GPU; "
+                            "delete it or pass another --timing-cache file.")
         applied["timing_cache"] = {"path": str(plan.timing_cache), "loaded_bytes": len(timing_cache_bytes or b"")}
     return applied
 
