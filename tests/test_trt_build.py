@@ -703,3 +703,29 @@ def test_cli_build_trt_shows_parser_errors_in_full(cli_runner, tmp_path, monkeyp
     assert "No importer registered for op: Foo" in result.output and "creator for Foo version 1 not found" in result.output
     assert "does not support op Foo (node 'foo_1')" in _one_error_line(result.output)
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monkeypatch):
+    """fp16 Casts split a ULSAM block, so build-trt --plugin cannot fuse it: the sentence says to fuse first."""
+    pytest.importorskip("onnxruntime_extensions")
+    from ulsam_deploy.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.graph.common import fit_ir_version
+    from ulsam_deploy.graph.precision import to_fp16
+    from ulsam_deploy.graph.simplify import simplify_model
+    from ulsam_deploy.models import build_model
+    from ulsam_deploy.trt.build import build_engine
+
+    import torch
+
+    torch.manual_seed(0)
+    proto = simplify_model(torch_to_onnx(to_export_form(build_model("mv2", 0.35, "14", 4, 10, 64).eval()), 64, 3,
+                                         ExportOptions()))
+    fp16, _ = to_fp16(proto)
+    path = tmp_path / "m.fp16.onnx"
+    onnx.save(fit_ir_version(fp16), path)
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    with pytest.raises(UserError, match=r"cannot be fused as they are \(fp16 Casts split them\); fuse before converting"):
+        build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
+    assert not (tmp_path / "m.engine").exists()

@@ -154,6 +154,14 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
                                     "already fused ONNX.") from exc
                 fused, fusion = fuse_model(model)
             if not (fusion or {}).get("fused"):
+                from ..graph.precision import find_ulsam_regions, name_nodes
+
+                if (fusion or {}).get("left_alone") or find_ulsam_regions(name_nodes(onnx.ModelProto.FromString(
+                        model.SerializeToString()))):
+                    raise UserError(f"'{onnx_path.name}' has ULSAM blocks that cannot be fused as they are"
+                                    f"{' (fp16 Casts split them)' if info.precision == 'fp16' else ''}; fuse before "
+                                    f"converting: 'ulsam-deploy convert MODEL.onnx --precision {info.precision} --fuse' "
+                                    "(or 'ulsam-deploy fuse' on the fp32 export), then build that file.")
                 _warn("No ULSAM block was found to fuse; the engine is built without the plugin.")
                 route, fusion = None, None
             else:
