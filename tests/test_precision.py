@@ -462,3 +462,10 @@ def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_pa
                                      "--verify-data", str(grey_images)])
     assert result.exit_code == 3 and "nothing was written" in _one_error_line(result.output)
     assert not target.exists() and not Path(str(target) + ".json").exists()
+
+
+def test_same_folder_for_calibration_and_verification_warns(small_onnx, grey_images, tmp_path):
+    warnings = []
+    P.convert_precision(small_onnx, tmp_path / "w.onnx", "int8", calib_data=grey_images, verify_data=grey_images,
+                        options=P.PrecisionOptions(max_drop=100), warn=warnings.append)
+    assert any("same folder" in w for w in warnings) and any("60 images" in w for w in warnings)

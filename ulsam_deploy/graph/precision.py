@@ -770,6 +770,9 @@ def convert_precision(source: str | os.PathLike, output: str | os.PathLike | Non
         raise UserError("--calib-data is for --precision int8; fp16 needs no calibration.")
     if precision == "int8" and options.io == "fp16":
         raise UserError("--io fp16 applies to --precision fp16; int8 Q/DQ models keep fp32 I/O.")
+    if precision == "int8" and calib_data is None:
+        raise UserError("int8 needs real calibration images: pass --calib-data DIR (an ImageFolder, a flat folder of "
+                        f"images, or a folder of idx files); {MIN_CALIB_IMAGES} or more are recommended.")
     for limit, flag in ((calib_limit, "--calib-limit"), (verify_limit, "--verify-limit")):
         if limit is not None and limit < 1:
             raise UserError(f"{flag} must be a positive number of images, not {limit}.")
@@ -795,9 +798,13 @@ def convert_precision(source: str | os.PathLike, output: str | os.PathLike | Non
         verify = resolve(verify_data, "test", verify_limit, "verification")
     if precision == "fp16":
         return convert_fp16(source, output, verify, options, stage, warn)
-    if calib_data is None:
-        raise UserError("int8 needs real calibration images: pass --calib-data DIR (an ImageFolder, a flat folder of "
-                        f"images, or a folder of idx files); {MIN_CALIB_IMAGES} or more are recommended.")
+    if not isinstance(calib_data, EvalSet) and not isinstance(verify_data, (EvalSet, type(None))) \
+            and Path(calib_data).resolve() == Path(verify_data).resolve():
+        from .evalset import is_idx_dir
+
+        if not is_idx_dir(Path(calib_data)):  # an idx folder gives its train split and its test split
+            warn("Calibration and verification read the same folder, so the int8 figures are optimistic; give "
+                 "--verify-data images that were not used for calibration.")
     calib = resolve(calib_data, "train", calib_limit, "calibration")
     return quantize_int8(source, output, calib, verify, options, stage, warn)
 
