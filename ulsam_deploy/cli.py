@@ -467,7 +467,7 @@ def build_trt(
     table.add_row("TensorRT", f"{data['tensorrt']['version']} (CUDA driver {data['cuda']['driver_version']})")
     table.add_row("GPU", f"{gpu.get('name', '?')} ({gpu.get('sm', '?')})")
     details = data["precision_details"]
-    table.add_row("precision", details["mode"] + (" [strongly typed]" if details["strongly_typed"] else ""))
+    table.add_row("precision", details["mode"] + (", strongly typed" if details["strongly_typed"] else ""))
     table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}" for p in data["profiles"]))
     if data.get("plugin"):
         p = data["plugin"]
