@@ -208,8 +208,8 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
     if monitor is not None:
         config.progress_monitor = monitor  # TensorRT 10.0+; must outlive the build (kept referenced here)
     build_stage = stage if monitor is None else _quiet_stage  # a spinner only where no monitor shows progress
-    with build_stage("Building the engine (TensorRT tunes kernels; this takes a while)"), progress, \
-            _cancel_on_sigint(progress):
+    cancel = _cancel_on_sigint(progress) if monitor is not None else contextlib.nullcontext()  # only a monitor can stop it
+    with build_stage("Building the engine (TensorRT tunes kernels; this takes a while)"), progress, cancel:
         serialized = builder.build_serialized_network(network, config)
     if progress.cancelled:
         raise UserError("The build was cancelled; nothing was written.", exit_code=130)
