@@ -20,7 +20,7 @@ from conftest import randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.export import ExportOptions, export_checkpoint, to_export_form
+from ulsam_deploy.export import export_checkpoint, to_export_form
 from ulsam_deploy.graph.common import check_model, fit_ir_version
 from ulsam_deploy.graph.custom_ops import prepare_model, register_custom_ops, subspace_attention, take_errors
 from ulsam_deploy.graph.fuse import fuse_model
@@ -44,8 +44,8 @@ def _export(module: torch.nn.Module, channels: int, size: int, *, simplify=True,
 
             logging.disable(logging.WARNING)
             try:
-                program = torch.onnx.export(module, (x,), None, dynamo=True, input_names=["input"], output_names=["out"],
-                                            opset_version=18, verbose=False,
+                program = torch.onnx.export(module, (x,), None, dynamo=True, input_names=["input"],
+                                            output_names=["out"], opset_version=18, verbose=False,
                                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
             finally:
                 logging.disable(logging.NOTSET)
@@ -142,7 +142,8 @@ def _assert_lively(fused: onnx.ModelProto, values: dict) -> None:
         spread = maps.max(axis=(2, 3)) - maps.min(axis=(2, 3))
         # maps varying by 1 % of uniform already move any O(1) constant mistake far above 1e-5; at <= 2x2 every
         # 3x3 window sees the whole map and attention is uniform by construction (choose input sizes accordingly)
-        assert np.median(spread) * hw > 0.01, f"{node.name}: attention maps are nearly uniform ({np.median(spread) * hw:.3g})"
+        level = np.median(spread) * hw
+        assert level > 0.01, f"{node.name}: attention maps are nearly uniform ({level:.3g})"
 
 
 def _net(arch, width, ulsam, groups, size=64, plain=False):
@@ -352,6 +353,18 @@ def test_subspace_group_with_one_bad_branch_is_refused_whole():
     assert "MaxPool" in reasons["Softmax"] and "other tensor" in reasons["Concat"]
 
 
+def test_consecutive_blocks_fuse_together_or_not_at_all(two_blocks):
+    """onnxsim makes block 2 multiply block 1's pre-reshape tensor; if block 2 stays, block 1 must stay too."""
+    assert _nodes(two_blocks, "Reshape")[3].input[0] != two_blocks.graph.input[0].name  # the merged reshape
+    proto = _copy(two_blocks)
+    _set_attr(_nodes(proto, "MaxPool")[1], "kernel_shape", [5, 5])
+    _set_attr(_nodes(proto, "MaxPool")[1], "pads", [2, 2, 2, 2])
+    fused, report = fuse_model(proto)
+    assert report["fused"] == 0 and _ops(fused) == _ops(proto)
+    first, second = sorted(report["left_alone"], key=lambda e: e["node"])
+    assert "also used by" in first["reason"] and "MaxPool" in second["reason"]
+
+
 def test_no_ulsam_fuses_nothing_and_changes_nothing():
     proto = _export(_net("mv1", 0.25, "", 4), 3, 32)
     fused, report = fuse_model(proto)
@@ -376,7 +389,8 @@ def _fused_graph(channels=8, groups=2, dtype=onnx.TensorProto.FLOAT, seed=0, **o
     node = helper.make_node(op_spec.OP_TYPE, ["x"], ["y"], domain=op_spec.DOMAIN, **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", dtype, ["n", channels, 6, 5])],
                               [helper.make_tensor_value_info("y", dtype, ["n", channels, 6, 5])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(op_spec.DOMAIN, 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(op_spec.DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     return fit_ir_version(model), attrs
 
 

@@ -73,8 +73,8 @@ def _input_specs(model: onnx.ModelProto, sidecar: dict | None) -> list[tuple[str
             elif size and len(tensor.shape.dim) == 4 and axis in (2, 3):
                 dims.append(int(size))
             else:
-                raise UserError(f"Input '{vi.name}' has a dynamic dimension {axis} ('{d.dim_param or '?'}') that 'fuse' "
-                                "cannot choose for its parity check; export with a fixed input size.")
+                raise UserError(f"Input '{vi.name}' has a dynamic dimension {axis} ('{d.dim_param or '?'}') that "
+                                "'fuse' cannot choose for its parity check; export with a fixed input size.")
         specs.append((vi.name, dims, dtype))
     if not specs:
         raise UserError("The ONNX model has no inputs to feed; it cannot be checked.")
@@ -103,7 +103,8 @@ def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int
     present = {o.name for o in out.graph.output}
     for name in names:
         if name not in present:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+            elem = types.get(name, onnx.TensorProto.FLOAT)
+            out.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     return out
 
 

@@ -63,7 +63,8 @@ def subspace_attention(x: np.ndarray, groups: int, dw_scale, dw_shift, pw_weight
     return subspace_attention_numpy(x, int(groups), np.asarray(dw_scale, np.float32), np.asarray(dw_shift, np.float32),
                                     np.asarray(pw_weight, np.float32), np.asarray(pw_bias, np.float32),
                                     bool(relu_dw), bool(relu_pw),
-                                    compute_dtype=np.float64 if x.dtype == np.float32 else np.float32, out_dtype=x.dtype)
+                                    compute_dtype=np.float64 if x.dtype == np.float32 else np.float32,
+                                    out_dtype=x.dtype)
 
 
 def _op_body(x, dw_scale, dw_shift, pw_weight, pw_bias, groups=1, relu_dw=1, relu_pw=1):
@@ -237,13 +238,15 @@ def prepare_model(model: "str | os.PathLike | bytes | onnx.ModelProto") -> bytes
             ins.append(init.name)
         x, y = node.input[0], node.output[0]
         dtype = types.get(x, TensorProto.FLOAT)
-        attrs = {op_spec.ATTR_GROUPS: int(groups), op_spec.ATTR_RELU_DW: int(relu[0]), op_spec.ATTR_RELU_PW: int(relu[1])}
+        attrs = {op_spec.ATTR_GROUPS: int(groups), op_spec.ATTR_RELU_DW: int(relu[0]),
+                 op_spec.ATTR_RELU_PW: int(relu[1])}
         if dtype == TensorProto.FLOAT:
             new_nodes.append(helper.make_node(op_spec.OP_TYPE, [x] + ins, [y], name=node.name, domain=op_spec.DOMAIN,
                                               **attrs))
         else:  # fp16 (or other float) I/O: compute in fp32, cast back
             x32, y32 = fresh(f"{x}::fp32"), fresh(f"{y}::fp32")
-            new_nodes.append(helper.make_node("Cast", [x], [x32], name=fresh(f"{label}::cast_in"), to=TensorProto.FLOAT))
+            new_nodes.append(helper.make_node("Cast", [x], [x32], name=fresh(f"{label}::cast_in"),
+                                              to=TensorProto.FLOAT))
             new_nodes.append(helper.make_node(op_spec.OP_TYPE, [x32] + ins, [y32], name=node.name,
                                               domain=op_spec.DOMAIN, **attrs))
             new_nodes.append(helper.make_node("Cast", [y32], [y], name=fresh(f"{label}::cast_out"), to=dtype))

@@ -360,7 +360,10 @@ class _Graph:
             x = s(0)
             if x is None:
                 return None
-            axes = a.get("axes") if "axes" in a else ([int(v) for v in self.value(ins[1], env)] if len(ins) > 1 and ins[1] else None)
+            if "axes" in a:
+                axes = a["axes"]
+            else:
+                axes = [int(v) for v in self.value(ins[1], env)] if len(ins) > 1 and ins[1] else None
             if op == "Squeeze":
                 if axes is None:
                     return tuple(d for d in x if d != 1)
@@ -537,7 +540,8 @@ class _Matcher:
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         same = auto in ("SAME_UPPER", "SAME_LOWER")
-        if kernel != [3, 3] or strides != [1, 1] or dil != [1, 1] or not (same or (auto == "NOTSET" and pads == [1, 1, 1, 1])):
+        padded = same or (auto == "NOTSET" and pads == [1, 1, 1, 1])
+        if kernel != [3, 3] or strides != [1, 1] or dil != [1, 1] or not padded:
             raise _Refuse(f"MaxPool {_label(node)} is not 3x3/stride 1/pad 1 (kernel {kernel}, strides {strides}, "
                           f"pads {pads if not same else auto}, dilations {dil})")
         if len(node.output) > 1 and node.output[1] and self.g.consumers.get(node.output[1]):
@@ -549,7 +553,8 @@ class _Matcher:
             raise _Refuse(f"the {what} BatchNormalization runs in training mode")
         if any(o and self.g.consumers.get(o) for o in node.output[1:]):
             raise _Refuse(f"the {what} BatchNormalization's running statistics outputs are used")
-        gamma, beta, mean, var = (self.const(node.input[i], f"{what} BatchNormalization parameter") for i in range(1, 5))
+        gamma, beta, mean, var = (self.const(node.input[i], f"{what} BatchNormalization parameter")
+                                  for i in range(1, 5))
         if any(p.reshape(-1).shape[0] != size for p in (gamma, beta, mean, var)):
             raise _Refuse(f"the {what} BatchNormalization has parameters for the wrong channel count")
         scale = gamma.reshape(-1) / np.sqrt(var.reshape(-1) + float(a.get("epsilon", 1e-5)))
@@ -629,8 +634,9 @@ class _Matcher:
         pw_w = self.const(pw.input[1], "pointwise Conv weight")
         self.check_1x1(pw, pw_w, "pointwise Conv")
         groups = int(pw_w.shape[0]) if pw_w.ndim == 4 else 0
-        if groups < 1 or channels % groups or pw_w.shape[1] * groups != channels or int(_attrs(pw).get("group", 1)) != groups:
-            raise _Refuse(f"the pointwise Conv (weight {list(pw_w.shape)}, group {_attrs(pw).get('group', 1)}) does not "
+        pw_group = int(_attrs(pw).get("group", 1))
+        if groups < 1 or channels % groups or pw_w.shape[1] * groups != channels or pw_group != groups:
+            raise _Refuse(f"the pointwise Conv (weight {list(pw_w.shape)}, group {pw_group}) does not "
                           f"map {channels} channels to one map per group")
         pw_b = self.const(pw.input[2], "pointwise Conv bias").reshape(-1) if len(pw.input) > 2 and pw.input[2] \
             else np.zeros(groups)
@@ -661,7 +667,8 @@ class _Matcher:
         while True:
             user = self.single_consumer(att, "softmax output" if not chain else "attention map")
             node = g.nodes[user]
-            if node.op_type in ("Reshape", "Unsqueeze", "Flatten", "Expand") and node.input[0] == att and len(chain) < 4:
+            reshaping = node.op_type in ("Reshape", "Unsqueeze", "Flatten", "Expand") and node.input[0] == att
+            if reshaping and len(chain) < 4:
                 if node.op_type == "Expand" and pre_expand is None:
                     pre_expand = att
                 chain.append(user)
@@ -704,7 +711,8 @@ class _Matcher:
         else:
             # the Reshape back to [N, C, H, W]; other users (the next block after onnxsim) are judged by check_block
             finals = [g.nodes[i] for i in g.consumers.get(result, []) if g.nodes[i].op_type == "Reshape"
-                      and g.nodes[i].input[0] == result and g.shape(g.nodes[i].output[0], envs[0]) == g.shape(xin, envs[0])]
+                      and g.nodes[i].input[0] == result
+                      and g.shape(g.nodes[i].output[0], envs[0]) == g.shape(xin, envs[0])]
             if len(finals) != 1:
                 users = ", ".join(g.nodes[i].op_type for i in g.consumers.get(result, [])) or "nothing"
                 raise _Refuse(f"the attended tensor feeds {users}, not one Reshape back to the input shape")
@@ -720,7 +728,8 @@ class _Matcher:
             a0, a1 = g.shape(pre_expand, env), g.shape(att, env)
             res = g.shape(result, env)
             if a0 is None or a1 is None or res is None:
-                raise _Refuse("a reshape/expand target of the attention map cannot be resolved from constants and shapes")
+                raise _Refuse("a reshape/expand target of the attention map cannot be resolved from constants "
+                              "and shapes")
             for t in applied:
                 if g.shape(t, env) is None:
                     raise _Refuse("the shape of the attended tensor cannot be resolved")
@@ -742,7 +751,8 @@ class _Matcher:
                 if res != xs or _broadcast(a1, xs) != xs:
                     raise _Refuse(f"x * (1 + A) has shape {list(res)}, not {list(xs)}")
                 if g.shape(out, env) != shape:
-                    raise _Refuse(f"the final reshape gives {list(g.shape(out, env) or [])}, not the input shape {list(shape)}")
+                    raise _Refuse(f"the final reshape gives {list(g.shape(out, env) or [])}, not the input shape "
+                                  f"{list(shape)}")
         return _Branch(sm_index, xin, out, mode, channels, groups, scale, shift, weight, bias, relu_dw, relu_pw,
                        int(dw_bn is not None) + int(pw_bn is not None), nodes)
 
@@ -894,7 +904,10 @@ def _common_prefix(names: list[str]) -> str:
 
 def _fused_node(block: _Block, name: str) -> onnx.NodeProto:
     branches = block.branches
-    cat = lambda key: np.concatenate([np.asarray(getattr(b, key), np.float64).reshape(-1) for b in branches])  # noqa: E731
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(b, key), np.float64).reshape(-1) for b in branches])
+
     floats = lambda arr: [float(v) for v in arr.astype(np.float32)]  # noqa: E731
     return helper.make_node(
         op_spec.OP_TYPE, [block.x], [block.y], name=name, domain=op_spec.DOMAIN,
