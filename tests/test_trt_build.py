@@ -423,11 +423,13 @@ def fake_tensorrt(version="10.3.0.30", parse_errors=(), build_fails_with=None, d
 
         def parse(self, data, path=None):
             calls.append(("parser.parse", len(data), path))
+            m.parsed.append(bytes(data))
             return not parse_errors
 
         def get_error(self, i):
             return Err(*parse_errors[i])
 
+    m.parsed = []
     m.ILogger, m.IProgressMonitor, m.Builder, m.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
     return m
 
@@ -729,3 +731,67 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     with pytest.raises(UserError, match=r"cannot be fused as they are \(fp16 Casts split them\); fuse before converting"):
         build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
     assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.fixture(scope="module")
+def fused_small(tmp_path_factory):
+    pytest.importorskip("onnxruntime_extensions")
+    import torch
+
+    from ulsam_deploy.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.graph.common import fit_ir_version
+    from ulsam_deploy.graph.fuse import fuse_model
+    from ulsam_deploy.graph.simplify import simplify_model
+    from ulsam_deploy.models import build_model
+
+    torch.manual_seed(0)
+    proto = simplify_model(torch_to_onnx(to_export_form(build_model("mv2", 0.35, "14", 4, 10, 64).eval()), 64, 3,
+                                         ExportOptions(batch=1)))
+    fused, report = fuse_model(proto)
+    assert report["fused"] == 1
+    path = tmp_path_factory.mktemp("fused") / "m.fused.onnx"
+    onnx.save(fit_ir_version(fused), path)
+    return path
+
+
+def test_qdp_rewrite_of_fused_nodes(fused_small):
+    from ulsam_deploy import op_spec
+    from ulsam_deploy.kernels import trt_python_plugin as qdp
+    from ulsam_deploy.trt.plugins import to_qdp_model
+
+    model = onnx.load(fused_small)
+    source = next(n for n in model.graph.node if n.op_type == op_spec.OP_TYPE)
+    attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
+    rewritten, count = to_qdp_model(model)
+    assert count == 1 and not any(n.op_type == op_spec.OP_TYPE for n in rewritten.graph.node)
+    node = next(n for n in rewritten.graph.node if n.op_type == qdp.QDP_NAME)
+    assert len(node.input) == 5 and node.input[0] == source.input[0]
+    assert len(node.output) == 2 and node.output[0] == source.output[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in rewritten.graph.initializer}
+    for name, key in zip(node.input[1:], op_spec.FLOAT_LIST_ATTRS):
+        np.testing.assert_array_equal(inits[name], np.asarray(attrs[key], np.float32))
+    got = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert got["groups"] == attrs["groups"] and got["aot"] == 1 and got["plugin_namespace"] in (b"ulsam", "ulsam")
+
+
+def test_python_plugin_route_with_fake_tensorrt(fused_small, tmp_path, monkeypatch):
+    """Our mapping for --plugin python: QDP registration called, QDP nodes handed to the parser, AOT flag set."""
+    from ulsam_deploy.kernels import trt_python_plugin as qdp
+    from ulsam_deploy.trt.build import build_engine
+
+    registered = []
+    monkeypatch.setattr(qdp, "register_qdp_plugin", lambda *a, **k: registered.append(1) or qdp.QDP_PLUGIN_ID)
+    trt = fake_tensorrt("10.9.0.34")
+    trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", STRONGLY_TYPED=1,
+                                              PREFER_AOT_PYTHON_PLUGINS=2)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    result = build_engine(fused_small, tmp_path / "m.engine", BuildOptions(plugin="python"))
+    assert registered == [1]
+    parsed = onnx.load_from_string(trt.parsed[-1])
+    assert [n.op_type for n in parsed.graph.node].count(qdp.QDP_NAME) == 1
+    assert ("builder.create_network", (1 << 1) | (1 << 2)) in trt.calls
+    plugin = result.sidecar["plugin"]
+    assert plugin["route"] == "python" and plugin["plugin_id"] == qdp.QDP_PLUGIN_ID and plugin["library"] is None
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0.30"))
+    with pytest.raises(UserError, match="needs TensorRT 10.9 or newer"):
+        build_engine(fused_small, tmp_path / "n.engine", BuildOptions(plugin="python"))

@@ -168,6 +168,12 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
                 model = fused
                 info = describe_onnx(model, onnx_path)
                 data = model.SerializeToString()
+    if route is not None and route.route == "python":  # the AOT Python plugin has its own node signature
+        from .plugins import to_qdp_model
+
+        model, converted = to_qdp_model(model)
+        data = model.SerializeToString()
+        fusion = {**(fusion or {}), "fused": (fusion or {}).get("fused", info.fused_nodes), "qdp_nodes": converted}
     if data is None:
         data = onnx_path.read_bytes()
 

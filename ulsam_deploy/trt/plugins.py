@@ -6,8 +6,11 @@ Routes (``build-trt --plugin``):
   :mod:`ulsam_deploy.plugin_build`), loaded with ``get_plugin_registry().load_library(path)`` (10.x
   and 11.x; the library exports ``getCreators``/``setLoggerFinder``). The engine needs the same
   library at run time (``trtexec --dynamicPlugins=PATH`` or ``load_library`` before deserializing).
-- ``python``: ``ulsam_deploy.kernels.trt_python_plugin`` registers the op with ``tensorrt.plugin``
-  (QDP; ``aot_impl`` since TensorRT 10.9), so engines embed the AOT kernel and run without Python.
+- ``python``: ``ulsam_deploy.kernels.trt_python_plugin.register_qdp_plugin()`` registers
+  ``ulsam::SubspaceAttentionAOT`` with ``tensorrt.plugin`` (QDP; ``aot_impl`` since TensorRT 10.9),
+  and :func:`to_qdp_model` rewrites each fused node into that plugin's signature (constants as
+  initializer inputs, an extra workspace output); engines embed the AOT kernel and run without
+  Python. The network gets ``PREFER_AOT_PYTHON_PLUGINS``.
 - ``auto``: the library when one is found, else the Python plugin.
 
 Both are optional: a missing piece is one sentence on how to get it.
@@ -117,13 +120,66 @@ def activate(trt, registry, route: PluginRoute) -> dict:
         info.update(library=str(Path(route.library).resolve()), library_sha256=sha256_file(route.library))
     else:
         module = importlib.import_module(route.module)
-        register = getattr(module, "register", None) or getattr(module, "register_plugin", None)
+        register = getattr(module, "register_qdp_plugin", None)
         if not callable(register):
-            raise UserError(f"{route.module} has no register() function; reinstall ulsam-deploy.")
-        register()
-        info.update(python_module=route.module, library=None, library_sha256=None)
+            raise UserError(f"{route.module} has no register_qdp_plugin(); reinstall ulsam-deploy.")
+        plugin_id = register()
+        info.update(python_module=route.module, plugin_id=plugin_id, op=getattr(module, "QDP_NAME", OP_TYPE),
+                    library=None, library_sha256=None)
+        return info  # tensorrt.plugin keeps its own registry; the parser finds the op by name + plugin_namespace
     getter = getattr(registry, "get_creator", None)
     if callable(getter) and getter(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
         raise UserError(f"The {route.route} plugin route registered no '{OP_TYPE}' version {PLUGIN_VERSION} in namespace "
                         f"'{PLUGIN_NAMESPACE}'; rebuild the plugin with 'ulsam-deploy build-plugin'.")
     return info
+
+
+def to_qdp_model(model):
+    """Rewrite every fused ``SubspaceAttention`` node into the AOT Python plugin's node.
+
+    The QDP plugin (``ulsam::SubspaceAttentionAOT``) takes the folded constants as inputs (AOT
+    plugin attributes are not serialized into the engine) and has a second, unused workspace
+    output; see :mod:`ulsam_deploy.kernels.trt_python_plugin`. Returns ``(model, count)``; the
+    input model is not modified.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .. import op_spec
+    from ..kernels.trt_python_plugin import make_qdp_onnx_node
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {t.name for t in out.graph.initializer} | {o for n in out.graph.node for o in n.output} | \
+        {i.name for i in out.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    nodes, count = [], 0
+    for index, node in enumerate(out.graph.node):
+        if node.op_type != op_spec.OP_TYPE:
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        missing = [k for k in (op_spec.ATTR_GROUPS, *op_spec.FLOAT_LIST_ATTRS) if k not in attrs]
+        if missing:
+            raise UserError(f"SubspaceAttention node '{node.name}' lacks {', '.join(missing)}; re-run 'ulsam-deploy fuse'.")
+        base = node.name or f"subspace_attention_{index}"
+        consts = []
+        for key in op_spec.FLOAT_LIST_ATTRS:
+            name = fresh(f"{base}_{key}")
+            out.graph.initializer.append(numpy_helper.from_array(np.asarray(attrs[key], np.float32), name))
+            consts.append(name)
+        nodes.append(make_qdp_onnx_node([node.input[0], *consts], [node.output[0], fresh(f"{base}_ws")],
+                                        int(attrs[op_spec.ATTR_GROUPS]), bool(attrs.get(op_spec.ATTR_RELU_DW, 1)),
+                                        bool(attrs.get(op_spec.ATTR_RELU_PW, 1)), name=base))
+        count += 1
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, count
