@@ -14,7 +14,7 @@ from ulsam_deploy.models import build_model, save_checkpoint
 
 @pytest.fixture
 def ckpt(tmp_path):
-    model = randomize_bn(build_model("mv2", 0.5, "17:1", groups=4, num_classes=10, input_size=32))
+    model = randomize_bn(build_model("mv2", 0.5, "14,17:1", groups=4, num_classes=10, input_size=96))
     return save_checkpoint(model, tmp_path / "ck.pt")
 
 
@@ -98,7 +98,7 @@ def test_inspect_vanilla_table_shows_paper_totals(cli_runner):
 def test_inspect_checkpoint(cli_runner, ckpt):
     result = cli_runner.invoke(app, ["inspect", str(ckpt), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["config"]["ulsam"] == "17:1"
+    assert json.loads(result.stdout)["config"]["ulsam"] == "14,17:1"
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -18,7 +18,7 @@ from ulsam_deploy.graph.common import ort_max_ir_version, sha256_file
 from ulsam_deploy.models import build_model, save_checkpoint
 
 
-def _checkpoint(tmp_path, arch="mv2", width=0.5, ulsam="14,17:1", groups=4, size=64, name="ck.pt", **kw):
+def _checkpoint(tmp_path, arch="mv2", width=0.5, ulsam="14,17:1", groups=4, size=96, name="ck.pt", **kw):
     model = randomize_bn(build_model(arch, width, ulsam, groups=groups, num_classes=10, input_size=size, **kw))
     return save_checkpoint(model, tmp_path / name, class_names=[f"c{i}" for i in range(10)]), model.eval()
 
@@ -29,7 +29,7 @@ def _ort(path):
 
 @pytest.mark.parametrize("arch,width,ulsam", PAPER_CONFIGS)
 def test_every_paper_configuration_exports_and_matches(tmp_path, arch, width, ulsam):
-    ck, model = _checkpoint(tmp_path, arch, width, ulsam, size=64)
+    ck, model = _checkpoint(tmp_path, arch, width, ulsam, size=96)
     result = export_checkpoint(ck, tmp_path / "m.onnx")
     assert result.max_abs < 1e-4
     proto = onnx.load(str(result.onnx_path))
@@ -38,15 +38,28 @@ def test_every_paper_configuration_exports_and_matches(tmp_path, arch, width, ul
     assert sum(o.op_type == "Softmax" for o in proto.graph.node) == len(ulsam.split(","))
 
 
+def test_fixture_attention_is_not_uniform(tmp_path):
+    """Parity on a model whose ULSAM maps are uniform would prove nothing about ULSAM."""
+    from conftest import attention_spread
+
+    _, model = _checkpoint(tmp_path)
+    seen = {}
+    hook = model.features[13].register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 96))
+    hook.remove()
+    assert attention_spread(model.features[13], seen["x"]) > 1e-2
+
+
 def test_dynamic_batch_and_names(tmp_path):
     ck, model = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx")
     sess = _ort(result.onnx_path)
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "input" and out.name == "logits" and inp.type == "tensor(float)"
-    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 64, 64]
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 96, 96]
     for batch in (1, 5, 16):
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 96, 96)).astype(np.float32)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         got = sess.run(None, {"input": x})[0]
@@ -57,7 +70,7 @@ def test_dynamic_batch_and_names(tmp_path):
 def test_static_batch(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(batch=2))
-    assert _ort(result.onnx_path).get_inputs()[0].shape == [2, 3, 64, 64]
+    assert _ort(result.onnx_path).get_inputs()[0].shape == [2, 3, 96, 96]
     assert list(result.parity) == [2]
 
 
@@ -68,7 +81,7 @@ def test_sidecar_describes_the_model(tmp_path):
     assert result.sidecar_path.name == "m.onnx.json"
     assert side["sha256"] == sha256_file(result.onnx_path)
     assert side["config"]["ulsam"] == "14,17:1" and side["config"]["groups"] == 4
-    assert side["input"]["shape"] == ["batch", 3, 64, 64] and side["class_names"][3] == "c3"
+    assert side["input"]["shape"] == ["batch", 3, 96, 96] and side["class_names"][3] == "c3"
     assert side["opset"] == 18 and side["ir_version"] <= ort_max_ir_version()
     assert set(side["parity"]["batches"]) == {"1", "3"}
     assert side["parity"]["batches"]["1"]["max_abs"] < 1e-4
@@ -127,6 +140,6 @@ def test_bad_options(kwargs, needle):
 
 @pytest.mark.slow
 def test_dynamo_exporter_matches_too(tmp_path):
-    ck, _ = _checkpoint(tmp_path, ulsam="14", size=32)
+    ck, _ = _checkpoint(tmp_path, ulsam="14", size=64)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(exporter="dynamo", opset=18))
     assert result.max_abs < 1e-4
