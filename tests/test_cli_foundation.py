@@ -108,3 +108,9 @@ def test_inspect_checkpoint(cli_runner, ckpt):
 ])
 def test_inspect_bad_input(cli_runner, args, needle):
     _assert_clean_error(cli_runner.invoke(app, ["inspect", *args]), 2, needle)
+
+
+def test_build_plugin_without_tensorrt_is_one_sentence(cli_runner, tmp_path):
+    result = cli_runner.invoke(app, ["build-plugin", "--tensorrt-root", str(tmp_path / "none"),
+                                     "--build-dir", str(tmp_path / "b")])
+    _assert_clean_error(result, 4, "TensorRT headers")
