@@ -45,7 +45,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"'{path}' cannot be read as an idx file ({type(exc).__name__}); reinstall the data set.") from exc
     if len(data) != count * dtype.itemsize:
         raise UserError(f"'{path}' is truncated ({len(data)} of {count * dtype.itemsize} bytes); reinstall the data set.")
-    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))  # a writable copy
 
 
 def load_arrays(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
