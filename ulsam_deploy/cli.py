@@ -13,7 +13,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import UserError
-from .ui import console, fmt_count, print_error, print_warning, quiet_stage, stage
+from .ui import console, fmt_count, print_error, print_warning, stage
 
 app = typer.Typer(
     name="ulsam-deploy",

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from .errors import BackendUnavailable, ParityError, UserError
+from .errors import BackendUnavailable, UserError
 
 Stage = Callable[[str], ContextManager]
 Echo = Callable[[str], None]

@@ -19,23 +19,20 @@ A run directory holds ``epoch_NNN.pt`` (model + optimizer, resumable and exporta
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .errors import UserError
+from .fileio import atomic_target
 from .models import build_model, load_pretrained
 from .models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
 from .models.mobilenet import MobileNetULSAM
@@ -427,15 +424,8 @@ def save_training_checkpoint(model: MobileNetULSAM, path: Path, train_state: dic
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_state": train_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UserError
+from ..fileio import atomic_target
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
@@ -27,31 +27,15 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
 
 def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write to a temp file beside ``path`` and rename, so a failure never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

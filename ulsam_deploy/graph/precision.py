@@ -35,7 +35,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
