@@ -83,6 +83,25 @@ def check_model(model: onnx.ModelProto) -> None:
         raise UserError(f"The ONNX model failed onnx.checker: {first}; this is a bug in the export, please report it.") from exc
 
 
+def tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a graph already uses (initializers, inputs, node outputs)."""
+    return ({t.name for t in graph.initializer} | {i.name for i in graph.input}
+            | {o for n in graph.node for o in n.output})
+
+
+def unique_namer(taken: set[str]):
+    """A function giving ``base``, or ``base_1``, ``base_2``... the first name not in ``taken`` (then taken)."""
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 

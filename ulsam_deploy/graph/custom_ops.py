@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import op_spec
 from ..errors import BackendUnavailable, UserError
+from .common import tensor_names, unique_namer
 
 _ORT_INPUTS = (op_spec.ATTR_DW_SCALE, op_spec.ATTR_DW_SHIFT, op_spec.ATTR_PW_WEIGHT, op_spec.ATTR_PW_BIAS)
 _lock = threading.Lock()
@@ -197,16 +198,8 @@ def prepare_model(model: "str | os.PathLike | bytes | onnx.ModelProto") -> bytes
         return model if isinstance(model, (bytes, bytearray)) else proto.SerializeToString()
     graph = proto.graph
     types = _elem_types(proto)
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
-        {i.name for i in graph.input}
+    fresh = unique_namer(tensor_names(graph))
     new_nodes, new_inits = [], []
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
 
     for index, node in enumerate(graph.node):
         if not (node.op_type == op_spec.OP_TYPE and node.domain == op_spec.DOMAIN):

@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import op_spec
+from .common import unique_namer
 
 _STD_DOMAINS = ("", "ai.onnx")
 _UNARY_SAME_SHAPE = {"Identity", "Relu", "Sigmoid", "Softmax", "LogSoftmax", "Cast", "Clip", "LeakyRelu", "Neg",
@@ -1016,15 +1017,11 @@ def _fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     if not accepted:
         return work, report
 
-    taken = {n.name for n in g.nodes if n.name}
+    fresh_node_name = unique_namer({n.name for n in g.nodes if n.name})
     at_position: dict[int, onnx.NodeProto] = {}
     for k, block in enumerate(accepted):
         prefix = _common_prefix([g.nodes[i].name for i in block.nodes])
-        base = f"{prefix}{op_spec.OP_TYPE}" if prefix else f"{op_spec.OP_TYPE}_{k}"
-        name, suffix = base, 1
-        while name in taken:
-            name, suffix = f"{base}_{suffix}", suffix + 1
-        taken.add(name)
+        name = fresh_node_name(f"{prefix}{op_spec.OP_TYPE}" if prefix else f"{op_spec.OP_TYPE}_{k}")
         at_position[g.producer[block.y]] = _fused_node(block, name)
         first = block.branches[0]
         report["blocks"].append({

@@ -147,19 +147,12 @@ def to_qdp_model(model):
     from onnx import helper, numpy_helper
 
     from .. import op_spec
+    from ..graph.common import tensor_names, unique_namer
     from ..kernels.trt_python_plugin import make_qdp_onnx_node
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    taken = {t.name for t in out.graph.initializer} | {o for n in out.graph.node for o in n.output} | \
-        {i.name for i in out.graph.input}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = unique_namer(tensor_names(out.graph))
 
     nodes, count = [], 0
     for index, node in enumerate(out.graph.node):
