@@ -484,18 +484,24 @@ def to_fp16(model: onnx.ModelProto, io_fp16: bool = False, keep_ulsam_fp32: bool
     return converted, kept
 
 
+def _load_fp32_source(source: Path, output: Path, force: bool, stage: Stage) -> tuple[onnx.ModelProto, dict]:
+    """Check the paths, then load the fp32 ONNX a precision pass starts from and its sidecar."""
+    _check_paths(source, output, force)
+    with stage(f"Loading {source}"):
+        model = load_onnx(source)
+        sidecar = _sidecar_of(source)
+        _require_fp32(model, source)
+    return model, sidecar
+
+
 def convert_fp16(source: str | os.PathLike, output: str | os.PathLike, verify: EvalSet,
                  options: PrecisionOptions | None = None, stage: Stage = _quiet_stage,
                  warn: Warn = _no_warn) -> PrecisionResult:
     """fp32 ONNX -> fp16 ONNX, verified (top-1 agreement >= ``options.min_agreement`` on ``verify``), with sidecar."""
     options = options or PrecisionOptions()
     source, output = Path(source), Path(output)
-    _check_paths(source, output, options.force)
+    model, sidecar = _load_fp32_source(source, output, options.force, stage)
     seconds: dict[str, float] = {}
-    with stage(f"Loading {source}"):
-        model = load_onnx(source)
-        sidecar = _sidecar_of(source)
-        _require_fp32(model, source)
     work, fusion = model, None
     if options.fuse and not fused_nodes(model):
         t0 = time.perf_counter()
@@ -664,12 +670,8 @@ def quantize_int8(source: str | os.PathLike, output: str | os.PathLike, calib: E
     """Unfused fp32 ONNX -> int8 Q/DQ ONNX (then fused if ``options.fuse``), verified on ``verify``, with sidecar."""
     options = options or PrecisionOptions()
     source, output = Path(source), Path(output)
-    _check_paths(source, output, options.force)
+    model, sidecar = _load_fp32_source(source, output, options.force, stage)
     seconds: dict[str, float] = {}
-    with stage(f"Loading {source}"):
-        model = load_onnx(source)
-        sidecar = _sidecar_of(source)
-        _require_fp32(model, source)
     if fused_nodes(model):
         raise UserError(f"'{source}' is already fused; int8 calibrates the unfused graph (softmax/attention kept out of "
                         "int8), so pass the unfused ONNX from 'ulsam-deploy export' and add --fuse.")
