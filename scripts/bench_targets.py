@@ -9,7 +9,7 @@ ONNX Runtime CPU, batch 1, 224x224, 2 intra-op threads, every comparison interle
   T4  bench adds less than 2 % to the latency of a bare ``session.run`` loop.
 
 Robust on a shared machine: each phase interleaves its targets (rotating blocks, see
-ulsam_deploy/latency.py) and the whole phase is repeated ``--repeats`` times; a target's figure is
+ulsam_deploy/bench/latency.py) and the whole phase is repeated ``--repeats`` times; a target's figure is
 the median over repeats of the ratio of medians, with the spread (min..max) shown. ``--profile``
 adds ONNX Runtime's profiler: per-op-type time and node counts of each exported graph.
 
@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ulsam_deploy.backends import OrtRunner  # noqa: E402
-from ulsam_deploy.bench import BenchOptions, ModelSpec, export_in_memory, machine_info, run_bench, versions  # noqa: E402
-from ulsam_deploy.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved  # noqa: E402
+from ulsam_deploy.bench.run import BenchOptions, ModelSpec, export_in_memory, machine_info, run_bench, versions  # noqa: E402
+from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved  # noqa: E402
 
 MODELS = [("vanilla MV2", ""), ("MV2+ULSAM 17:1 g4", "17:1"), ("MV2+ULSAM 13,14,16,17 g4", "13,14,16,17")]
 LIMITS = {"T1": 1.03, "T2": 0.78, "T3": 0.35, "T4": 1.02}

@@ -77,7 +77,7 @@ def check_correctness(quick: bool, log) -> int:
     import torch
 
     from ulsam_deploy.kernels import reference as R
-    from ulsam_deploy.kernels.subspace_attention import subspace_attention
+    from ulsam_deploy.kernels.triton_kernel import subspace_attention
 
     shapes = [(1, 96, 14, 14, 4), (2, 160, 7, 7, 1), (64, 512, 14, 14, 4), (3, 512, 14, 14, 16),
               (2, 16, 1, 1, 8), (1, 8, 17, 33, 2), (2, 64, 112, 112, 4), (4, 24, 9, 7, 8),
@@ -126,7 +126,7 @@ def check_correctness(quick: bool, log) -> int:
 
 def check_launcher(bench: bool, log) -> int:
     from ulsam_deploy.errors import UserError
-    from ulsam_deploy.plugin_build import build_plugin, run_selftest
+    from ulsam_deploy.backends.trt.plugin_build import build_plugin, run_selftest
 
     try:
         res = build_plugin(ROOT / "build" / "gpu_bench_launcher", use_tensorrt=False)
@@ -147,7 +147,7 @@ def benchmark(quick: bool, peak: float | None, log) -> list[str]:
 
     from ulsam_deploy.kernels import reference as R
     from ulsam_deploy.kernels.plan import workspace_bytes
-    from ulsam_deploy.kernels.subspace_attention import subspace_attention
+    from ulsam_deploy.kernels.triton_kernel import subspace_attention
 
     try:
         from ulsam_deploy.models.ulsam import ULSAM

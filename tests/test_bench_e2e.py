@@ -14,11 +14,11 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import randomize_bn
-from ulsam_deploy.bench import BenchOptions, parse_model_spec, resolve_model, run_bench
+from ulsam_deploy.bench.run import BenchOptions, parse_model_spec, resolve_model, run_bench
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import ParityError, UserError
-from ulsam_deploy.inputs import load_images, make_preprocess
-from ulsam_deploy.latency import TimingConfig
+from ulsam_deploy.data.inputs import load_images, make_preprocess
+from ulsam_deploy.bench.latency import TimingConfig
 from ulsam_deploy.models import build_model, save_checkpoint
 
 FAST = ["--warmup", "0", "--duration", "0", "--iterations", "3"]
@@ -37,7 +37,7 @@ def _foolbox_dir() -> Path:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A grey 32x32 MV2 x0.35 + ULSAM 17:1 (10 classes) checkpoint and its exported ONNX (+ sidecar)."""
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     root = tmp_path_factory.mktemp("bench")
     model = randomize_bn(build_model("mv2", 0.35, "14,17:1", 4, num_classes=10, input_size=32, in_channels=1)).eval()
@@ -206,7 +206,7 @@ def test_model_spec_parsing():
 
 def test_fused_onnx_gets_the_custom_op_library_automatically(small, tmp_path):
     pytest.importorskip("onnxruntime_extensions", reason="the fused op needs onnxruntime-extensions (ulsam-deploy[kernels])")
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     fused = tmp_path / "fused.onnx"
     result = export_checkpoint(small["ckpt"], fused, ExportOptions(fuse=True))
@@ -220,7 +220,7 @@ def test_fused_onnx_gets_the_custom_op_library_automatically(small, tmp_path):
 
 def test_fp16_io_model_is_fed_fp16_and_judged_as_fp16(small, tmp_path):
     pytest.importorskip("onnxconverter_common", reason="the fp16 pass needs onnxconverter-common")
-    from ulsam_deploy.graph.precision import to_fp16
+    from ulsam_deploy.passes.precision import to_fp16
 
     half, _ = to_fp16(onnx.load(str(small["onnx"])), io_fp16=True)
     path = tmp_path / "half.onnx"

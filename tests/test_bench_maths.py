@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from ulsam_deploy.compare import (DEFAULT_THRESHOLDS, ParityThresholds, accuracy, compare_outputs,
+from ulsam_deploy.backends.judge import (DEFAULT_THRESHOLDS, ParityThresholds, accuracy, compare_outputs,
                                   compare_with_thresholds, judge, parse_threshold_overrides, thresholds_for)
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.latency import (LatencyStats, TimingConfig, TimingTarget, measure_interleaved, median, percentile,
+from ulsam_deploy.bench.latency import (LatencyStats, TimingConfig, TimingTarget, measure_interleaved, median, percentile,
                                   throughput)
 
 # ------------------------------------------------------------------------------------ parity

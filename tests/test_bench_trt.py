@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from ulsam_deploy.backends.base import RunnerUnavailable
-from ulsam_deploy.backends.trt_runner import CudaMemory, TrtRunner, open_cuda_memory
+from ulsam_deploy.backends.trt.runner import CudaMemory, TrtRunner, open_cuda_memory
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.trt.compat import ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo
-from ulsam_deploy.trt.cuda_driver import GpuInfo
+from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo
+from ulsam_deploy.backends.trt.cuda_driver import GpuInfo
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
 RTX4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30, False)
@@ -199,7 +199,7 @@ def test_bench_lists_trt_as_skipped_and_carries_on(engine_file, cli_runner, tmp_
 
 
 def test_no_cuda_memory_library_is_a_reason_not_a_crash(monkeypatch):
-    import ulsam_deploy.backends.trt_runner as tr
+    import ulsam_deploy.backends.trt.runner as tr
 
     def broken(device):
         raise ImportError("No module named 'fake'")
@@ -222,10 +222,10 @@ def test_sidecar_mismatch_refused_before_tensorrt_reads_the_engine(engine_file):
 
 
 def test_bench_reports_a_mismatched_engine_as_skipped(engine_file, monkeypatch):
-    import ulsam_deploy.trt.compat as compat
-    import ulsam_deploy.trt.runtime as runtime
-    from ulsam_deploy.bench import BenchOptions, resolve_model, run_bench
-    from ulsam_deploy.latency import TimingConfig
+    import ulsam_deploy.backends.trt.compat as compat
+    import ulsam_deploy.backends.trt.runtime as runtime
+    from ulsam_deploy.bench.run import BenchOptions, resolve_model, run_bench
+    from ulsam_deploy.bench.latency import TimingConfig
 
     (engine_file.parent / "model.engine.json").write_text(json.dumps(sidecar("10.3.0.30", ORIN)))
     monkeypatch.setattr(runtime, "import_tensorrt", lambda: fake_tensorrt(NumpyMemory(), []))
@@ -307,7 +307,7 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
     """Build a small engine with TensorRT's own API and compare TrtRunner with ONNX Runtime (GPU machines only)."""
     if not _tensorrt_importable():
         pytest.skip("TensorRT's Python package is not installed (pip install tensorrt on an x86 GPU machine)")
-    from ulsam_deploy.trt.cuda_driver import probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
 
     driver = probe_cuda_driver()
     if not driver.available:
@@ -315,10 +315,10 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
     import tensorrt as trt
 
     from ulsam_deploy.backends import OrtRunner
-    from ulsam_deploy.export import ExportOptions, export_model
+    from ulsam_deploy.steps.export import ExportOptions, export_model
     from ulsam_deploy.models import build_model
     from ulsam_deploy.models.checkpoint import CheckpointInfo
-    from ulsam_deploy.trt.compat import current_runtime
+    from ulsam_deploy.backends.trt.compat import current_runtime
 
     model = build_model("mv2", 0.35, "17:1", 4, num_classes=10, input_size=64).eval()
     onnx_path = tmp_path / "m.onnx"
@@ -353,6 +353,6 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
 @pytest.mark.parametrize("value, expected", [("fp16", "fp16"), ({"precision": "int8", "calibration": "x"}, "int8"),
                                              (None, "fp32"), ("FP16", "fp16"), ("mixed?", "fp32")])
 def test_engine_precision_read_from_sidecar(value, expected):
-    from ulsam_deploy.backends.trt_runner import _sidecar_precision
+    from ulsam_deploy.backends.trt.runner import _sidecar_precision
 
     assert _sidecar_precision({"precision": value}) == expected

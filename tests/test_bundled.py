@@ -12,7 +12,7 @@ from ulsam_deploy import bundled
 from ulsam_deploy.backends import OrtRunner
 from ulsam_deploy.data import MissingResource
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.export import ExportOptions, export_model
+from ulsam_deploy.steps.export import ExportOptions, export_model
 
 
 def _need(fn, *args):

@@ -35,7 +35,7 @@ def test_versions_match_the_environment():
 
 
 def test_tensorrt_and_gpu_probed_for_real():
-    from ulsam_deploy.trt.cuda_driver import probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
 
     report = run_doctor(include_data=False)
     try:

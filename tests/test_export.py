@@ -13,8 +13,8 @@ import torch
 from conftest import randomize_bn
 from test_models import PAPER_CONFIGS
 from ulsam_deploy.errors import ParityError, UserError
-from ulsam_deploy.export import ExportOptions, export_checkpoint
-from ulsam_deploy.graph.common import ort_max_ir_version, sha256_file
+from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
+from ulsam_deploy.passes.common import ort_max_ir_version, sha256_file
 from ulsam_deploy.models import build_model, save_checkpoint
 
 
@@ -114,7 +114,7 @@ def test_existing_output_needs_force(tmp_path):
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
-    import ulsam_deploy.export as export_mod
+    import ulsam_deploy.steps.export as export_mod
 
     real = export_mod.to_export_form
 

@@ -20,11 +20,11 @@ from conftest import randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.export import export_checkpoint, to_export_form
-from ulsam_deploy.graph.common import check_model, fit_ir_version
-from ulsam_deploy.graph.custom_ops import prepare_model, register_custom_ops, subspace_attention, take_errors
-from ulsam_deploy.graph.fuse import fuse_model
-from ulsam_deploy.graph.simplify import simplify_model
+from ulsam_deploy.steps.export import export_checkpoint, to_export_form
+from ulsam_deploy.passes.common import check_model, fit_ir_version
+from ulsam_deploy.backends.onnxrt.custom_ops import prepare_model, register_custom_ops, subspace_attention, take_errors
+from ulsam_deploy.passes.fuse import fuse_model
+from ulsam_deploy.passes.simplify import simplify_model
 from ulsam_deploy.kernels.reference import attention_maps_numpy, subspace_attention_numpy
 from ulsam_deploy.models import ULSAM, ULSAMExport, build_model, fold_ulsam, save_checkpoint
 
@@ -499,7 +499,7 @@ def test_cli_fuse_bad_inputs(cli_runner, tmp_path):
 
 
 def test_cli_fuse_parity_failure_writes_nothing(cli_runner, exported, tmp_path, monkeypatch):
-    import ulsam_deploy.graph.fuse as fuse_module
+    import ulsam_deploy.passes.fuse as fuse_module
 
     real = fuse_module.fuse_model
 

@@ -35,7 +35,7 @@ def test_manifest_covers_every_arch_dtype_variant():
 
 
 def test_manifest_param_order_includes_hidden_scratch_pointers():
-    from ulsam_deploy.kernels.subspace_attention import KERNEL_NAME, PARAM_ORDER
+    from ulsam_deploy.kernels.triton_kernel import KERNEL_NAME, PARAM_ORDER
 
     names = [p["name"] for p in MANIFEST["params"]]
     assert names == [n for n, _ in PARAM_ORDER] + list(aot.HIDDEN_PARAMS)

@@ -35,7 +35,7 @@ def _import_interpreted_triton():
     if std is not None and type(std.zeros).__name__ != "InterpretedFunction":
         for name in [m for m in sys.modules
                      if m == "triton" or m.startswith("triton.")
-                     or m == "ulsam_deploy.kernels.subspace_attention"]:
+                     or m == "ulsam_deploy.kernels.triton_kernel"]:
             del sys.modules[name]
 
 
@@ -44,7 +44,7 @@ if not HAVE_CUDA:
 
 from ulsam_deploy.kernels import plan as P  # noqa: E402
 from ulsam_deploy.kernels import reference as R  # noqa: E402
-from ulsam_deploy.kernels import subspace_attention as SA  # noqa: E402
+from ulsam_deploy.kernels import triton_kernel as SA  # noqa: E402
 
 if not HAVE_CUDA:
     assert SA.is_interpreted(), "the Triton interpreter could not be enabled"
@@ -226,7 +226,7 @@ def test_kernel_matches_reference_slow(n, c, h, w, groups, dtype, relu, over):
 def test_qdp_launch_configuration(n, c, h, w, groups, dtype):
     """The launch the tensorrt.plugin AOT path encodes (grid = N*groups, split 1, a separate
     [N*groups, H*W] fp32 workspace output) computes the op."""
-    from ulsam_deploy.kernels.trt_python_plugin import qdp_launch_config
+    from ulsam_deploy.kernels.qdp_plugin import qdp_launch_config
 
     cfg = qdp_launch_config(n, c, h, w, groups)
     params = R.random_params(c, groups, seed=11, logit_scale=3.0)

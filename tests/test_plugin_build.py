@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from ulsam_deploy import plugin_build as PB
+from ulsam_deploy.backends.trt import plugin_build as PB
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.kernels import aot
 from ulsam_deploy.kernels import plan as P

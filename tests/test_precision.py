@@ -21,8 +21,8 @@ from onnx import TensorProto, numpy_helper
 from PIL import Image
 
 from ulsam_deploy.errors import ParityError, UserError
-from ulsam_deploy.graph import precision as P
-from ulsam_deploy.graph.evalset import EvalSet, load_eval_set, preprocess_from_sidecar
+from ulsam_deploy.passes import precision as P
+from ulsam_deploy.data.evalset import EvalSet, load_eval_set, preprocess_from_sidecar
 
 
 def _fashion_mnist_available() -> bool:
@@ -40,7 +40,7 @@ needs_fmnist = pytest.mark.skipif(not _fashion_mnist_available(), reason="Fashio
 
 
 def _export(model, tmp: Path, name: str, mean, std, preprocess=None) -> Path:
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
     from ulsam_deploy.models import save_checkpoint
 
     ckpt = save_checkpoint(model.eval(), tmp / f"{name}.pt", mean=mean, std=std,
@@ -66,7 +66,7 @@ def small_onnx(tmp_path_factory) -> Path:
 def imagenet_onnx(tmp_path_factory) -> Path:
     """The bundled ImageNet MV2 x1 + ULSAM 17:1 (torchvision weights), exported."""
     from ulsam_deploy import bundled
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     try:
         ckpt = bundled.checkpoint_path("imagenet")
@@ -169,7 +169,7 @@ def test_onnxruntime_fallback_converter_output_is_valid(small_onnx, monkeypatch)
 def test_int8_bundled_fashion_mnist_within_one_point(tmp_path):
     from ulsam_deploy import bundled
     from ulsam_deploy.data.resources import fashion_mnist_dir
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     try:
         ckpt = bundled.checkpoint_path("fashion-mnist")
@@ -285,8 +285,8 @@ def test_int8_then_fuse(small_onnx, tmp_path):
     ("mv2", 0.5, "13,17:1", 32, 2),  # 17:1 at 1x1: onnxsim folds its softmax away
 ])
 def test_find_ulsam_regions(arch, width, ulsam, size, blocks):
-    from ulsam_deploy.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.graph.simplify import simplify_model
+    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
 
     torch.manual_seed(0)
@@ -379,7 +379,7 @@ def test_already_converted_or_fused_inputs_are_refused(small_onnx, tmp_path, gre
     with pytest.raises(UserError, match="already int8; convert the fp32 ONNX"):
         P.convert_fp16(result.onnx_path, tmp_path / "b.onnx", verify)
     pytest.importorskip("onnxruntime_extensions")
-    from ulsam_deploy.graph.fuse import fuse_model
+    from ulsam_deploy.passes.fuse import fuse_model
 
     fused, _ = fuse_model(onnx.load(small_onnx))
     path = tmp_path / "fused.onnx"

@@ -62,7 +62,7 @@ def test_one_epoch_on_a_slice_learns(tmp_path):
     assert info.meta["preprocess"]["size"] == 32 and info.meta["ulsam_maps"] == {"7:1": [16, 4, 4]}
     assert "train_state" not in read_checkpoint_file(result.final_checkpoint)
 
-    from ulsam_deploy.export import ExportOptions, export_checkpoint
+    from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     for ckpt in (result.final_checkpoint, tmp_path / "run" / "epoch_001.pt"):  # epoch checkpoints export too
         exported = export_checkpoint(ckpt, tmp_path / f"{ckpt.stem}.onnx", ExportOptions(simplify=False))

@@ -12,9 +12,9 @@ import json
 import pytest
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
+from ulsam_deploy.backends.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
                                      read_engine_sidecar)
-from ulsam_deploy.trt.cuda_driver import GpuInfo
+from ulsam_deploy.backends.trt.cuda_driver import GpuInfo
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
 RTX4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30, False)
@@ -141,8 +141,8 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from ulsam_deploy.errors import BackendUnavailable  # noqa: E402
-from ulsam_deploy.trt import explain, plugins  # noqa: E402
-from ulsam_deploy.trt.settings import (BatchProfile, BuildOptions, apply_plan, describe_onnx,  # noqa: E402
+from ulsam_deploy.backends.trt import explain, plugins  # noqa: E402
+from ulsam_deploy.backends.trt.settings import (BatchProfile, BuildOptions, apply_plan, describe_onnx,  # noqa: E402
                                        network_creation_flags, plan_build, rebuild_command)
 
 
@@ -462,7 +462,7 @@ def test_apply_plan_maps_options_to_builder_calls(tmp_path):
 
 
 def test_engine_precision_word():
-    from ulsam_deploy.trt.build import engine_precision
+    from ulsam_deploy.backends.trt.build import engine_precision
 
     assert engine_precision("fp32", []) == "fp32" and engine_precision("fp16", []) == "fp16"
     assert engine_precision("int8", []) == "int8" and engine_precision("fp32", ["FP16"]) == "fp16"
@@ -536,7 +536,7 @@ def test_plugin_routes(tmp_path, monkeypatch):
 
 
 def P_sha(path):
-    from ulsam_deploy.graph.common import sha256_file
+    from ulsam_deploy.passes.common import sha256_file
 
     return sha256_file(path)
 
@@ -555,8 +555,8 @@ def _no_real_tensorrt() -> bool:
 def test_build_without_tensorrt_writes_nothing(tmp_path):
     if not _no_real_tensorrt():
         pytest.skip("TensorRT is installed here")
-    from ulsam_deploy.trt.build import build_engine
-    from ulsam_deploy.trt.runtime import TensorRTUnavailable
+    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable
 
     model = tiny_onnx(tmp_path / "m.onnx")
     with pytest.raises(TensorRTUnavailable, match="pip install tensorrt"):
@@ -568,7 +568,7 @@ def test_build_without_tensorrt_writes_nothing(tmp_path):
 
 
 def test_build_error_paths_with_fake_tensorrt(tmp_path, monkeypatch):
-    from ulsam_deploy.trt.build import ParserFailed, build_engine
+    from ulsam_deploy.backends.trt.build import ParserFailed, build_engine
 
     model = tiny_onnx(tmp_path / "m.onnx", fused=True)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(parse_errors=[
@@ -596,8 +596,8 @@ def test_build_error_paths_with_fake_tensorrt(tmp_path, monkeypatch):
 def test_file_handling_with_fake_tensorrt(tmp_path, monkeypatch):
     """Our side only (sidecar, raw bytes written atomically, timing cache round trip, progress); the fake's
     'engine' is a marker string, so this says nothing about TensorRT building engines."""
-    from ulsam_deploy.trt.build import build_engine
-    from ulsam_deploy.trt.progress import BuildProgress
+    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.backends.trt.progress import BuildProgress
 
     trt = fake_tensorrt("10.3.0.30")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -631,7 +631,7 @@ def _real_tensorrt_and_gpu() -> str | None:
         import tensorrt  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return f"TensorRT is not installed ({type(exc).__name__})"
-    from ulsam_deploy.trt.cuda_driver import probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
 
     driver = probe_cuda_driver()
     return None if driver.available else f"no usable GPU: {driver.error}"
@@ -644,7 +644,7 @@ def test_real_engine_build_and_compat(tmp_path):
         pytest.skip(reason)
     import tensorrt as trt
 
-    from ulsam_deploy.trt.build import build_engine
+    from ulsam_deploy.backends.trt.build import build_engine
 
     model = tiny_onnx(tmp_path / "m.onnx", size=16)
     cache = tmp_path / "t.cache"
@@ -710,12 +710,12 @@ def test_cli_build_trt_shows_parser_errors_in_full(cli_runner, tmp_path, monkeyp
 def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monkeypatch):
     """fp16 Casts split a ULSAM block, so build-trt --plugin cannot fuse it: the sentence says to fuse first."""
     pytest.importorskip("onnxruntime_extensions")
-    from ulsam_deploy.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.graph.common import fit_ir_version
-    from ulsam_deploy.graph.precision import to_fp16
-    from ulsam_deploy.graph.simplify import simplify_model
+    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.passes.common import fit_ir_version
+    from ulsam_deploy.passes.precision import to_fp16
+    from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
-    from ulsam_deploy.trt.build import build_engine
+    from ulsam_deploy.backends.trt.build import build_engine
 
     import torch
 
@@ -738,10 +738,10 @@ def fused_small(tmp_path_factory):
     pytest.importorskip("onnxruntime_extensions")
     import torch
 
-    from ulsam_deploy.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.graph.common import fit_ir_version
-    from ulsam_deploy.graph.fuse import fuse_model
-    from ulsam_deploy.graph.simplify import simplify_model
+    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.passes.common import fit_ir_version
+    from ulsam_deploy.passes.fuse import fuse_model
+    from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
 
     torch.manual_seed(0)
@@ -756,8 +756,8 @@ def fused_small(tmp_path_factory):
 
 def test_qdp_rewrite_of_fused_nodes(fused_small):
     from ulsam_deploy import op_spec
-    from ulsam_deploy.kernels import trt_python_plugin as qdp
-    from ulsam_deploy.trt.plugins import to_qdp_model
+    from ulsam_deploy.kernels import qdp_plugin as qdp
+    from ulsam_deploy.backends.trt.plugins import to_qdp_model
 
     model = onnx.load(fused_small)
     source = next(n for n in model.graph.node if n.op_type == op_spec.OP_TYPE)
@@ -776,8 +776,8 @@ def test_qdp_rewrite_of_fused_nodes(fused_small):
 
 def test_python_plugin_route_with_fake_tensorrt(fused_small, tmp_path, monkeypatch):
     """Our mapping for --plugin python: QDP registration called, QDP nodes handed to the parser, AOT flag set."""
-    from ulsam_deploy.kernels import trt_python_plugin as qdp
-    from ulsam_deploy.trt.build import build_engine
+    from ulsam_deploy.kernels import qdp_plugin as qdp
+    from ulsam_deploy.backends.trt.build import build_engine
 
     registered = []
     monkeypatch.setattr(qdp, "register_qdp_plugin", lambda *a, **k: registered.append(1) or qdp.QDP_PLUGIN_ID)

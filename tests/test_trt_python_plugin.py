@@ -14,7 +14,7 @@ import pytest
 from ulsam_deploy.errors import BackendUnavailable
 from ulsam_deploy.kernels import aot
 from ulsam_deploy.kernels import plan as P
-from ulsam_deploy.kernels import trt_python_plugin as Q
+from ulsam_deploy.kernels import qdp_plugin as Q
 
 MANIFEST = aot.load_manifest()
 
@@ -148,7 +148,7 @@ def test_aot_impl_returns_stripped_ptx_launch_and_scalars(fake_trt, dtype, w, dy
     vals = [a.value for a in extra]
     assert [v.value if isinstance(v, FakeExpr) else v for v in vals] == [24, 14, w, 4, 12, 1, 24, 1, 0]
     # scalars line up with the kernel's int32 parameters
-    from ulsam_deploy.kernels.subspace_attention import PARAM_ORDER
+    from ulsam_deploy.kernels.triton_kernel import PARAM_ORDER
     assert len(vals) == sum(1 for _, k in PARAM_ORDER if k == "i32")
 
 

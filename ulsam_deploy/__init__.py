@@ -1,7 +1,10 @@
-"""ulsam-deploy: export, fuse, build and benchmark MobileNet + ULSAM models for TensorRT targets."""
+"""ulsam-deploy: export, fuse, build and benchmark MobileNet + ULSAM models for TensorRT targets.
 
-__version__ = "0.1.0"
+Importing the package is cheap: the model API (torch) loads on first use of its names.
+"""
 
-from .models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from ulsam_deploy._lazy import lazy_exports
+from ulsam_deploy._version import __version__
 
 __all__ = ["__version__", "build_model", "load_checkpoint", "save_checkpoint"]
+__getattr__ = lazy_exports(__name__, {name: "ulsam_deploy.models" for name in __all__[1:]})

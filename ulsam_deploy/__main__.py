@@ -1,3 +1,3 @@
-from .cli import run
+from ulsam_deploy.cli import run
 
 run()

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from .errors import BackendUnavailable, UserError
+from ulsam_deploy.errors import BackendUnavailable, UserError
 
 Stage = Callable[[str], ContextManager]
 Echo = Callable[[str], None]
@@ -114,8 +114,8 @@ class RealImages:
 
 
 def _fashion_images(work: Path, preprocess, opts: DemoOptions) -> RealImages:
-    from .data import FashionMNIST, export_fashion_mnist_folder
-    from .graph.evalset import EvalSet
+    from ulsam_deploy.data import FashionMNIST, export_fashion_mnist_folder
+    from ulsam_deploy.data.evalset import EvalSet
 
     folder = export_fashion_mnist_folder(work / "images", count=opts.images, split="test")
     test = FashionMNIST("test", preprocess=preprocess, limit=opts.images)
@@ -128,15 +128,15 @@ def _fashion_images(work: Path, preprocess, opts: DemoOptions) -> RealImages:
 
 
 def _imagenet_images(work: Path, preprocess) -> RealImages:
-    from .data import foolbox_imagenet_samples
-    from .graph.evalset import EvalSet
+    from ulsam_deploy.data import foolbox_imagenet_samples
+    from ulsam_deploy.data.evalset import EvalSet
 
     folder = work / "images"
     samples = foolbox_imagenet_samples()
     for s in samples:
         (folder / str(s.label)).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(s.path, folder / str(s.label) / s.path.name)
-    from .data.images import load_image_uint8
+    from ulsam_deploy.data.images import load_image_uint8
 
     batch = np.stack([load_image_uint8(s.path, preprocess) for s in samples])
     verify = EvalSet(preprocess.normalize(batch), np.array([s.label for s in samples], dtype=np.int64),
@@ -151,7 +151,7 @@ def _imagenet_images(work: Path, preprocess) -> RealImages:
 def run_demo(opts: DemoOptions, stage: Stage = _null_stage, echo: Echo = lambda _t: None,
              bench_event=None) -> DemoResult:
     """Run the pipeline and write the report folder; see the module docstring."""
-    from . import bundled
+    from ulsam_deploy import bundled
 
     opts = opts.resolved()
     started = time.perf_counter()
@@ -220,9 +220,9 @@ def _rebase(result: DemoResult, work: Path, out: Path) -> None:
 
 
 def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, bench_event):
-    from . import bundled
-    from .data.images import Preprocess
-    from .export import ExportOptions, export_model
+    from ulsam_deploy import bundled
+    from ulsam_deploy.data.images import Preprocess
+    from ulsam_deploy.steps.export import ExportOptions, export_model
 
     steps: list[Step] = []
 
@@ -263,9 +263,9 @@ def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, be
 
 
 def _fuse_step(onnx_path: Path, work: Path, stage: Stage, record) -> list[Path]:
-    fuse_file = _optional("ulsam_deploy.fuse", "fuse_file")
-    if fuse_file is None or _optional("ulsam_deploy.graph.fuse", "fuse_model") is None:
-        record(Step("fuse", "skipped", "the fusion pass (ulsam_deploy.graph.fuse) is not part of this version"))
+    fuse_file = _optional("ulsam_deploy.steps.fuse", "fuse_file")
+    if fuse_file is None or _optional("ulsam_deploy.passes.fuse", "fuse_model") is None:
+        record(Step("fuse", "skipped", "the fusion pass (ulsam_deploy.passes.fuse) is not part of this version"))
         return []
     t0 = time.perf_counter()
     try:
@@ -287,10 +287,10 @@ def _fuse_step(onnx_path: Path, work: Path, stage: Stage, record) -> list[Path]:
 
 
 def _precision_steps(onnx_path: Path, work: Path, images: RealImages, stage: Stage, record) -> list[Path]:
-    convert = _optional("ulsam_deploy.graph.precision", "convert_precision")
+    convert = _optional("ulsam_deploy.passes.precision", "convert_precision")
     if convert is None:
         for name in ("fp16", "int8"):
-            record(Step(name, "skipped", "the precision passes (ulsam_deploy.graph.precision) are not part of this version"))
+            record(Step(name, "skipped", "the precision passes (ulsam_deploy.passes.precision) are not part of this version"))
         return []
     written = []
     for precision in ("fp16", "int8"):
@@ -319,18 +319,18 @@ def _precision_steps(onnx_path: Path, work: Path, images: RealImages, stage: Sta
 
 def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], stage: Stage, record) -> list[Path]:
     """One engine per ONNX artifact (fp32, fused, fp16, int8: the precision lives in the ONNX file)."""
-    build_engine = _optional("ulsam_deploy.trt.build", "build_engine")
+    build_engine = _optional("ulsam_deploy.backends.trt.build", "build_engine")
     if build_engine is None:
-        record(Step("tensorrt", "skipped", "the TensorRT builder (ulsam_deploy.trt.build) is not part of this version"))
+        record(Step("tensorrt", "skipped", "the TensorRT builder (ulsam_deploy.backends.trt.build) is not part of this version"))
         return []
-    from .trt.runtime import tensorrt_available
+    from ulsam_deploy.backends.trt.runtime import tensorrt_available
 
     if not tensorrt_available():
-        from .trt.runtime import install_hint
+        from ulsam_deploy.backends.trt.runtime import install_hint
 
         record(Step("tensorrt", "skipped", f"TensorRT is not installed here ({install_hint()})"))
         return []
-    from .trt.settings import BatchProfile, BuildOptions
+    from ulsam_deploy.backends.trt.settings import BatchProfile, BuildOptions
 
     top = max(batches)
     engines = []
@@ -358,9 +358,9 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], s
 
 def _bench_step(model, info, entry, variants, engines, images: RealImages, opts: DemoOptions, work: Path,
                 stage: Stage, record, bench_event):
-    from .bench import BenchOptions, ModelSpec, run_bench
-    from .bench_report import write_reports
-    from .latency import TimingConfig
+    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
+    from ulsam_deploy.bench.report import write_reports
+    from ulsam_deploy.bench.latency import TimingConfig
 
     timing = TimingConfig(warmup_s=0.2, min_iters=5, min_seconds=0.5) if opts.quick else \
         TimingConfig(warmup_s=0.3, min_iters=10, min_seconds=1.5)
@@ -390,8 +390,8 @@ def _jsonable(obj):
 
 
 def _write_report(result: DemoResult, entry, opts: DemoOptions, work: Path) -> None:
-    from .export import write_json_atomic
-    from .graph.common import write_bytes_atomic
+    from ulsam_deploy.steps.export import write_json_atomic
+    from ulsam_deploy.passes.common import write_bytes_atomic
 
     bench = result.bench.to_dict() if result.bench is not None else None
     summary = {

@@ -104,7 +104,7 @@ def check_onnxruntime() -> Check:
 
 
 def check_tensorrt() -> Check:
-    from .trt.runtime import TensorRTUnavailable, import_tensorrt, install_hint
+    from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, install_hint
 
     try:
         trt = import_tensorrt()
@@ -125,7 +125,7 @@ def check_tensorrt() -> Check:
 
 
 def check_cuda_driver() -> tuple[Check, Check]:
-    from .trt.cuda_driver import cuda_runtime_version, is_jetson, jetson_release, probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda_driver import cuda_runtime_version, is_jetson, jetson_release, probe_cuda_driver
 
     driver = probe_cuda_driver()
     jetson = is_jetson()
@@ -156,7 +156,7 @@ def check_triton() -> Check:
 
 
 def check_plugin_library() -> Check:
-    from .trt.plugins import find_plugin_library, plugin_library_candidates
+    from ulsam_deploy.backends.trt.plugins import find_plugin_library, plugin_library_candidates
 
     try:
         path = find_plugin_library()
@@ -169,14 +169,14 @@ def check_plugin_library() -> Check:
                      err or "not built (looked in " + ", ".join(str(p) for p in plugin_library_candidates()) + ")",
                      "build-trt --plugin lib, trtexec --dynamicPlugins",
                      "ulsam-deploy build-plugin (needs cmake, a C++17 compiler, CUDA and TensorRT headers)")
-    from .graph.common import sha256_file
+    from ulsam_deploy.passes.common import sha256_file
 
     return Check("plugin-library", True, None, f"{path} (sha256 {sha256_file(path)[:12]}...)")
 
 
 def check_python_plugin(trt_check: Check) -> Check:
-    from .trt.plugins import PYTHON_PLUGIN_MODULE, QDP_AOT_MIN, python_plugin_available
-    from .trt.runtime import parse_version
+    from ulsam_deploy.backends.trt.plugins import PYTHON_PLUGIN_MODULE, QDP_AOT_MIN, python_plugin_available
+    from ulsam_deploy.backends.trt.runtime import parse_version
 
     present = python_plugin_available()
     if not present:
@@ -193,7 +193,7 @@ def check_python_plugin(trt_check: Check) -> Check:
 def check_data() -> list[Check]:
     checks = []
     try:
-        from .data import resources
+        from ulsam_deploy.data import resources
     except Exception as exc:  # noqa: BLE001
         return [Check("data", False, None, _first_line(exc), "the demo and the real-data tests", "reinstall")]
     for name, locate, disables, key in (

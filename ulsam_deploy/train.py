@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .fileio import atomic_target
-from .models import build_model, load_pretrained
-from .models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
-from .models.mobilenet import MobileNetULSAM
-from .models.ulsam import ULSAM
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.artifacts import atomic_target
+from ulsam_deploy.models import build_model, load_pretrained
+from ulsam_deploy.models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
+from ulsam_deploy.models.mobilenet import MobileNetULSAM
+from ulsam_deploy.models.ulsam import ULSAM
 
 PAPER_RECIPES = {
     "mv1": {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 4e-5, "batch_size": 128, "lr": 0.1,
@@ -131,7 +131,7 @@ class TrainResult:
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
     """Fill recipe defaults and check every flag (one-sentence UserError on bad input)."""
-    from .models.mobilenet import canonical_arch
+    from ulsam_deploy.models.mobilenet import canonical_arch
 
     o = TrainOptions(**opts.recipe_dict())
     for name, value in FIXED_DEFAULTS.items():
@@ -210,8 +210,8 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
 
 def _check_model_flags(o: TrainOptions) -> None:
     """Refuse an illegal model (position, groups, width) before anything is read or written."""
-    from .models.mobilenet import ModelConfig, layer_specs
-    from .models.positions import validate_positions
+    from ulsam_deploy.models.mobilenet import ModelConfig, layer_specs
+    from ulsam_deploy.models.positions import validate_positions
 
     config = ModelConfig(arch=o.arch, width=o.width, ulsam=o.ulsam, groups=o.groups, num_classes=2,
                          input_size=o.input_size, in_channels=o.in_channels, dropout=o.dropout)
@@ -251,8 +251,8 @@ class TrainData:
 
 
 def load_data(o: TrainOptions) -> TrainData:
-    from .data import FashionMNIST, ImageFolder, Preprocess
-    from .data.fashion_mnist import CLASSES, FOLDER_NAMES, default_preprocess
+    from ulsam_deploy.data import FashionMNIST, ImageFolder, Preprocess
+    from ulsam_deploy.data.fashion_mnist import CLASSES, FOLDER_NAMES, default_preprocess
 
     if o.dataset == "fashion-mnist":
         pre = default_preprocess(o.input_size)
@@ -352,7 +352,7 @@ class RichReporter(Reporter):
     """Rich progress bars (loss / accuracy live) and one summary line per epoch."""
 
     def __init__(self, console=None):
-        from .ui import console as default_console
+        from ulsam_deploy.cli.ui import console as default_console
 
         self.console = console or default_console
         self.progress = None
@@ -362,7 +362,7 @@ class RichReporter(Reporter):
         self.console.print(text)
 
     def warning(self, text: str) -> None:
-        from .ui import print_warning
+        from ulsam_deploy.cli.ui import print_warning
 
         print_warning(text)
 
@@ -441,7 +441,7 @@ def _to_cpu(obj):
 
 def write_metrics(out: Path, history: list[EpochRecord], fmt: str) -> Path:
     """Rewrite the metrics log from the history (atomic; consistent with the checkpoints after a resume)."""
-    from .graph.common import write_bytes_atomic
+    from ulsam_deploy.passes.common import write_bytes_atomic
 
     if fmt == "csv":
         buffer = io.StringIO()
@@ -680,8 +680,8 @@ def _count(dataset) -> int:
 
 
 def _load_pretrained(model: MobileNetULSAM, in_channels: int) -> str:
-    from .data.resources import mv2_weights_path
-    from .models.checkpoint import extract_state_dict
+    from ulsam_deploy.data.resources import mv2_weights_path
+    from ulsam_deploy.models.checkpoint import extract_state_dict
 
     path = mv2_weights_path()
     state, _ = extract_state_dict(read_checkpoint_file(path), path)

@@ -1,12 +1,17 @@
-"""Backends behind one small runner interface (load, infer a batch, describe itself).
+"""Backends, one folder per framework (loader + runner, as Polygraphy arranges them), behind one
+runner interface (:mod:`.base`) and judged by one function (:mod:`.judge`).
 
-``TrtRunner`` lives in :mod:`.trt_runner`; importing it never imports TensorRT (that happens in
-``load``), so it is safe everywhere.
+Names load lazily: importing this package imports no framework.
 """
 
-from .base import Runner, RunnerUnavailable
-from .ort_runner import OrtRunner
-from .torch_runner import TorchRunner
-from .trt_runner import TrtRunner
+from ulsam_deploy._lazy import lazy_exports
 
-__all__ = ["OrtRunner", "Runner", "RunnerUnavailable", "TorchRunner", "TrtRunner"]
+_EXPORTS = {
+    "Runner": "ulsam_deploy.backends.base",
+    "RunnerUnavailable": "ulsam_deploy.backends.base",
+    "OrtRunner": "ulsam_deploy.backends.onnxrt.runner",
+    "TorchRunner": "ulsam_deploy.backends.torch.runner",
+    "TrtRunner": "ulsam_deploy.backends.trt.runner",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

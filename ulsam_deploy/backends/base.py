@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ulsam_deploy.errors import BackendUnavailable
 
 
 class RunnerUnavailable(BackendUnavailable):

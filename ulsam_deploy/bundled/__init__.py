@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..models import MobileNetULSAM, build_model, load_pretrained
-from ..models.checkpoint import CheckpointInfo, load_checkpoint_with_info, read_checkpoint_file, save_checkpoint
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.models import MobileNetULSAM, build_model, load_pretrained
+from ulsam_deploy.models.checkpoint import CheckpointInfo, load_checkpoint_with_info, read_checkpoint_file, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REGISTRY = HERE / "models.json"
@@ -125,8 +125,8 @@ def cache_dir() -> Path:
 
 
 def _assemble_imagenet(model: BundledModel) -> tuple[MobileNetULSAM, CheckpointInfo]:
-    from ..data.imagenet import imagenet_preprocess
-    from ..data.resources import MV2_WEIGHTS_SHA256, imagenet_class_names, mv2_weights_path
+    from ulsam_deploy.data.imagenet import imagenet_preprocess
+    from ulsam_deploy.data.resources import MV2_WEIGHTS_SHA256, imagenet_class_names, mv2_weights_path
 
     weights = mv2_weights_path()
     if file_sha256(weights) != MV2_WEIGHTS_SHA256:

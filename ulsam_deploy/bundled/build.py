@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from . import HERE, REGISTRY, file_sha256, state_sha256
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.bundled import HERE, REGISTRY, file_sha256, state_sha256
 
 FASHION_FILE = "fashion_mnist_mv2_ulsam.pt"
 FASHION_CARD = "fashion_mnist_mv2_ulsam.md"
@@ -38,7 +38,7 @@ def _registry() -> dict:
 
 
 def _write_registry(data: dict) -> None:
-    from ..graph.common import write_bytes_atomic
+    from ulsam_deploy.passes.common import write_bytes_atomic
 
     order = ["fashion-mnist", "imagenet"]
     ordered = {k: data[k] for k in order if k in data} | {k: v for k, v in data.items() if k not in order}
@@ -47,8 +47,8 @@ def _write_registry(data: dict) -> None:
 
 def onnx_logits(model, info, images: np.ndarray, batch: int = 250) -> tuple[np.ndarray, dict]:
     """Export ``model`` (simplified, parity-checked) and run ``images`` through ONNX Runtime (CPU)."""
-    from ..backends import OrtRunner
-    from ..export import ExportOptions, export_model
+    from ulsam_deploy.backends import OrtRunner
+    from ulsam_deploy.steps.export import ExportOptions, export_model
 
     with tempfile.TemporaryDirectory() as tmp:
         result = export_model(model, info, Path(tmp) / "model.onnx", ExportOptions(force=True))
@@ -64,7 +64,7 @@ def torch_logits(model, images: np.ndarray, batch: int = 250) -> np.ndarray:
 
 
 def fashion_test_images(preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    from ..data import FashionMNIST
+    from ulsam_deploy.data import FashionMNIST
 
     data = FashionMNIST("test", preprocess=preprocess, limit=limit)
     return preprocess.normalize(data.images.numpy()), data.labels.numpy()
@@ -73,9 +73,9 @@ def fashion_test_images(preprocess, limit: int | None = None) -> tuple[np.ndarra
 # --------------------------------------------------------------------------------- fashion-mnist
 
 def build_fashion(run_dir: Path, note: str = "") -> dict:
-    from ..data.images import Preprocess
-    from ..models.checkpoint import load_checkpoint_with_info
-    from ..models.profile import profile_model
+    from ulsam_deploy.data.images import Preprocess
+    from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
+    from ulsam_deploy.models.profile import profile_model
 
     final = run_dir / "final.pt"
     model, info = load_checkpoint_with_info(final)
@@ -150,7 +150,7 @@ def _fit_note(history: list[dict], recipe: dict) -> str:
 
 
 def _ulsam_text(model, maps: dict) -> str:
-    from ..models.mobilenet import layer_specs
+    from ulsam_deploy.models.mobilenet import layer_specs
 
     specs = {spec.number: spec for spec in layer_specs(model.config)}
     parts = []
@@ -253,10 +253,10 @@ Training took {total_min:.0f} min on a shared 2-core CPU with other jobs running
 # -------------------------------------------------------------------------------------- imagenet
 
 def build_imagenet() -> dict:
-    from ..data import load_foolbox_imagenet
-    from ..data.resources import MV2_WEIGHTS_SHA256, imagenet_class_names, mv2_weights_path
-    from ..models import build_model, load_pretrained
-    from ..models.profile import profile_model
+    from ulsam_deploy.data import load_foolbox_imagenet
+    from ulsam_deploy.data.resources import MV2_WEIGHTS_SHA256, imagenet_class_names, mv2_weights_path
+    from ulsam_deploy.models import build_model, load_pretrained
+    from ulsam_deploy.models.profile import profile_model
 
     config = {"arch": "mv2", "width": 1.0, "ulsam": "17:1", "groups": 4, "num_classes": 1000, "input_size": 224}
     torch.manual_seed(ULSAM_SEED)
@@ -280,8 +280,8 @@ def build_imagenet() -> dict:
         top5 = np.argsort(-logits, axis=1)[:, :5]
         results[key] = {"top1": float((top5[:, 0] == labels).mean()), "top5": float((top5 == labels[:, None]).any(1).mean()),
                         "predictions": [int(p) for p in top5[:, 0]]}
-    from ..models.checkpoint import CheckpointInfo
-    from ..data.imagenet import imagenet_preprocess
+    from ulsam_deploy.models.checkpoint import CheckpointInfo
+    from ulsam_deploy.data.imagenet import imagenet_preprocess
 
     pre = imagenet_preprocess()
     onnx_out, export_info = onnx_logits(net, CheckpointInfo(config=net.config, mean=pre.mean, std=pre.std), images, 10)

@@ -3,12 +3,12 @@
 Nothing is downloaded at run time; see :mod:`.resources` for where each piece comes from.
 """
 
-from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
-from .fashion_mnist import FashionMNIST, read_idx
-from .folder import ImageFolder, export_fashion_mnist_folder, find_classes
-from .images import Preprocess, load_image_uint8
-from .imagenet import foolbox_imagenet_samples, imagenet_preprocess, load_foolbox_imagenet
-from .resources import (MissingResource, fashion_mnist_dir, foolbox_data_dir, imagenet_class_names,
+from ulsam_deploy.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
+from ulsam_deploy.data.fashion_mnist import FashionMNIST, read_idx
+from ulsam_deploy.data.folder import ImageFolder, export_fashion_mnist_folder, find_classes
+from ulsam_deploy.data.images import Preprocess, load_image_uint8
+from ulsam_deploy.data.imagenet import foolbox_imagenet_samples, imagenet_preprocess, load_foolbox_imagenet
+from ulsam_deploy.data.resources import (MissingResource, fashion_mnist_dir, foolbox_data_dir, imagenet_class_names,
                         mv2_weights_path)
 
 __all__ = [

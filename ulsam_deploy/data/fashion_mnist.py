@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
-from .images import Preprocess
-from .resources import fashion_mnist_files
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.data.images import Preprocess
+from ulsam_deploy.data.resources import fashion_mnist_files
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # folder-safe class names, index-prefixed so that sorted folder order == label order (the convention of

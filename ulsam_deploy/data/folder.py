@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, Preprocess, load_image_uint8
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.data.images import IMAGE_EXTENSIONS, Preprocess, load_image_uint8
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:
@@ -96,7 +96,7 @@ def export_fashion_mnist_folder(output: str | os.PathLike, count: int = 1000, sp
     :class:`ImageFolder` gives the same inputs as the in-memory data set. Written to a temp folder
     and renamed, so a failure leaves nothing half-written.
     """
-    from .fashion_mnist import FOLDER_NAMES, load_arrays
+    from ulsam_deploy.data.fashion_mnist import FOLDER_NAMES, load_arrays
 
     output = Path(output)
     if count < 1:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import Preprocess, load_image_uint8
-from .resources import MissingResource, foolbox_data_dir, imagenet_class_names
+from ulsam_deploy.data.images import Preprocess, load_image_uint8
+from ulsam_deploy.data.resources import MissingResource, foolbox_data_dir, imagenet_class_names
 
 _NAME = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

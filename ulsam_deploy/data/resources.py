@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import UserError
+from ulsam_deploy.errors import UserError
 
 FASHION_MNIST_ENV = "ULSAM_FASHION_MNIST_DIR"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

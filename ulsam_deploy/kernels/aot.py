@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import plan as _plan
+from ulsam_deploy.kernels import plan as _plan
 
 PTX_DIR = Path(__file__).resolve().parent / "ptx"
 #: Jetson Orin = 87; x86: Turing 75, Ampere 80/86, Ada 89, Hopper 90. Triton 3.9 compiles
@@ -92,7 +92,7 @@ class CompiledKernel:
 
 def signature_for(dtype: str) -> dict:
     """Triton signature dict (runtime params + constexpr markers) for one dtype."""
-    from .subspace_attention import CONSTEXPR_NAMES, PARAM_ORDER
+    from ulsam_deploy.kernels.triton_kernel import CONSTEXPR_NAMES, PARAM_ORDER
 
     io = {"fp32": "*fp32", "fp16": "*fp16"}[dtype]
     sig = {name: (io if kind == "ptr_io" else kind) for name, kind in PARAM_ORDER}
@@ -139,7 +139,7 @@ def compile_kernel(dtype: str, variant: int, arch: int, *,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .subspace_attention import KERNEL_NAME, ulsam_subspace_attention_kernel
+    from ulsam_deploy.kernels.triton_kernel import KERNEL_NAME, ulsam_subspace_attention_kernel
 
     if dtype not in _plan.DTYPES:
         raise ValueError(f"dtype must be one of {_plan.DTYPES}")
@@ -167,7 +167,7 @@ def compile_kernel(dtype: str, variant: int, arch: int, *,
 
 def expected_ptx_params() -> list[str]:
     """PTX parameter types the launcher assumes: 5 pointers, 9 int32, 2 pointers, 2 hidden."""
-    from .subspace_attention import PARAM_ORDER
+    from ulsam_deploy.kernels.triton_kernel import PARAM_ORDER
 
     types = ["u64" if kind.startswith(("*", "ptr")) else "u32" for _, kind in PARAM_ORDER]
     return types + ["u64"] * len(HIDDEN_PARAMS)
@@ -176,7 +176,7 @@ def expected_ptx_params() -> list[str]:
 def build_manifest(kernels: list[CompiledKernel], archs, ptx_version: int) -> dict:
     import triton
 
-    from .subspace_attention import CONSTEXPR_NAMES, KERNEL_NAME, PARAM_ORDER
+    from ulsam_deploy.kernels.triton_kernel import CONSTEXPR_NAMES, KERNEL_NAME, PARAM_ORDER
 
     params = [{"name": n, "type": ("ptr" if k.startswith(("*", "ptr")) else k),
                "elem": ("io" if k == "ptr_io" else (k[1:] if k.startswith("*") else None))}

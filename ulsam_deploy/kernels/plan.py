@@ -4,7 +4,7 @@ Everything a launcher must decide before calling the kernel lives here: which co
 variant to use, how many programs share one group (the channel split), the persistent grid, and
 the workspace size. It is pure integer arithmetic with no torch/triton dependency so that
 
-- the torch launcher (:mod:`ulsam_deploy.kernels.subspace_attention`),
+- the torch launcher (:mod:`ulsam_deploy.kernels.triton_kernel`),
 - the AOT generator (:mod:`ulsam_deploy.kernels.aot`, which compiles :data:`VARIANTS`),
 - the C++ launcher (``plugins/subspace_attention/launcher.cpp``, ``ulsam_sa_plan``), and
 - the ``tensorrt.plugin`` glue

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_target
-from .mobilenet import MobileNetULSAM, ModelConfig
-from .ulsam import ULSAM
+from ulsam_deploy.errors import CheckpointError, ConfigError
+from ulsam_deploy.artifacts import atomic_target
+from ulsam_deploy.models.mobilenet import MobileNetULSAM, ModelConfig
+from ulsam_deploy.models.ulsam import ULSAM
 
 FORMAT = "ulsam-deploy/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,7 +133,7 @@ def infer_config(state: dict, input_size: int = 224) -> ModelConfig:
     if arch == "mv1":
         width = next((w for w in (1.0, 0.75, 0.5, 0.25, 1.25, 1.5, 2.0) if int(32 * w) == stem), width)
     else:
-        from .mobilenet import make_divisible
+        from ulsam_deploy.models.mobilenet import make_divisible
         width = next((w for w in (1.0, 0.75, 0.5, 0.35, 1.3, 1.4, 1.5, 2.0) if make_divisible(32 * w) == stem), width)
     groups: dict[str, set[int]] = {}
     for key in state:

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .positions import LayerSpec, Position, format_positions, parse_positions, validate_positions
-from .ulsam import ULSAM
+from ulsam_deploy.errors import ConfigError
+from ulsam_deploy.models.positions import LayerSpec, Position, format_positions, parse_positions, validate_positions
+from ulsam_deploy.models.ulsam import ULSAM
 
 ARCHS = ("mv1", "mv2")
 ARCH_ALIASES = {

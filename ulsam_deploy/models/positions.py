@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ulsam_deploy.errors import ConfigError
 
 
 @dataclass(frozen=True)

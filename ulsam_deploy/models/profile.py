@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .mobilenet import MobileNetULSAM, layer_specs
-from .ulsam import ULSAM
+from ulsam_deploy.models.mobilenet import MobileNetULSAM, layer_specs
+from ulsam_deploy.models.ulsam import ULSAM
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ulsam_deploy.errors import ConfigError
 
 
 class SubSpace(nn.Module):

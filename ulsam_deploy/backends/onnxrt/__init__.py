@@ -1,0 +1,1 @@
+"""ONNX Runtime: the runner (CPU / CUDA / TensorRT providers) and the SubspaceAttention reference op."""

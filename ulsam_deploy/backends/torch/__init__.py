@@ -1,0 +1,1 @@
+"""PyTorch: the runner for eval-mode checkpoints (CPU or CUDA)."""

@@ -1,0 +1,9 @@
+"""TensorRT: engine building (``build-trt``), engine sidecars and the compatibility check.
+
+Importing this package never imports ``tensorrt`` (an optional dependency); the functions that
+need it call :func:`ulsam_deploy.backends.trt.runtime.import_tensorrt`, which explains how to install it.
+
+- :func:`ulsam_deploy.backends.trt.compat.check_engine_compat` - refuse an engine built for another TensorRT/GPU.
+- :func:`ulsam_deploy.backends.trt.build.build_engine` - ONNX -> raw engine file + ``.engine.json`` sidecar.
+- :mod:`ulsam_deploy.backends.trt.settings` - the thin, testable mapping from options to builder settings.
+"""

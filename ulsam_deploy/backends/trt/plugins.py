@@ -1,0 +1,178 @@
+"""Making the fused SubspaceAttention op known to TensorRT: the C++ plugin library or the Python plugin.
+
+Routes (``build-trt --plugin``):
+
+- ``lib``: our IPluginV3 library (built by ``ulsam-deploy build-plugin``, see
+  :mod:`ulsam_deploy.backends.trt.plugin_build`), loaded with ``get_plugin_registry().load_library(path)`` (10.x
+  and 11.x; the library exports ``getCreators``/``setLoggerFinder``). The engine needs the same
+  library at run time (``trtexec --dynamicPlugins=PATH`` or ``load_library`` before deserializing).
+- ``python``: ``ulsam_deploy.kernels.qdp_plugin.register_qdp_plugin()`` registers
+  ``ulsam::SubspaceAttentionAOT`` with ``tensorrt.plugin`` (QDP; ``aot_impl`` since TensorRT 10.9),
+  and :func:`to_qdp_model` rewrites each fused node into that plugin's signature (constants as
+  initializer inputs, an extra workspace output); engines embed the AOT kernel and run without
+  Python. The network gets ``PREFER_AOT_PYTHON_PLUGINS``.
+- ``auto``: the library when one is found, else the Python plugin.
+
+Both are optional: a missing piece is one sentence on how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulsam_deploy.errors import BackendUnavailable, UserError
+from ulsam_deploy.op_spec import OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from ulsam_deploy.backends.trt.runtime import parse_version
+
+PLUGIN_LIBRARY_ENV = "ULSAM_PLUGIN_LIBRARY"
+PYTHON_PLUGIN_MODULE = "ulsam_deploy.kernels.qdp_plugin"
+QDP_AOT_MIN = (10, 9)
+
+
+def _library_name() -> str:
+    try:
+        from ulsam_deploy.backends.trt.plugin_build import PLUGIN_LIBRARY
+
+        return PLUGIN_LIBRARY
+    except ImportError:
+        return "libulsam_subspace_attention_plugin.so"
+
+
+def plugin_library_candidates() -> list[Path]:
+    """Where a built library is looked for: $ULSAM_PLUGIN_LIBRARY, then build-plugin's default build folder."""
+    name = _library_name()
+    candidates = []
+    if os.environ.get(PLUGIN_LIBRARY_ENV):
+        candidates.append(Path(os.environ[PLUGIN_LIBRARY_ENV]))
+    candidates.append(Path.cwd() / "build" / "subspace_attention_plugin" / name)
+    try:
+        from ulsam_deploy.backends.trt import plugin_build
+
+        finder = getattr(plugin_build, "find_plugin_library", None)
+        if callable(finder):
+            found = finder()
+            if found:
+                candidates.insert(0, Path(found))
+    except ImportError:
+        pass
+    return candidates
+
+
+def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"Plugin library '{path}' does not exist; build it with 'ulsam-deploy build-plugin' and "
+                            "pass the path it prints.")
+        return path
+    return next((p for p in plugin_library_candidates() if p.is_file()), None)
+
+
+def python_plugin_available() -> bool:
+    try:
+        return importlib.util.find_spec(PYTHON_PLUGIN_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class PluginRoute:
+    route: str  # "lib" or "python"
+    library: Path | None = None
+    module: str | None = None
+
+
+def resolve_route(route: str, trt_version: str, explicit_lib=None) -> PluginRoute:
+    """Decide lib/python for ``--plugin ROUTE`` (no TensorRT call; files and imports only)."""
+    version = parse_version(trt_version)
+    if route in ("lib", "auto"):
+        library = find_plugin_library(explicit_lib)
+        if library is not None:
+            return PluginRoute("lib", library)
+        if route == "lib":
+            raise UserError(f"No SubspaceAttention plugin library found (looked in: "
+                            f"{', '.join(str(p) for p in plugin_library_candidates())}); build it with 'ulsam-deploy "
+                            f"build-plugin', then pass --plugin-lib PATH or set {PLUGIN_LIBRARY_ENV}.")
+    if version < QDP_AOT_MIN:
+        raise BackendUnavailable(f"The Python plugin route needs TensorRT 10.9 or newer (tensorrt.plugin with aot_impl), "
+                                 f"this is {trt_version}; build the C++ plugin with 'ulsam-deploy build-plugin' and "
+                                 "pass --plugin lib.")
+    if not python_plugin_available():
+        raise BackendUnavailable(f"The Python plugin ({PYTHON_PLUGIN_MODULE}) is not in this install; use the C++ "
+                                 "plugin: 'ulsam-deploy build-plugin', then --plugin lib.")
+    return PluginRoute("python", module=PYTHON_PLUGIN_MODULE)
+
+
+def activate(trt, registry, route: PluginRoute) -> dict:
+    """Load the library into ``registry`` or register the Python plugin; check the creator is there."""
+    info: dict = {"route": route.route, "op": OP_TYPE, "plugin_version": PLUGIN_VERSION,
+                  "plugin_namespace": PLUGIN_NAMESPACE}
+    if route.route == "lib":
+        handle = registry.load_library(str(route.library))
+        if handle is None:
+            raise UserError(f"TensorRT could not load the plugin library '{route.library}' (built for another TensorRT, "
+                            "or missing getCreators); rebuild it on this machine with 'ulsam-deploy build-plugin'.")
+        from ulsam_deploy.passes.common import sha256_file
+
+        info.update(library=str(Path(route.library).resolve()), library_sha256=sha256_file(route.library))
+    else:
+        module = importlib.import_module(route.module)
+        register = getattr(module, "register_qdp_plugin", None)
+        if not callable(register):
+            raise UserError(f"{route.module} has no register_qdp_plugin(); reinstall ulsam-deploy.")
+        plugin_id = register()
+        info.update(python_module=route.module, plugin_id=plugin_id, op=getattr(module, "QDP_NAME", OP_TYPE),
+                    library=None, library_sha256=None)
+        return info  # tensorrt.plugin keeps its own registry; the parser finds the op by name + plugin_namespace
+    getter = getattr(registry, "get_creator", None)
+    if callable(getter) and getter(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        raise UserError(f"The {route.route} plugin route registered no '{OP_TYPE}' version {PLUGIN_VERSION} in namespace "
+                        f"'{PLUGIN_NAMESPACE}'; rebuild the plugin with 'ulsam-deploy build-plugin'.")
+    return info
+
+
+def to_qdp_model(model):
+    """Rewrite every fused ``SubspaceAttention`` node into the AOT Python plugin's node.
+
+    The QDP plugin (``ulsam::SubspaceAttentionAOT``) takes the folded constants as inputs (AOT
+    plugin attributes are not serialized into the engine) and has a second, unused workspace
+    output; see :mod:`ulsam_deploy.kernels.qdp_plugin`. Returns ``(model, count)``; the
+    input model is not modified.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from ulsam_deploy import op_spec
+    from ulsam_deploy.passes.common import tensor_names, unique_namer
+    from ulsam_deploy.kernels.qdp_plugin import make_qdp_onnx_node
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    fresh = unique_namer(tensor_names(out.graph))
+
+    nodes, count = [], 0
+    for index, node in enumerate(out.graph.node):
+        if node.op_type != op_spec.OP_TYPE:
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        missing = [k for k in (op_spec.ATTR_GROUPS, *op_spec.FLOAT_LIST_ATTRS) if k not in attrs]
+        if missing:
+            raise UserError(f"SubspaceAttention node '{node.name}' lacks {', '.join(missing)}; re-run 'ulsam-deploy fuse'.")
+        base = node.name or f"subspace_attention_{index}"
+        consts = []
+        for key in op_spec.FLOAT_LIST_ATTRS:
+            name = fresh(f"{base}_{key}")
+            out.graph.initializer.append(numpy_helper.from_array(np.asarray(attrs[key], np.float32), name))
+            consts.append(name)
+        nodes.append(make_qdp_onnx_node([node.input[0], *consts], [node.output[0], fresh(f"{base}_ws")],
+                                        int(attrs[op_spec.ATTR_GROUPS]), bool(attrs.get(op_spec.ATTR_RELU_DW, 1)),
+                                        bool(attrs.get(op_spec.ATTR_RELU_PW, 1)), name=base))
+        count += 1
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, count

@@ -1,0 +1,381 @@
+"""The thin seam between ``build-trt`` options and TensorRT's builder: plan (pure), then apply.
+
+:func:`plan_build` turns :class:`BuildOptions` + what the ONNX says (:class:`OnnxInfo`) + the
+TensorRT version into a :class:`BuildPlan` (plain data: flag names, pool sizes, profile shapes),
+refusing impossible combinations with one sentence each. :func:`apply_plan` then makes exactly
+these calls on TensorRT objects. Tests drive both without TensorRT (a fake module records the
+calls of :func:`apply_plan`); that checks our mapping only, never that an engine builds.
+
+TensorRT Python API used here, checked against the 10.3 and 11.1 bindings
+(NVIDIA/TensorRT python/src/infer/pyCore.cpp at tags v10.3.0 and v11.1):
+
+- ``Builder.create_network(flags)``; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists in
+  both (10.x: opt-in; 11.x: "deprecated: always enabled"); ``EXPLICIT_BATCH`` is deprecated and
+  ignored since 10.0 and gone in 11, so we never set it. ``PREFER_AOT_PYTHON_PLUGINS`` since 10.9.
+- ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
+  ``builder_optimization_level`` (0-5, default 3), ``set_flag(BuilderFlag.X)``,
+  ``default_device_type = DeviceType.DLA``, ``DLA_core``, ``add_optimization_profile``,
+  ``create_timing_cache(bytes)`` / ``set_timing_cache(cache, ignore_mismatch)`` /
+  ``get_timing_cache()``, ``progress_monitor`` (10.0+): same names in 10.3 and 11.1.
+- ``BuilderFlag.FP16`` / ``INT8`` exist in 10.x only (removed in 11.0 with weak typing);
+  ``GPU_FALLBACK`` exists in both.
+- ``Builder.create_optimization_profile()`` + ``IOptimizationProfile.set_shape(name, min, opt, max)``;
+  ``Builder.num_DLA_cores``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.backends.trt.runtime import parse_version
+
+PLUGIN_ROUTES = ("auto", "lib", "python")
+OPT_LEVELS = range(0, 6)
+
+
+# ----------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str | int | None) -> "BatchProfile | None":
+        """'1:8:32' -> (1, 8, 32); '8' -> (8, 8, 8); None -> None."""
+        if text is None or text == "":
+            return None
+        parts = str(text).split(":")
+        if len(parts) not in (1, 3) or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
+            raise UserError(f"--batch takes MIN:OPT:MAX (e.g. 1:8:32) or one size (e.g. 8), not '{text}'.")
+        values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
+        lo, opt, hi = values
+        if lo < 1 or not lo <= opt <= hi:
+            raise UserError(f"--batch {text} must satisfy 1 <= MIN <= OPT <= MAX.")
+        return cls(lo, opt, hi)
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
+
+
+@dataclass
+class BuildOptions:
+    batch: BatchProfile | None = None  # profile for a dynamic batch axis (required then)
+    workspace_mib: int | None = None  # MemoryPoolType.WORKSPACE limit; None: TensorRT's default (device memory)
+    opt_level: int | None = None  # builder_optimization_level 0..5; None: TensorRT's default (3)
+    timing_cache: Path | None = None  # loaded when present, saved after the build
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    plugin: str | None = None  # None, "auto", "lib", "python"
+    plugin_lib: Path | None = None
+    weakly_typed: bool = False  # TensorRT 10 only: let the builder choose precisions (with fp16/int8 flags)
+    fp16: bool = False
+    int8: bool = False
+    force: bool = False
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, (str, int)):
+            self.batch = BatchProfile.parse(self.batch)
+        if self.workspace_mib is not None and int(self.workspace_mib) < 1:
+            raise UserError(f"--workspace is in MiB and must be positive, not {self.workspace_mib}.")
+        if self.opt_level is not None and int(self.opt_level) not in OPT_LEVELS:
+            raise UserError(f"--opt-level must be 0 to 5 (TensorRT's default is 3), not {self.opt_level}.")
+        if self.dla_core is not None and int(self.dla_core) < 0:
+            raise UserError(f"--dla-core must be 0 or more, not {self.dla_core}.")
+        if self.gpu_fallback and self.dla_core is None:
+            raise UserError("--gpu-fallback only applies with --dla-core N (layers DLA cannot run go to the GPU).")
+        if (self.fp16 or self.int8) and not self.weakly_typed:
+            flag = "--fp16" if self.fp16 else "--int8"
+            raise UserError(f"{flag} is a builder flag of TensorRT 10's weakly typed mode; add --weakly-typed, or put "
+                            f"the precision into the ONNX with 'ulsam-deploy convert --precision "
+                            f"{'fp16' if self.fp16 else 'int8'}' (the strongly typed way, the only one in TensorRT 11).")
+        if self.plugin_lib is not None and self.plugin is None:
+            self.plugin = "lib"
+        if self.plugin is not None and self.plugin not in PLUGIN_ROUTES:
+            raise UserError(f"--plugin must be one of {', '.join(PLUGIN_ROUTES)}, not '{self.plugin}'.")
+        if self.plugin == "python" and self.plugin_lib is not None:
+            raise UserError("--plugin-lib gives the C++ plugin library; it does not go with --plugin python.")
+        if self.timing_cache is not None:
+            self.timing_cache = Path(self.timing_cache)
+            if self.timing_cache.is_dir():
+                raise UserError(f"--timing-cache '{self.timing_cache}' is a directory; give a file path.")
+        if self.plugin_lib is not None:
+            self.plugin_lib = Path(self.plugin_lib)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["batch"] = str(self.batch) if self.batch else None
+        for key in ("timing_cache", "plugin_lib"):
+            data[key] = str(data[key]) if data[key] is not None else None
+        return data
+
+
+# -------------------------------------------------------------------------------- ONNX facts
+
+
+@dataclass
+class OnnxInput:
+    name: str
+    dims: list  # ints, or strings for symbolic dims
+    dtype: str
+
+    @property
+    def dynamic_axes(self) -> list[int]:
+        return [i for i, d in enumerate(self.dims) if not isinstance(d, int) or d <= 0]
+
+
+@dataclass
+class OnnxInfo:
+    path: Path
+    inputs: list[OnnxInput]
+    precision: str  # fp32 / fp16 / int8
+    fused_nodes: int  # SubspaceAttention nodes
+    opset: int | None
+    has_qdq: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT8: "int8",
+           onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}
+
+
+def describe_onnx(model: onnx.ModelProto, path: Path) -> OnnxInfo:
+    from ulsam_deploy.passes.common import opset_of
+    from ulsam_deploy.passes.precision import fused_nodes, precision_of
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        inputs.append(OnnxInput(vi.name, dims, _DTYPES.get(tt.elem_type, str(tt.elem_type))))
+    ops = {n.op_type for n in model.graph.node}
+    return OnnxInfo(path, inputs, precision_of(model), len(fused_nodes(model)), opset_of(model),
+                    bool({"QuantizeLinear", "DequantizeLinear"} & ops))
+
+
+# ---------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class BuildPlan:
+    trt_major: int
+    strongly_typed: bool
+    network_flags: list[str]
+    builder_flags: list[str]
+    memory_pools: dict[str, int]
+    opt_level: int | None
+    profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None
+    static_shapes: dict[str, tuple[int, ...]]
+    default_device: str  # "GPU" or "DLA"
+    dla_core: int | None
+    timing_cache: Path | None
+    precision: str  # what the engine computes in, in words
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        if self.profile:
+            data["profile"] = {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in self.profile.items()}
+        return data
+
+
+def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, num_dla_cores: int | None = None,
+               python_plugin: bool = False) -> BuildPlan:
+    """Everything the builder will be told, decided without TensorRT; impossible requests raise UserError.
+
+    ``trt_version=None`` checks only what does not depend on the TensorRT version (used before
+    TensorRT is imported, so option mistakes are reported even where TensorRT is missing).
+    """
+    version = parse_version(trt_version) if trt_version else ()
+    major = version[0] if version else None
+    if major is not None and major < 10:
+        raise UserError(f"TensorRT {trt_version} is installed; build-trt needs TensorRT 10 or 11 (JetPack 6.1 and "
+                        "6.2 ship 10.3; on x86 'pip install -U tensorrt').")
+    warnings: list[str] = []
+    if options.weakly_typed and major is not None and major >= 11:
+        raise UserError(f"TensorRT {trt_version} builds strongly typed networks only (weak typing and the "
+                        "--fp16/--int8 builder flags were removed in 11.0); drop --weakly-typed and convert the ONNX "
+                        "with 'ulsam-deploy convert --precision fp16|int8'.")
+    if options.int8 and not info.has_qdq:
+        raise UserError("--int8 without Q/DQ nodes would need a calibrator (deprecated since TensorRT 10.1, removed in "
+                        "11); quantize the ONNX with 'ulsam-deploy convert --precision int8 --calib-data DIR' instead.")
+    if info.fused_nodes and options.plugin is None:
+        raise UserError(f"'{info.path.name}' has {info.fused_nodes} fused SubspaceAttention node(s); pass --plugin "
+                        "lib (after 'ulsam-deploy build-plugin') or --plugin python so TensorRT can find the op, or "
+                        "build from the unfused ONNX.")
+    if not info.inputs:
+        raise UserError(f"'{info.path.name}' has no graph input; re-export it with 'ulsam-deploy export'.")
+
+    network_flags = [] if options.weakly_typed else ["STRONGLY_TYPED"]
+    if python_plugin and version and version >= (10, 9):
+        network_flags.append("PREFER_AOT_PYTHON_PLUGINS")  # ahead-of-time QDP kernels: engine runs without Python
+    builder_flags = []
+    if options.weakly_typed:
+        if options.fp16:
+            builder_flags.append("FP16")
+        if options.int8:
+            builder_flags.append("INT8")
+    precision = (f"weakly typed, TensorRT chooses among fp32{'/fp16' if options.fp16 else ''}"
+                 f"{'/int8' if options.int8 else ''}") if options.weakly_typed else f"{info.precision} (from the ONNX)"
+
+    # shapes: only the batch axis may be dynamic (our exports), and then a profile is required
+    profile, static = {}, {}
+    for inp in info.inputs:
+        dyn = inp.dynamic_axes
+        if any(axis != 0 for axis in dyn):
+            raise UserError(f"Input '{inp.name}' has dynamic axes {dyn} (shape {inp.dims}); build-trt supports a "
+                            "dynamic batch axis only, so re-export with a fixed input size.")
+        rest = tuple(int(d) for d in inp.dims[1:])
+        if dyn:
+            if options.batch is None:
+                raise UserError(f"Input '{inp.name}' has a dynamic batch axis and TensorRT needs an optimization "
+                                "profile for it; pass --batch MIN:OPT:MAX (e.g. --batch 1:8:32) or --batch N.")
+            b = options.batch
+            profile[inp.name] = ((b.min,) + rest, (b.opt,) + rest, (b.max,) + rest)
+        else:
+            fixed = int(inp.dims[0]) if inp.dims else 1
+            if options.batch is not None and not (options.batch.static and options.batch.min == fixed):
+                raise UserError(f"Input '{inp.name}' has a static batch of {fixed}, so --batch {options.batch} cannot "
+                                f"apply; drop --batch, or re-export without --batch for a dynamic batch axis.")
+            static[inp.name] = tuple(int(d) for d in inp.dims)
+
+    device, dla_core = "GPU", None
+    if options.dla_core is not None:
+        if num_dla_cores is not None and num_dla_cores == 0:
+            raise UserError("This device has no DLA cores (TensorRT reports 0); DLA exists on Jetson AGX/NX Orin "
+                            "(TensorRT 10.x on JetPack 6); drop --dla-core.")
+        if num_dla_cores is not None and options.dla_core >= num_dla_cores:
+            raise UserError(f"--dla-core {options.dla_core} does not exist; this device has {num_dla_cores} DLA "
+                            f"core(s): use 0..{num_dla_cores - 1}.")
+        if info.precision == "fp32" and not (options.weakly_typed and (options.fp16 or options.int8)):
+            message = ("DLA runs fp16 and int8 layers only and this ONNX is fp32; convert it with 'ulsam-deploy "
+                       "convert --precision fp16' (or int8), or on TensorRT 10 add --weakly-typed --fp16")
+            if not options.gpu_fallback:
+                raise UserError(message + ".")
+            warnings.append(message + "; as is, every layer falls back to the GPU.")
+        if profile and any(v[0] != v[2] for v in profile.values()):
+            warnings.append("DLA needs static shapes; with a batch range its layers fall back to the GPU "
+                            "(or fail without --gpu-fallback): prefer --batch N.")
+        if options.plugin:
+            warnings.append("The SubspaceAttention plugin runs on the GPU; with DLA it needs --gpu-fallback.")
+        device, dla_core = "DLA", int(options.dla_core)
+        if options.gpu_fallback:
+            builder_flags.append("GPU_FALLBACK")
+        if major is not None and major >= 11:
+            warnings.append(f"TensorRT {trt_version}: DLA is supported from 11.4.1 on Jetson AGX Orin with JetPack "
+                            "7.2.2+ only (not in 11.0-11.3); JetPack 6 boards use TensorRT 10.")
+
+    pools = {"WORKSPACE": int(options.workspace_mib) << 20} if options.workspace_mib else {}
+    return BuildPlan(major or 0, not options.weakly_typed, network_flags, builder_flags, pools, options.opt_level,
+                     profile or None, static, device, dla_core, options.timing_cache, precision, warnings)
+
+
+# ---------------------------------------------------------------------------------- applying
+
+
+def network_creation_flags(trt, plan: BuildPlan) -> int:
+    """Bit mask for ``Builder.create_network``; flags this TensorRT lacks are skipped (STRONGLY_TYPED is implied
+    on 11.x, where it is deprecated)."""
+    value = 0
+    for name in plan.network_flags:
+        flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+        if flag is None:
+            if name == "STRONGLY_TYPED" and plan.trt_major >= 11:
+                continue
+            raise UserError(f"This TensorRT has no NetworkDefinitionCreationFlag.{name}; upgrade TensorRT.")
+        value |= 1 << int(flag)
+    return value
+
+
+def apply_plan(trt, builder, config, plan: BuildPlan, timing_cache_bytes: bytes | None = None) -> dict:
+    """Make the builder-config calls the plan describes; returns what was set (for the sidecar)."""
+    applied: dict = {}
+    for pool, size in plan.memory_pools.items():
+        config.set_memory_pool_limit(getattr(trt.MemoryPoolType, pool), int(size))
+        applied.setdefault("memory_pools", {})[pool] = int(size)
+    if plan.opt_level is not None:
+        config.builder_optimization_level = int(plan.opt_level)
+        applied["builder_optimization_level"] = int(plan.opt_level)
+    for name in plan.builder_flags:
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is None:
+            raise UserError(f"This TensorRT has no BuilderFlag.{name} (TensorRT 11 removed FP16/INT8); see --help.")
+        config.set_flag(flag)
+        applied.setdefault("builder_flags", []).append(name)
+    if plan.profile:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in plan.profile.items():
+            profile.set_shape(name, lo, opt, hi)
+        index = config.add_optimization_profile(profile)
+        if index is not None and int(index) < 0:
+            raise UserError("TensorRT rejected the optimization profile (check --batch against the model's input).")
+        applied["profiles"] = 1
+    if plan.default_device == "DLA":
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(plan.dla_core)
+        applied["default_device_type"] = "DLA"
+        applied["DLA_core"] = int(plan.dla_core)
+    if plan.timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache_bytes or b"")
+        if cache is None:
+            raise UserError(f"The timing cache '{plan.timing_cache}' is not a TensorRT timing cache (damaged?); delete "
+                            "it or pass another --timing-cache file.")
+        # ignore_mismatch=False: TensorRT refuses (returns False) a cache made by another TensorRT or device
+        if config.set_timing_cache(cache, False) is False:
+            raise UserError(f"The timing cache '{plan.timing_cache}' was made by another TensorRT version or GPU; "
+                            "delete it or pass another --timing-cache file.")
+        applied["timing_cache"] = {"path": str(plan.timing_cache), "loaded_bytes": len(timing_cache_bytes or b"")}
+    return applied
+
+
+# ----------------------------------------------------------------------------- rebuild command
+
+
+def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOptions) -> str:
+    """The ``ulsam-deploy build-trt`` command that reproduces this build (stored in the engine sidecar)."""
+    args = ["ulsam-deploy", "build-trt", str(onnx_path), "-o", str(engine)]
+    if options.batch:
+        args += ["--batch", str(options.batch)]
+    if options.workspace_mib:
+        args += ["--workspace", str(options.workspace_mib)]
+    if options.opt_level is not None:
+        args += ["--opt-level", str(options.opt_level)]
+    if options.timing_cache:
+        args += ["--timing-cache", str(options.timing_cache)]
+    if options.dla_core is not None:
+        args += ["--dla-core", str(options.dla_core)]
+    if options.gpu_fallback:
+        args.append("--gpu-fallback")
+    if options.plugin:
+        args += ["--plugin", options.plugin]
+    if options.plugin_lib:
+        args += ["--plugin-lib", str(options.plugin_lib)]
+    if options.weakly_typed:
+        args.append("--weakly-typed")
+    if options.fp16:
+        args.append("--fp16")
+    if options.int8:
+        args.append("--int8")
+    args.append("--force")
+    return shlex.join(args)
+
+
+__all__ = ["BatchProfile", "BuildOptions", "BuildPlan", "OnnxInfo", "OnnxInput", "apply_plan", "describe_onnx",
+           "network_creation_flags", "plan_build", "rebuild_command"]

@@ -1,0 +1,1 @@
+"""``bench``: parity and latency of every backend on identical inputs, and the reports."""

@@ -1,0 +1,749 @@
+"""``bench``: parity and latency of every backend on identical inputs, as a library.
+
+``run_bench(models, options) -> BenchReport`` is what the CLI (and ``demo``) call:
+
+1. resolve each model (checkpoint, ONNX + sidecar, engine + sidecar, or a spec such as
+   ``mv2+17:1/g4`` built with seeded random weights for latency-only comparisons);
+2. open one runner per backend (torch / ort per ONNX file and provider / trt per engine);
+   unavailable ones are listed as skipped with their reason;
+3. build the inputs once (seeded random tensors or preprocessed real images);
+4. parity: every runner on all inputs, compared with the model's reference runner
+   (:mod:`ulsam_deploy.backends.judge`), judged by per-precision thresholds;
+5. latency: for each batch size, all runners of all models timed in ONE interleaved loop
+   (:mod:`ulsam_deploy.bench.latency`);
+6. with two or more models, MACs ratio next to measured latency ratio, per backend.
+
+Nothing is written here; :mod:`ulsam_deploy.bench.report` renders and writes the report.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ulsam_deploy.backends import OrtRunner, Runner, TorchRunner
+from ulsam_deploy.backends.judge import (Accuracy, Comparison, ParityThresholds, accuracy, compare_with_thresholds, judge,
+                      thresholds_for, PRECISIONS)
+from ulsam_deploy.errors import BackendUnavailable, ParityError, UserError
+from ulsam_deploy.data.inputs import InputSet, load_images, make_preprocess, random_inputs
+from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved, throughput
+
+BACKENDS = ("torch", "ort", "trt")
+SCHEMA = "ulsam-deploy-bench/1"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_SPEC = re.compile(r"^(?P<arch>mv[12])(?:x(?P<width>[0-9.]+))?(?:\+(?P<ulsam>[0-9:,]+))?(?:/g(?P<groups>\d+))?"
+                   r"(?:@(?P<size>\d+))?$", re.IGNORECASE)
+
+Event = Callable[..., None]
+
+
+# ------------------------------------------------------------------------------------ models
+
+@dataclass
+class ModelSpec:
+    """One model and the artifacts each backend runs."""
+
+    name: str
+    config: object | None = None  # ModelConfig
+    module: object | None = None  # eval-mode torch model (torch backend, in-memory export)
+    checkpoint: Path | None = None
+    onnx: list = field(default_factory=list)  # paths or bytes (exported in memory)
+    engines: list = field(default_factory=list)
+    mean: tuple | None = None
+    std: tuple | None = None
+    class_names: list | None = None
+    meta: dict = field(default_factory=dict)
+    random_weights: bool = False
+    notes: list = field(default_factory=list)
+    graph_shape: tuple | None = None  # (channels, size, classes) read from an ONNX graph without sidecar
+    _macs: int | None = None
+    _params: int | None = None
+
+    def input_info(self) -> tuple[int, int, int | None] | None:
+        """(channels, square size, classes) from the config, else from the ONNX graph; None when unknown."""
+        if self.config is not None:
+            return self.config.in_channels, self.config.input_size, self.config.num_classes
+        return self.graph_shape
+
+    def cost(self) -> tuple[int | None, int | None]:
+        """(MACs, params) counted the paper's way (profile_model); None without a config."""
+        if self._macs is None and (self.module is not None or self.config is not None):
+            from ulsam_deploy.models import profile_model
+            from ulsam_deploy.models.mobilenet import MobileNetULSAM
+
+            model = self.module if self.module is not None else MobileNetULSAM(self.config)
+            cost = profile_model(model)
+            self._macs, self._params = cost.macs, cost.params
+        return self._macs, self._params
+
+    def describe(self) -> dict:
+        macs, params = self.cost()
+        return {"name": self.name, "config": self.config.to_dict() if self.config is not None else None,
+                "description": self.config.describe() if self.config is not None else None,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "onnx": [str(o) if not isinstance(o, (bytes, bytearray)) else "(exported in memory)" for o in self.onnx],
+                "engines": [str(e) for e in self.engines], "macs": macs, "params": params,
+                "random_weights": self.random_weights, "notes": list(self.notes)}
+
+
+def parse_model_spec(text: str):
+    """``mv2``, ``mv2+17:1``, ``mv2+13,14,16,17/g4``, ``mv1x0.75+8:1,9:1,11@160`` -> ModelConfig, or None."""
+    m = _SPEC.match(text.strip())
+    if not m:
+        return None
+    from ulsam_deploy.models.mobilenet import ModelConfig
+
+    return ModelConfig(arch=m["arch"].lower(), width=float(m["width"] or 1.0), ulsam=m["ulsam"] or "",
+                       groups=int(m["groups"] or 4), input_size=int(m["size"] or 224))
+
+
+def _engine_sidecar_onnx(engine: Path) -> Path | None:
+    from ulsam_deploy.backends.trt.compat import engine_sidecar_path
+
+    path = engine_sidecar_path(engine)
+    if path.exists():
+        import json
+
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        ref = data.get("onnx")
+        ref = ref.get("path") if isinstance(ref, dict) else ref
+        if isinstance(ref, str):
+            candidate = Path(ref) if Path(ref).is_absolute() else engine.parent / ref
+            if candidate.exists():
+                return candidate
+    guess = engine.with_suffix(".onnx")
+    return guess if guess.exists() else None
+
+
+def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
+    from ulsam_deploy.steps.export import read_sidecar
+    from ulsam_deploy.models.mobilenet import ModelConfig
+
+    sidecar = read_sidecar(onnx_path)
+    if not sidecar:
+        spec.notes.append(f"{onnx_path.name} has no sidecar: input shape from the graph, ImageNet mean/std")
+        if spec.graph_shape is None:
+            spec.graph_shape = _graph_shape(onnx_path)
+        return
+    if spec.config is None and sidecar.get("config"):
+        spec.config = ModelConfig.from_dict(sidecar["config"])
+    spec.mean = spec.mean or tuple(sidecar.get("mean") or ()) or None
+    spec.std = spec.std or tuple(sidecar.get("std") or ()) or None
+    spec.class_names = spec.class_names or sidecar.get("class_names")
+    spec.meta = spec.meta or sidecar.get("checkpoint_meta") or {}
+    source = sidecar.get("source")
+    if spec.checkpoint is None and source and Path(source).is_file():
+        spec.checkpoint = Path(source)
+
+
+def _graph_shape(onnx_path: Path) -> tuple | None:
+    """(channels, size, classes) of an N x C x S x S image model, read from its graph (no weights loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - reported later as "cannot tell the input shape"
+        return None
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if not inputs:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:] or dims[2] != dims[3]:
+        return None
+    out = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    return int(dims[1]), int(dims[2]), (int(out[-1]) if out and out[-1] else None)
+
+
+def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Sequence = (), seed: int = 0,
+                  load_module: bool = True, overrides: dict | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` from a checkpoint, an ONNX file, an engine, or a model spec string."""
+    from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
+
+    text = str(arg)
+    path = Path(text).expanduser()
+    spec = ModelSpec(name=path.stem if path.exists() else text)
+    if path.is_dir():
+        raise UserError(f"'{path}' is a directory; give a checkpoint (.pt), an ONNX file or an engine to bench.")
+    if path.exists():
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            spec.onnx.append(path)
+            _apply_onnx_sidecar(spec, path)
+        elif suffix in ENGINE_SUFFIXES:
+            spec.engines.append(path)
+            onnx_beside = _engine_sidecar_onnx(path)
+            if onnx_beside is not None:
+                _apply_onnx_sidecar(spec, onnx_beside)
+                spec.notes.append(f"metadata from {onnx_beside.name}")
+        else:
+            spec.checkpoint = path
+    else:
+        config = parse_model_spec(text)
+        if config is None:
+            raise UserError(f"'{text}' is neither an existing file nor a model spec such as 'mv2', 'mv2+17:1/g4' or "
+                            "'mv1x0.75+8:1,9:1,11'; check the path.")
+        import torch
+
+        from ulsam_deploy.models.mobilenet import MobileNetULSAM
+
+        torch.manual_seed(seed)
+        spec.module = MobileNetULSAM(config).eval()
+        spec.config = config
+        spec.random_weights = True
+        spec.notes.append("seeded random weights: latency and parity are meaningful, accuracy is not")
+    if spec.checkpoint is not None and load_module:
+        model, info = load_checkpoint_with_info(spec.checkpoint, **(overrides or {}))
+        spec.module, spec.config = model, info.config
+        spec.mean, spec.std = spec.mean or tuple(info.mean), spec.std or tuple(info.std)
+        spec.class_names = spec.class_names or info.class_names
+        spec.meta = spec.meta or info.meta
+    for extra in onnx:
+        p = Path(extra)
+        if not p.exists():
+            raise UserError(f"ONNX file '{p}' does not exist; check the path or run 'ulsam-deploy export' first.")
+        spec.onnx.append(p)
+        if spec.config is None:
+            _apply_onnx_sidecar(spec, p)
+    for extra in engines:
+        p = Path(extra)
+        if not p.exists():
+            raise UserError(f"Engine '{p}' does not exist; build one with 'ulsam-deploy build-trt'.")
+        spec.engines.append(p)
+    return spec
+
+
+def export_in_memory(spec: ModelSpec, opset: int = 17) -> bytes:
+    """The export pipeline (export form, TorchScript exporter, onnxsim, IR fit) without writing files."""
+    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.passes.common import fit_ir_version
+    from ulsam_deploy.passes.simplify import simplify_model
+
+    proto = torch_to_onnx(to_export_form(spec.module), spec.config.input_size, spec.config.in_channels,
+                          ExportOptions(opset=opset))
+    return fit_ir_version(simplify_model(proto)).SerializeToString()
+
+
+# ----------------------------------------------------------------------------------- options
+
+@dataclass
+class BenchOptions:
+    backends: tuple[str, ...] = ("torch", "ort", "trt")
+    reference: str = "torch"
+    batches: tuple[int, ...] = (1,)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    threads: int | None = None
+    ort_providers: tuple[str, ...] = ("cpu",)
+    ort_spinning: bool | None = None
+    torch_device: str = "cpu"
+    trt_device: int = 0
+    inputs: str | None = None  # None: random; else image dir / file / glob
+    num_inputs: int | None = None  # random count (default 16) or image limit
+    seed: int = 0
+    label_regex: str | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+    resize: int | None = None
+    crop_pct: float | None = None
+    threshold_overrides: dict = field(default_factory=dict)
+    parity: bool = True
+    latency: bool = True
+    parity_batch: int = 16
+    export_missing_onnx: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise UserError(f"Unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)} (e.g. --backends torch,ort).")
+        if not self.backends:
+            raise UserError("--backends is empty; choose from torch, ort, trt.")
+        if self.reference not in BACKENDS:
+            raise UserError(f"--reference must be one of {', '.join(BACKENDS)}, not '{self.reference}'.")
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise UserError(f"--batch needs positive integers such as 1,8,32, not {','.join(map(str, self.batches))}.")
+        self.batches = tuple(dict.fromkeys(int(b) for b in self.batches))
+        if self.threads is not None and int(self.threads) < 1:
+            raise UserError(f"--threads must be at least 1, not {self.threads}.")
+        if self.num_inputs is not None and int(self.num_inputs) < 1:
+            raise UserError(f"--num-inputs must be at least 1, not {self.num_inputs}.")
+        if int(self.parity_batch) < 1:
+            raise UserError(f"--parity-batch must be at least 1, not {self.parity_batch}.")
+
+    def to_dict(self) -> dict:
+        return {"backends": list(self.backends), "reference": self.reference, "batches": list(self.batches),
+                "timing": {"warmup_s": self.timing.warmup_s, "min_iterations": self.timing.min_iters,
+                           "min_seconds": self.timing.min_seconds, "block_s": self.timing.block_s,
+                           "interleaved": True},
+                "threads": self.threads, "ort_providers": list(self.ort_providers), "torch_device": self.torch_device,
+                "trt_device": self.trt_device, "seed": self.seed, "parity": self.parity, "latency": self.latency,
+                "thresholds": {p: thresholds_for(p, self.threshold_overrides).to_dict() for p in PRECISIONS}}
+
+
+# ------------------------------------------------------------------------------------ report
+
+@dataclass
+class RunnerEntry:
+    model: str
+    runner: Runner
+    artifact: str
+
+    @property
+    def label(self) -> str:
+        return self.runner.label
+
+    @property
+    def precision(self) -> str:
+        return self.runner.precision
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.label, self.precision, self.artifact)
+
+
+@dataclass
+class ParityRow:
+    model: str
+    backend: str
+    precision: str
+    artifact: str
+    reference: str
+    comparison: Comparison | None  # None for the reference itself
+    thresholds: ParityThresholds | None
+    failures: list[str]
+    accuracy: Accuracy | None = None
+    reference_accuracy: Accuracy | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.comparison is None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        data = {"model": self.model, "backend": self.backend, "precision": self.precision, "artifact": self.artifact,
+                "reference": self.reference, "is_reference": self.is_reference, "passed": self.passed,
+                "failures": list(self.failures),
+                "comparison": self.comparison.to_dict() if self.comparison else None,
+                "thresholds": self.thresholds.to_dict() if self.thresholds else None,
+                "accuracy": self.accuracy.to_dict() if self.accuracy else None}
+        if self.accuracy and self.reference_accuracy and not self.is_reference:
+            data["accuracy_delta"] = {"top1": self.accuracy.top1 - self.reference_accuracy.top1,
+                                      "top5": self.accuracy.top5 - self.reference_accuracy.top5}
+        return data
+
+
+@dataclass
+class LatencyRow:
+    model: str
+    backend: str
+    precision: str
+    artifact: str
+    batch: int
+    stats: LatencyStats
+    samples_ms: list[float]
+    gpu: dict[str, LatencyStats] | None
+    warmup_iters: int
+
+    @property
+    def qps(self) -> float:
+        return throughput(self.stats, self.batch)[0]
+
+    @property
+    def images_per_s(self) -> float:
+        return throughput(self.stats, self.batch)[1]
+
+    def to_dict(self) -> dict:
+        data = {"model": self.model, "backend": self.backend, "precision": self.precision, "artifact": self.artifact,
+                "batch": self.batch, "latency_ms": self.stats.to_dict(), "throughput_qps": self.qps,
+                "images_per_s": self.images_per_s, "warmup_iterations": self.warmup_iters,
+                "gpu": {f"{k}_ms": v.to_dict() for k, v in self.gpu.items()} if self.gpu else None}
+        return data
+
+
+@dataclass
+class CompareRow:
+    backend: str
+    precision: str
+    batch: int
+    model: str
+    baseline: str
+    macs: int | None
+    baseline_macs: int | None
+    median_ms: float
+    baseline_median_ms: float
+
+    @property
+    def macs_ratio(self) -> float | None:
+        return self.macs / self.baseline_macs if self.macs and self.baseline_macs else None
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.median_ms / self.baseline_median_ms
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "batch": self.batch, "model": self.model,
+                "baseline": self.baseline, "macs": self.macs, "baseline_macs": self.baseline_macs,
+                "macs_ratio": self.macs_ratio, "median_ms": self.median_ms,
+                "baseline_median_ms": self.baseline_median_ms, "latency_ratio": self.latency_ratio}
+
+
+@dataclass
+class BenchReport:
+    created: str
+    machine: dict
+    versions: dict
+    settings: dict
+    inputs: dict
+    models: list[dict]
+    runners: list[dict]
+    skipped: list[dict]
+    parity: list[ParityRow]
+    latency: list[LatencyRow]
+    compare: list[CompareRow]
+    warnings: list[str]
+    seconds: float = 0.0
+
+    @property
+    def parity_failures(self) -> list[ParityRow]:
+        return [row for row in self.parity if not row.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.parity_failures
+
+    @property
+    def has_labels(self) -> bool:
+        return any(row.accuracy is not None for row in self.parity)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "created": self.created, "passed": self.passed, "seconds": round(self.seconds, 3),
+                "machine": self.machine, "versions": self.versions, "settings": self.settings, "inputs": self.inputs,
+                "models": self.models, "runners": self.runners, "skipped": self.skipped,
+                "parity": [r.to_dict() for r in self.parity], "latency": [r.to_dict() for r in self.latency],
+                "compare": [r.to_dict() for r in self.compare], "warnings": list(self.warnings)}
+
+    def raise_for_parity(self) -> None:
+        """ParityError (exit 3) naming the failed rows, when any backend failed its thresholds."""
+        bad = self.parity_failures
+        if bad:
+            first = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise ParityError(f"Parity failed: {first.backend} ({first.precision}) of {first.model} against "
+                              f"{first.reference}: {first.failures[0]}{more}; see the report for every figure.")
+
+
+# ------------------------------------------------------------------------------- environment
+
+def machine_info() -> dict:
+    info = {"hostname": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        pass
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+
+        driver = probe_cuda_driver()
+        info["cuda_driver"] = driver.driver_version
+        info["gpus"] = [g.to_dict() for g in driver.gpus]
+    except Exception:  # noqa: BLE001 - machine facts are best effort
+        info["gpus"] = []
+    return info
+
+
+def versions() -> dict:
+    from ulsam_deploy.steps.export import tool_versions
+
+    data = tool_versions()
+    import numpy
+
+    data["numpy"] = numpy.__version__
+    try:
+        import tensorrt  # noqa: F401
+
+        data["tensorrt"] = str(getattr(tensorrt, "__version__", "?"))
+    except Exception:  # noqa: BLE001 - absent or broken: reported as absent
+        data["tensorrt"] = None
+    return data
+
+
+# ------------------------------------------------------------------------------- the runners
+
+def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], warnings: list[str],
+                  event: Event) -> list[RunnerEntry]:
+    entries: list[RunnerEntry] = []
+
+    def skip(backend: str, reason: str, artifact: str = "") -> None:
+        skipped.append({"model": spec.name, "backend": backend, "artifact": artifact, "reason": reason})
+        event("skip", model=spec.name, backend=backend, reason=reason)
+
+    def try_load(runner: Runner, artifact: str, catch=(BackendUnavailable,)) -> None:
+        event("load", model=spec.name, backend=runner.label, artifact=artifact)
+        try:
+            runner.load()
+        except catch as exc:
+            skip(runner.label, str(exc), artifact)
+            return
+        for message in getattr(runner, "warnings", []):
+            warnings.append(f"{spec.name} {runner.label}: {message}")
+        entries.append(RunnerEntry(spec.name, runner, artifact))
+
+    for backend in options.backends:
+        if backend == "torch":
+            if spec.module is None:
+                skip("torch", "no checkpoint for this model (pass the .pt, or an ONNX whose sidecar names an existing "
+                              "checkpoint)")
+                continue
+            try_load(TorchRunner(spec.module, options.torch_device, options.threads),
+                     str(spec.checkpoint) if spec.checkpoint else spec.name)
+        elif backend == "ort":
+            variants = list(spec.onnx)
+            if not variants:
+                if spec.module is not None and options.export_missing_onnx:
+                    event("export", model=spec.name)
+                    variants = [export_in_memory(spec)]
+                    spec.onnx = variants
+                    spec.notes.append("ONNX exported in memory for the ort backend (export pipeline, not written)")
+                else:
+                    skip("ort", "no ONNX file for this model (run 'ulsam-deploy export' or pass --onnx)")
+                    continue
+            for variant in variants:
+                artifact = "(in memory)" if isinstance(variant, (bytes, bytearray)) else str(variant)
+                for provider in options.ort_providers:
+                    try_load(OrtRunner(variant, provider=provider, threads=options.threads,
+                                       spinning=options.ort_spinning), artifact)
+        elif backend == "trt":
+            if not spec.engines:
+                skip("trt", "no TensorRT engine for this model (build one with 'ulsam-deploy build-trt', then pass "
+                            "--engine)")
+                continue
+            from ulsam_deploy.backends.trt.runner import TrtRunner
+            from ulsam_deploy.backends.trt.compat import EngineMismatch
+
+            for engine in spec.engines:
+                try_load(TrtRunner(engine, options.trt_device), str(engine), catch=(BackendUnavailable, EngineMismatch))
+    return entries
+
+
+def _pick_reference(entries: list[RunnerEntry], options: BenchOptions, warnings: list[str], model: str) -> RunnerEntry | None:
+    if not entries:
+        return None
+    for entry in entries:
+        if entry.runner.name == options.reference and entry.precision == "fp32":
+            return entry
+    for entry in entries:
+        if entry.runner.name == options.reference:
+            return entry
+    fallback = next((e for e in entries if e.precision == "fp32"), entries[0])
+    warnings.append(f"{model}: reference backend '{options.reference}' is not available; parity is measured against "
+                    f"{fallback.label} ({fallback.precision}) instead")
+    return fallback
+
+
+def _infer_all(runner: Runner, data: np.ndarray, chunk: int) -> np.ndarray:
+    """Outputs for all ``data``, in chunks that fit the runner's batch limits (padding a static batch)."""
+    limits = runner.batch_limits()
+    lo, hi = limits if limits else (1, max(chunk, 1))
+    size = max(lo, min(hi, chunk))
+    outs = []
+    for start in range(0, len(data), size):
+        part = data[start:start + size]
+        n = len(part)
+        if n < lo:
+            pad = np.concatenate([part] + [part[-1:]] * (lo - n))
+            outs.append(runner.infer(pad)[:n])
+        else:
+            outs.append(runner.infer(part))
+    return np.concatenate(outs).astype(np.float32)
+
+
+def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> InputSet:
+    known = [(s, s.input_info()) for s in specs if s.input_info() is not None]
+    if not known:
+        raise UserError("Cannot tell the input shape: no checkpoint, sidecar, model spec or static ONNX input "
+                        "describes the model; export with 'ulsam-deploy export' (it writes the sidecar) or give the checkpoint.")
+    spec, (channels, size, classes) = known[0]
+    shapes = {(c, z) for _, (c, z, _n) in known}
+    if len(shapes) > 1:
+        raise UserError(f"The models take different inputs ({', '.join(f'{c}x{z}x{z}' for c, z in sorted(shapes))}); "
+                        "compare models with the same input size and channels.")
+    if options.inputs is None:
+        return random_inputs(options.num_inputs or 16, channels, size, options.seed)
+    preprocess = make_preprocess(size, channels, options.mean or spec.mean, options.std or spec.std,
+                                 meta_preprocess=(spec.meta or {}).get("preprocess"), resize=options.resize,
+                                 crop_pct=options.crop_pct)
+    class_names = spec.class_names
+    if class_names is None and classes == 1000 and channels == 3:
+        try:
+            from ulsam_deploy.data import imagenet_class_names
+
+            class_names = imagenet_class_names()
+        except Exception:  # noqa: BLE001 - optional nicety
+            class_names = None
+    return load_images(options.inputs, preprocess, class_names=class_names, num_classes=classes,
+                       label_regex=options.label_regex, limit=options.num_inputs)
+
+
+# ------------------------------------------------------------------------------------- bench
+
+def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOptions | None = None,
+              event: Event | None = None) -> BenchReport:
+    """Parity and interleaved latency of every available backend of every model (see the module doc)."""
+    options = options or BenchOptions()
+    event = event or (lambda *a, **k: None)
+    started = time.perf_counter()
+    specs = [m if isinstance(m, ModelSpec) else resolve_model(m, seed=options.seed) for m in models]
+    if not specs:
+        raise UserError("Give at least one model to bench (a checkpoint, an ONNX file, an engine or a spec like mv2+17:1).")
+    names = [s.name for s in specs]
+    for i, s in enumerate(specs):  # disambiguate equal names (model.onnx from two folders)
+        if names.count(s.name) > 1:
+            s.name = f"{s.name}#{i + 1}"
+    warnings: list[str] = []
+    skipped: list[dict] = []
+
+    inputs = _build_inputs(specs, options)
+    warnings += inputs.warnings
+    event("inputs", inputs=inputs)
+
+    per_model: dict[str, list[RunnerEntry]] = {}
+    try:
+        for spec in specs:
+            per_model[spec.name] = _open_runners(spec, options, skipped, warnings, event)
+        if not any(per_model.values()):
+            reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped[:3])
+            raise BackendUnavailable(f"No backend could run here ({reasons}).")
+
+        parity_rows: list[ParityRow] = []
+        if options.parity:
+            parity_rows = _parity(specs, per_model, inputs, options, warnings, event)
+
+        latency_rows: list[LatencyRow] = []
+        if options.latency:
+            latency_rows = _latency(per_model, inputs, options, skipped, event)
+
+        runners_info = [{"model": e.model, "label": e.label, "precision": e.precision, "artifact": e.artifact,
+                         **e.runner.describe()} for entries in per_model.values() for e in entries]
+    finally:
+        for entries in per_model.values():
+            for entry in entries:
+                entry.runner.close()
+
+    compare_rows = _compare(specs, latency_rows) if len(specs) > 1 else []
+    for spec in specs:
+        warnings += [f"{spec.name}: {note}" for note in spec.notes if "random weights" in note]
+    return BenchReport(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=machine_info(), versions=versions(),
+        settings=options.to_dict(), inputs=inputs.describe(), models=[s.describe() for s in specs],
+        runners=runners_info, skipped=skipped, parity=parity_rows, latency=latency_rows, compare=compare_rows,
+        warnings=warnings, seconds=time.perf_counter() - started)
+
+
+def _parity(specs, per_model, inputs: InputSet, options: BenchOptions, warnings, event) -> list[ParityRow]:
+    rows = []
+    labels = inputs.labels if inputs.has_labels else None
+    for spec in specs:
+        entries = per_model[spec.name]
+        ref = _pick_reference(entries, options, warnings, spec.name)
+        if ref is None:
+            continue
+        outputs = {}
+        for entry in entries:
+            event("parity", model=spec.name, backend=entry.label, artifact=entry.artifact)
+            outputs[entry.key] = _infer_all(entry.runner, inputs.data, options.parity_batch)
+        ref_out = outputs[ref.key]
+        ref_acc = accuracy(ref_out, labels) if labels is not None else None
+        rows.append(ParityRow(spec.name, ref.label, ref.precision, ref.artifact, "reference", None, None, [], ref_acc, ref_acc))
+        for entry in entries:
+            if entry is ref:
+                continue
+            thresholds = thresholds_for(entry.precision, options.threshold_overrides)
+            cand = outputs[entry.key]
+            comparison = compare_with_thresholds(ref_out, cand, entry.precision, thresholds)
+            acc = accuracy(cand, labels) if labels is not None else None
+            failures = judge(comparison, thresholds, acc, ref_acc)
+            rows.append(ParityRow(spec.name, entry.label, entry.precision, entry.artifact, f"{ref.label} ({ref.precision})",
+                                  comparison, thresholds, failures, acc, ref_acc))
+    return rows
+
+
+def _latency(per_model, inputs: InputSet, options: BenchOptions, skipped, event) -> list[LatencyRow]:
+    rows = []
+    for batch in options.batches:
+        data = inputs.batch(batch)
+        targets, entries_by_key = [], {}
+        for entries in per_model.values():
+            for entry in entries:
+                limits = entry.runner.batch_limits()
+                if limits and not limits[0] <= batch <= limits[1]:
+                    skipped.append({"model": entry.model, "backend": entry.label, "artifact": entry.artifact,
+                                    "reason": f"batch {batch} is outside the model's batch range {limits[0]}..{limits[1]}",
+                                    "batch": batch})
+                    continue
+                run, stages = entry.runner.prepare(data)
+                key = entry.key + (batch,)
+                entries_by_key[key] = entry
+                targets.append(TimingTarget(key=key, run=run, stages=stages))
+        if not targets:
+            continue
+        event("latency_start", batch=batch, targets=len(targets), timing=options.timing)
+        results = measure_interleaved(targets, options.timing,
+                                      on_round=lambda r, ts, b=batch: event("latency_round", batch=b, round=r, targets=ts))
+        for result in results:
+            model, label, precision, artifact, b = result.key
+            rows.append(LatencyRow(model, label, precision, artifact, b, result.stats, result.samples_ms, result.gpu,
+                                   result.warmup_iters))
+        event("latency_done", batch=batch)
+    return rows
+
+
+def _compare(specs: list[ModelSpec], latency_rows: list[LatencyRow]) -> list[CompareRow]:
+    base = specs[0]
+    base_macs = base.cost()[0]
+    rows = []
+    index = {(r.model, r.backend, r.precision, r.batch): r for r in latency_rows}
+    for r in latency_rows:
+        if r.model == base.name:
+            continue
+        baseline = index.get((base.name, r.backend, r.precision, r.batch))
+        if baseline is None:
+            continue
+        spec = next(s for s in specs if s.name == r.model)
+        rows.append(CompareRow(r.backend, r.precision, r.batch, r.model, base.name, spec.cost()[0], base_macs,
+                               r.stats.median, baseline.stats.median))
+    return rows
+
+
+__all__ = ["BACKENDS", "BenchOptions", "BenchReport", "CompareRow", "LatencyRow", "ModelSpec", "ParityRow", "SCHEMA",
+           "export_in_memory", "machine_info", "parse_model_spec", "resolve_model", "run_bench"]
