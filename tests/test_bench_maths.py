@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ulsam_deploy.backends.judge import (DEFAULT_THRESHOLDS, ParityThresholds, accuracy, compare_outputs,
-                                  compare_with_thresholds, judge, parse_threshold_overrides, thresholds_for)
+from ulsam_deploy.backends.judge import (DEFAULT_TOLERANCES, Tolerances, accuracy, compare_outputs, judge,
+                                         parse_tolerance_overrides, tolerances_for)
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.bench.latency import (LatencyStats, TimingConfig, TimingTarget, measure_interleaved, median, percentile,
                                   throughput)
@@ -57,56 +57,84 @@ def test_accuracy_counts_only_labelled_samples():
 
 def test_fp32_defaults_are_tight_and_fail_a_small_error():
     ref = np.random.default_rng(0).standard_normal((8, 10))
-    t = thresholds_for("fp32")
-    ok = compare_with_thresholds(ref, ref + 1e-6, "fp32", t)
-    assert judge(ok, t) == []
-    bad = compare_with_thresholds(ref, ref + 1e-2, "fp32", t)
-    failures = judge(bad, t)
-    assert failures and "beyond atol" in failures[0]
+    t = tolerances_for("fp32")
+    assert judge(ref, ref + 1e-6, t).passed
+    bad = judge(ref, ref + 1e-2, t)
+    assert not bad.passed and "beyond atol" in bad.failures[0]
 
 
 def test_fp16_judged_on_agreement_not_elementwise():
     rng = np.random.default_rng(1)
     ref = rng.standard_normal((64, 100)) * 5
     noisy = ref + rng.standard_normal(ref.shape) * 2e-3  # fp16-sized noise: elementwise fp32 check would fail
-    t16 = thresholds_for("fp16")
-    assert t16.atol is None and t16.min_top1_agreement == DEFAULT_THRESHOLDS["fp16"].min_top1_agreement
-    assert judge(compare_with_thresholds(ref, noisy, "fp16", t16), t16) == []
-    assert judge(compare_with_thresholds(ref, noisy, "fp32", thresholds_for("fp32")), thresholds_for("fp32"))
+    t16 = tolerances_for("fp16")
+    assert t16.atol is None and t16.min_top1_agreement == DEFAULT_TOLERANCES["fp16"].min_top1_agreement
+    assert judge(ref, noisy, t16).passed
+    assert not judge(ref, noisy, tolerances_for("fp32")).passed
     flipped = ref.copy()
     flipped[:4] = -flipped[:4]  # 4 of 64 samples change their answer: 93.75 % agreement
-    failures = judge(compare_with_thresholds(ref, flipped, "fp16", t16), t16)
-    assert any("top-1 agreement 93.75%" in f for f in failures)
+    assert any("top-1 agreement 93.75%" in f for f in judge(ref, flipped, t16).failures)
 
 
-def test_int8_accuracy_drop_check_uses_labels():
-    t = thresholds_for("int8")
-    ref_acc = accuracy(np.eye(4) * 5, np.array([0, 1, 2, 3]))
-    worse = accuracy(np.eye(4)[[0, 1, 2, 0]] * 5, np.array([0, 1, 2, 3]))
-    c = compare_outputs(np.eye(4) * 5, np.eye(4)[[0, 1, 2, 0]] * 5)
-    failures = judge(c, t, worse, ref_acc)
-    assert any("top-1 accuracy 25.00% below the reference" in f for f in failures)
+def test_int8_accuracy_drop_check_uses_labels_or_bounds_disagreement():
+    t = tolerances_for("int8")
+    labels = np.arange(4)
+    good, worse = np.eye(4) * 5, np.eye(4)[[0, 1, 2, 0]] * 5
+    verdict = judge(good, worse, t, labels=labels)
+    assert any("top-1 accuracy 75.00% is 25.00 points below the reference's 100.00%" in f for f in verdict.failures)
+    assert verdict.accuracy_drop_points() == pytest.approx(25.0)
+    unlabelled = judge(good, worse, t)
+    assert any("on unlabelled inputs < 99.00%" in f for f in unlabelled.failures)
+    big = np.tile(np.eye(4), (50, 1)) * 5  # 200 samples, 1 flipped: 99.5 % agreement, within the 1-point bound
+    flipped = big.copy()
+    flipped[0] = np.roll(flipped[0], 1)
+    assert judge(big, flipped, t).passed
+
+
+def test_absolute_tolerance_alone_is_a_max_abs_test():
+    """export and fuse judge with ``atol`` only: any element beyond it fails, whatever its relative size."""
+    ref = np.full((2, 3), 1000.0)
+    cand = ref + 0.01  # relative 1e-5, absolute 1e-2
+    assert not judge(ref, cand, Tolerances(atol=1e-3), classifier=False).passed
+    assert judge(ref, cand, Tolerances(atol=0.02), classifier=False).passed
+
+
+def test_several_outputs_are_judged_each_and_shapes_must_match():
+    a, b = np.ones((2, 4, 3, 3)), np.zeros((2, 8, 2, 2))
+    verdict = judge([a, b], [a, b + 1.0], Tolerances(atol=1e-3), names=["feat_s8", "feat_s16"])
+    assert not verdict.passed and verdict.failures[0].startswith("feat_s16:")
+    assert verdict.outputs[0].comparison.max_abs == 0.0 and not verdict.outputs[0].classifier
+    shape = judge([a], [a[:, :2]], Tolerances(atol=1.0))
+    assert "output shape" in shape.failures[0]
 
 
 def test_threshold_overrides_parse_and_apply():
-    overrides = parse_threshold_overrides(["atol=1e-3", "fp16:min_top1_agreement=0.995", "int8:max-top1-drop=none"])
-    assert thresholds_for("fp32", overrides).atol == 1e-3
-    assert thresholds_for("fp16", overrides).atol == 1e-3  # '*' applies to every precision
-    assert thresholds_for("fp16", overrides).min_top1_agreement == 0.995
-    assert thresholds_for("fp32", overrides).min_top1_agreement == 1.0
-    assert thresholds_for("int8", overrides).max_top1_drop is None
+    overrides = parse_tolerance_overrides(["atol=1e-3", "fp16:min_top1_agreement=0.995", "int8:max-top1-drop=none"])
+    assert tolerances_for("fp32", overrides).atol == 1e-3
+    assert tolerances_for("fp16", overrides).atol == 1e-3  # '*' applies to every precision
+    assert tolerances_for("fp16", overrides).min_top1_agreement == 0.995
+    assert tolerances_for("fp32", overrides).min_top1_agreement == 1.0
+    assert tolerances_for("int8", overrides).max_top1_drop is None
     for bad, words in (("atol", "KEY=VALUE"), ("fp64:atol=1", "unknown precision"), ("speed=3", "unknown key"),
-                       ("atol=fast", "not a number")):
+                       ("atol=fast", "not a number"), ("atol=-1", "finite number >= 0"), ("atol=nan", "finite")):
         with pytest.raises(UserError, match=words):
-            parse_threshold_overrides([bad])
+            parse_tolerance_overrides([bad])
 
 
-def test_non_finite_output_fails():
-    ref = np.ones((2, 3))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("where", ["candidate", "reference"])
+def test_non_finite_outputs_never_pass(precision, where):
+    ref = np.random.default_rng(2).standard_normal((4, 10))
     cand = ref.copy()
-    cand[0, 0] = np.nan
-    t = ParityThresholds(min_cosine=0.9)
-    assert judge(compare_outputs(ref, cand), t)
+    (cand if where == "candidate" else ref)[0, 0] = np.nan
+    verdict = judge(ref, cand, tolerances_for(precision), labels=np.arange(4))
+    assert not verdict.passed and any("non-finite" in f for f in verdict.failures)
+    inf = ref.copy()
+    inf[1, 2] = np.inf
+    assert not judge(ref if where == "candidate" else inf, inf if where == "candidate" else ref,
+                     Tolerances(atol=1.0), classifier=False).passed
+    off = Tolerances()  # every check disabled: NaN still fails
+    assert not judge(ref, cand, off).passed
 
 
 # ---------------------------------------------------------------------------------- latency

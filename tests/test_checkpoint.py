@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ulsam_deploy
-from conftest import randomize_bn
+from helpers import randomize_bn
 from ulsam_deploy.errors import CheckpointError
 from ulsam_deploy.models import build_model, load_checkpoint, load_pretrained, save_checkpoint
 from ulsam_deploy.models.checkpoint import infer_config, load_checkpoint_with_info

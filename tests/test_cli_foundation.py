@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import randomize_bn
+from helpers import randomize_bn
 from ulsam_deploy.cli import app
 from ulsam_deploy.models import build_model, save_checkpoint
 

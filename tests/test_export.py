@@ -10,11 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import randomize_bn
-from test_models import PAPER_CONFIGS
+from helpers import randomize_bn
+from helpers import PAPER_CONFIGS
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
-from ulsam_deploy.passes.common import ort_max_ir_version, sha256_file
+from ulsam_deploy.artifacts import read_sidecar, sha256_file
+from ulsam_deploy.passes.common import ort_max_ir_version
 from ulsam_deploy.models import build_model, save_checkpoint
 
 
@@ -31,8 +32,8 @@ def _ort(path):
 def test_every_paper_configuration_exports_and_matches(tmp_path, arch, width, ulsam):
     ck, model = _checkpoint(tmp_path, arch, width, ulsam, size=96)
     result = export_checkpoint(ck, tmp_path / "m.onnx")
-    assert result.max_abs < 1e-4
-    proto = onnx.load(str(result.onnx_path))
+    assert result.verdict.max_abs < 1e-4
+    proto = onnx.load(str(result.path))
     onnx.checker.check_model(proto, full_check=True)
     assert {o.op_type for o in proto.graph.node}.isdisjoint({"BatchNormalization", "Constant", "Identity"})
     assert sum(o.op_type == "Softmax" for o in proto.graph.node) == len(ulsam.split(","))
@@ -40,7 +41,7 @@ def test_every_paper_configuration_exports_and_matches(tmp_path, arch, width, ul
 
 def test_fixture_attention_is_not_uniform(tmp_path):
     """Parity on a model whose ULSAM maps are uniform would prove nothing about ULSAM."""
-    from conftest import attention_spread
+    from helpers import attention_spread
 
     _, model = _checkpoint(tmp_path)
     seen = {}
@@ -54,7 +55,7 @@ def test_fixture_attention_is_not_uniform(tmp_path):
 def test_dynamic_batch_and_names(tmp_path):
     ck, model = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx")
-    sess = _ort(result.onnx_path)
+    sess = _ort(result.path)
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "input" and out.name == "logits" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 96, 96]
@@ -70,8 +71,8 @@ def test_dynamic_batch_and_names(tmp_path):
 def test_static_batch(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(batch=2))
-    assert _ort(result.onnx_path).get_inputs()[0].shape == [2, 3, 96, 96]
-    assert list(result.parity) == [2]
+    assert _ort(result.path).get_inputs()[0].shape == [2, 3, 96, 96]
+    assert [o.name for o in result.verdict.outputs] == ["batch 2"]
 
 
 def test_sidecar_describes_the_model(tmp_path):
@@ -79,28 +80,35 @@ def test_sidecar_describes_the_model(tmp_path):
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(opset=18))
     side = json.loads(result.sidecar_path.read_text())
     assert result.sidecar_path.name == "m.onnx.json"
-    assert side["sha256"] == sha256_file(result.onnx_path)
-    assert side["config"]["ulsam"] == "14,17:1" and side["config"]["groups"] == 4
-    assert side["input"]["shape"] == ["batch", 3, 96, 96] and side["class_names"][3] == "c3"
-    assert side["opset"] == 18 and side["ir_version"] <= ort_max_ir_version()
-    assert set(side["parity"]["batches"]) == {"1", "3"}
-    assert side["parity"]["batches"]["1"]["max_abs"] < 1e-4
-    assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(side["versions"])
-    assert side["mean"] == [0.485, 0.456, 0.406]
+    assert side["schema"] == "ulsam-deploy/onnx" and side["version"] == 2
+    assert side["sha256"] == sha256_file(result.path)
+    assert side["model"]["config"]["ulsam"] == "14,17:1" and side["model"]["config"]["groups"] == 4
+    assert side["model"]["checkpoint"] == str(ck.resolve()) and side["model"]["checkpoint_sha256"] == sha256_file(ck)
+    assert side["inputs"][0]["shape"] == ["batch", 3, 96, 96] and side["model"]["class_names"][3] == "c3"
+    assert side["outputs"][0] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32", "layer": None,
+                                  "stride": None, "channels": None}
+    assert side["graph"]["opset"] == 18 and side["graph"]["ir_version"] <= ort_max_ir_version()
+    (step,) = side["steps"]
+    assert step["step"] == "export" and step["verdict"]["passed"]
+    assert [o["name"] for o in step["verdict"]["outputs"]] == ["batch 1", "batch 3"]
+    assert step["verdict"]["max_abs"] < 1e-4
+    assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(step["versions"])
+    assert side["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    assert read_sidecar(result.path).model.config == side["model"]["config"]  # what later steps read back
 
 
 def test_export_form_keeps_node_count_independent_of_groups(tmp_path):
     counts = {}
     for g in (1, 16):
         ck, _ = _checkpoint(tmp_path, ulsam="14,17:1", groups=g, name=f"g{g}.pt")
-        counts[g] = export_checkpoint(ck, tmp_path / f"g{g}.onnx").nodes
+        counts[g] = export_checkpoint(ck, tmp_path / f"g{g}.onnx").sidecar.graph["nodes"]
     assert counts[1] == counts[16]
 
 
 def test_no_simplify_still_matches(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(simplify=False))
-    assert result.max_abs < 1e-4
+    assert result.verdict.max_abs < 1e-4
 
 
 def test_existing_output_needs_force(tmp_path):
@@ -131,7 +139,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"opset": 5}, "Opset 5"), ({"batch": 0}, "--batch"),
+@pytest.mark.parametrize("kwargs,needle", [({"opset": 5}, "Opset 5"), ({"batch": 0}, "--static-batch"),
                                            ({"exporter": "magic"}, "exporter"), ({"atol": 0}, "--atol")])
 def test_bad_options(kwargs, needle):
     with pytest.raises(UserError, match=needle):
@@ -142,4 +150,4 @@ def test_bad_options(kwargs, needle):
 def test_dynamo_exporter_matches_too(tmp_path):
     ck, _ = _checkpoint(tmp_path, ulsam="14", size=64)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(exporter="dynamo", opset=18))
-    assert result.max_abs < 1e-4
+    assert result.verdict.max_abs < 1e-4

@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from conftest import randomize_bn
+from helpers import randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
@@ -330,11 +330,17 @@ def test_near_match_is_left_alone_with_reason(two_blocks, case):
     proto = _copy(two_blocks)
     edit(proto)
     fused, report = fuse_model(proto)
-    assert report["fused"] == 1, report  # the untouched second block is still fused
-    (entry,) = report["left_alone"]
+    if runnable:  # the untouched second block is still fused
+        assert report["fused"] == 1, report
+        (entry,) = report["left_alone"]
+    else:  # an edit that breaks the graph's shapes downstream may leave the second block unprovable too
+        assert report["fused"] <= 1, report
+        entry = report["left_alone"][0]
     assert needle in entry["reason"] and entry["op"] == "Softmax", entry
     # the first block's nodes are all still there
-    assert _ops(fused)["Softmax"] == 1 and _ops(fused)["MaxPool"] == 1 and _ops(fused)[op_spec.OP_TYPE] == 1
+    kept = 2 - report["fused"]
+    assert _ops(fused)["Softmax"] == kept and _ops(fused)["MaxPool"] == kept
+    assert _ops(fused)[op_spec.OP_TYPE] == report["fused"]
     if runnable:
         x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
         extra = [o.name for o in proto.graph.output]
@@ -475,9 +481,14 @@ def test_cli_fuse_happy_path(cli_runner, exported, tmp_path):
     assert _ops(fused)[op_spec.OP_TYPE] == 2
     side = json.loads((tmp_path / "f.onnx.json").read_text())
     original = json.loads((exported.parent / "m.onnx.json").read_text())
-    assert side["onnx"] == "f.onnx" and side["fused"]["fused"] == 2 and side["config"] == original["config"]
-    assert side["fused"]["parity"]["blocks_max_abs"] <= 1e-5 and side["nodes"] == len(fused.graph.node)
-    assert side["fused"]["source_sha256"] == original["sha256"]
+    assert side["onnx"] == "f.onnx" and side["fused_blocks"] == 2 and side["model"] == original["model"]
+    export_step, fuse_step = side["steps"]
+    assert export_step == original["steps"][0] and fuse_step["step"] == "fuse"
+    assert fuse_step["report"]["fused"] == 2 and side["graph"]["nodes"] == len(fused.graph.node)
+    assert fuse_step["source"]["sha256"] == original["sha256"]
+    blocks = {b["output"] for b in fuse_step["report"]["blocks"]}
+    judged = {o["name"].split("/", 1)[1]: o["comparison"]["max_abs"] for o in fuse_step["verdict"]["outputs"]}
+    assert blocks < set(judged) and max(judged.values()) <= 1e-5  # the blocks' outputs are judged, not only logits
 
 
 def test_cli_fuse_default_output_and_overwrite_refusal(cli_runner, exported):
@@ -525,5 +536,5 @@ def test_cli_export_fuse_end_to_end(cli_runner, exported, tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 ULSAM blocks fused" in " ".join(result.output.split())
     side = json.loads((tmp_path / "e.onnx.json").read_text())
-    assert side["fused"]["fused"] == 2 and side["ops"][op_spec.OP_TYPE] == 2
-    assert max(b["max_abs"] for b in side["parity"]["batches"].values()) < 1e-4
+    assert side["fused_blocks"] == 2 and side["graph"]["ops"][op_spec.OP_TYPE] == 2
+    assert side["steps"][0]["verdict"]["max_abs"] < 1e-4

@@ -6,15 +6,10 @@ import pytest
 import torch
 
 import ulsam_deploy
+from helpers import PAPER_CONFIGS
 from ulsam_deploy.errors import ConfigError
 from ulsam_deploy.models import ULSAM, Position, build_model, parse_positions, profile_model
 
-PAPER_CONFIGS = [
-    ("mv1", 1.0, "11:1"), ("mv1", 1.0, "12:1"), ("mv1", 1.0, "13:1"),
-    ("mv1", 1.0, "8:1,9:1,11"), ("mv1", 0.75, "8:1,9:1,11"), ("mv1", 0.5, "8:1,9:1,11"),
-    ("mv2", 1.0, "17:1"), ("mv2", 1.0, "13"), ("mv2", 1.0, "16"), ("mv2", 1.0, "9,13"),
-    ("mv2", 1.0, "16,17"), ("mv2", 1.0, "14,17"), ("mv2", 1.0, "13,14,16,17"),
-]
 
 
 def test_parse_positions():

@@ -54,7 +54,7 @@ def small_onnx(tmp_path_factory) -> Path:
     from ulsam_deploy.data.images import Preprocess
     from ulsam_deploy.models import build_model
 
-    from conftest import randomize_bn
+    from helpers import randomize_bn
 
     torch.manual_seed(0)
     model = randomize_bn(build_model("mv2", 0.5, "13,17:1", 4, 10, 32, in_channels=1))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import attention_spread, randomize_bn
+from helpers import attention_spread, randomize_bn
 from ulsam_deploy.errors import ConfigError
 from ulsam_deploy.models import ULSAM, ULSAMExport, fold_ulsam
 

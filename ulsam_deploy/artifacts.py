@@ -1,23 +1,414 @@
-"""Atomic file output: every file we write appears whole or not at all."""
+"""What goes on disk: safe output paths, atomic writes, sha256, and the typed sidecars.
+
+Every file ulsam-deploy writes appears whole or not at all (temp file beside it, then rename), gets the
+umask's mode, and never replaces a symlink, device, FIFO or directory. An existing regular file is
+replaced only when the caller says ``force``.
+
+A sidecar (``model.onnx.json`` beside ``model.onnx``) is untrusted input when read back: it is parsed
+with one validating schema (:class:`OnnxSidecar`), its sha256 must match the ONNX beside it, and its
+paths are stored absolute. Old or foreign sidecars are refused with one sentence.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
 import os
+import stat
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ulsam_deploy.errors import UserError
+
+SIDECAR_SCHEMA = "ulsam-deploy/onnx"
+SIDECAR_VERSION = 2
+STDOUT_NAMES = ("-", "/dev/stdout")
+
+
+# ----------------------------------------------------------------------------------------- paths
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_stdout(path: str | os.PathLike | None) -> bool:
+    return path is not None and str(path) in STDOUT_NAMES
+
+
+def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
+                 inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse, in one sentence, an output path that cannot or must not be written; return it as a Path.
+
+    Refused: a directory, a symlink, a FIFO/device/socket, an existing regular file without ``force``,
+    one of the ``inputs`` themselves, and a parent that is not a writable directory.
+    """
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise UserError(f"The {what} path '{path}' is a directory; give a file name such as 'model.onnx'.")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UserError(f"Cannot use '{path}' as the {what} ({exc.strerror}); choose another path.") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise UserError(f"The {what} '{path}' is a symbolic link; ulsam-deploy never replaces links, so give the "
+                            "real file's path or another one.")
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"The {what} '{path}' is a directory; give a file path inside it, such as "
+                            f"'{path / 'model.onnx'}'.")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"The {what} '{path}' is not a regular file (a device, FIFO or socket); choose a file path.")
+        for source in inputs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(source, path):
+                    raise UserError(f"The {what} '{path}' is the input itself; choose another path.")
+        if not force:
+            raise UserError(f"'{path}' already exists; pass --force to replace it or choose another path.")
+    parent = path.parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"Cannot write '{path}': '{probe}' is a file, not a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"Cannot write '{path}': the directory '{probe}' is not writable; choose another location.")
+    return path
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
-def atomic_target(path: str | os.PathLike):
-    """Yield a temp path beside ``path``; rename it onto ``path`` on success, delete it on failure."""
+def atomic_target(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp path beside ``path``; on success give it the umask's mode and rename it onto ``path``.
+
+    The temp file is removed on any failure (including KeyboardInterrupt and SIGTERM, which the CLI turns
+    into an exception). A symlink, directory or special file that appeared at ``path`` meanwhile is never
+    replaced.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"Cannot write '{path}' ({exc.strerror}); choose a writable location.") from None
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode())
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise UserError(f"'{path}' became a link, directory or special file while writing; nothing was "
+                                "written there.")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    with atomic_target(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(path)
+
+
+def write_text_output(text: str, path: str | os.PathLike, *, force: bool, what: str = "report") -> Path | None:
+    """A report to a file (atomic, same rules as every output) or to standard output for ``-``/``/dev/stdout``."""
+    if is_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return None
+    check_output(path, force=force, what=what)
+    return write_bytes(text.encode(), path)
+
+
+def json_default(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, (np.floating, np.integer)):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _finite(data: Any) -> Any:
+    """JSON has no NaN or Infinity: non-finite numbers become null."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def json_text(data: Any) -> str:
+    """Strict JSON (non-finite numbers as null), indented, numpy values and paths included."""
+    plain = json.loads(json.dumps(data, default=json_default))
+    return json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    return write_bytes(json_text(data).encode(), path)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
+    """A readable, non-empty ONNX model, or one sentence saying why not (external data is checked too)."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what.capitalize()} '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
+    if not path.is_file():
+        raise UserError(f"'{path}' is not a file; give the path of an .onnx model.")
+    if path.stat().st_size == 0:
+        raise UserError(f"'{path}' is empty, not an ONNX model; re-export it.")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, external-data errors and friends
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"'{path}' is not a readable ONNX model ({reason}); re-export it.") from None
+    if not model.HasField("graph") or not model.graph.node or not model.graph.output:
+        raise UserError(f"'{path}' holds no ONNX graph (no nodes or no outputs); it is not a model: re-export it.")
+    return model
+
+
+# ---------------------------------------------------------------------------------------- sidecars
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+Dim = int | str  # a size, or the name of a dynamic axis
+
+
+class TensorSpec(_Strict):
+    """One graph input or output as the ONNX declares it (a backbone output also names its layer)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    shape: list[Dim] = Field(min_length=1, max_length=8)
+    dtype: Literal["float32", "float16"] = "float32"
+    layer: int | None = Field(default=None, ge=1, le=64)  # paper layer number of a feature output
+    stride: int | None = Field(default=None, ge=1, le=1024)
+    channels: int | None = Field(default=None, ge=1, le=65536)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, dims: list[Dim]) -> list[Dim]:
+        for d in dims:
+            if isinstance(d, int) and not 1 <= d <= 1 << 20:
+                raise ValueError(f"dimension {d} is out of range")
+        return dims
+
+
+class PreprocessSpec(_Strict):
+    """How images become this model's input (the fields of :class:`ulsam_deploy.data.images.Preprocess`)."""
+
+    size: int = Field(ge=8, le=4096)
+    in_channels: Literal[1, 3] = 3
+    crop_pct: float = Field(default=1.0, gt=0.0, le=1.0)
+    mean: list[float] = Field(min_length=1, max_length=3)
+    std: list[float] = Field(min_length=1, max_length=3)
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "PreprocessSpec":
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"mean and std need {self.in_channels} value(s) each")
+        if not all(math.isfinite(v) for v in self.mean):
+            raise ValueError("mean values must be finite")
+        if not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError("std values must be positive and finite")
+        return self
+
+
+class ModelInfo(_Strict):
+    """What the network is (torch-free: the config as a plain dict, see ModelConfig.from_dict)."""
+
+    config: dict[str, Any]
+    description: str = ""
+    class_names: list[str] | None = Field(default=None, max_length=100_000)
+    checkpoint: str | None = None  # absolute path of the source checkpoint
+    checkpoint_sha256: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class DynamicRange(_Strict):
+    """Supported range of the dynamic axes (min, opt, max), used for profiles and parity sizes."""
+
+    batch: tuple[int, int, int] = (1, 1, 64)
+    height: tuple[int, int, int] | None = None
+    width: tuple[int, int, int] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DynamicRange":
+        for name in ("batch", "height", "width"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value[0] <= value[1] <= value[2] <= 1 << 16:
+                raise ValueError(f"{name} range {list(value)} is not 1 <= min <= opt <= max")
+        return self
+
+
+class StepRecord(_Strict):
+    """One step that produced (or changed) the artifact: what ran, on what, and the judge's verdict."""
+
+    step: str
+    created: str
+    source: dict[str, Any] | None = None  # {"path": absolute path, "sha256": ...}
+    options: dict[str, Any] = Field(default_factory=dict)
+    report: dict[str, Any] = Field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
+    seconds: dict[str, float] = Field(default_factory=dict)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+
+
+class OnnxSidecar(_Strict):
+    """``model.onnx.json``: everything later steps need to know about the ONNX beside it."""
+
+    schema_: Literal["ulsam-deploy/onnx"] = Field(default=SIDECAR_SCHEMA, alias="schema")
+    version: Literal[2] = SIDECAR_VERSION
+    onnx: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model: ModelInfo | None = None
+    preprocess: PreprocessSpec | None = None
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
+    dynamic: DynamicRange | None = None
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    int8_target: Literal["tensorrt", "ort"] | None = None
+    fused_blocks: int = Field(default=0, ge=0)
+    graph: dict[str, Any] = Field(default_factory=dict)  # opset, ir_version, nodes, ops
+    steps: list[StepRecord] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def is_classifier(self) -> bool:
+        return len(self.outputs) == 1 and self.outputs[0].layer is None and len(self.outputs[0].shape) == 2
+
+    @property
+    def num_classes(self) -> int | None:
+        if not self.is_classifier:
+            return None
+        last = self.outputs[0].shape[-1]
+        return last if isinstance(last, int) else None
+
+    def to_json(self) -> str:
+        return json_text(self.model_dump(mode="json", by_alias=True))
+
+    def with_step(self, record: StepRecord) -> "OnnxSidecar":
+        out = self.model_copy(deep=True)
+        out.steps.append(record)
+        return out
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.onnx.json`` (the same rule for engines: ``model.engine.json``)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+MAX_SIDECAR_BYTES = 64 << 20
+
+
+def _validation_sentence(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    return f"field '{where}': {first.get('msg', 'invalid')}"
+
+
+def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_hash: bool = True) -> OnnxSidecar | None:
+    """The validated sidecar of ``onnx_path`` (None when absent and not ``required``).
+
+    Refused with one sentence: unreadable or oversized JSON, an old or foreign schema, any field of the
+    wrong type or out of range, and an ``sha256`` that does not match the ONNX file (``check_hash``).
+    """
+    onnx_path = Path(onnx_path)
+    path = sidecar_path(onnx_path)
+    if not path.is_file():
+        if required:
+            raise UserError(f"'{path}' (written by 'ulsam-deploy export' beside the ONNX) is missing; re-export the "
+                            "model, or keep the sidecar next to its ONNX when copying it.")
+        return None
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise UserError(f"The sidecar '{path}' is larger than {MAX_SIDECAR_BYTES >> 20} MiB, so it is not ours; "
+                            "re-export the model.")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"The sidecar '{path}' is not readable JSON ({type(exc).__name__}); re-export the model or "
+                        "delete the damaged file.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"The sidecar '{path}' is not a JSON object; re-export the model.")
+    if data.get("schema") != SIDECAR_SCHEMA or data.get("version") != SIDECAR_VERSION:
+        found = data.get("schema") or data.get("format") or "no schema"
+        raise UserError(f"The sidecar '{path}' has schema '{found}' (version {data.get('version', '?')}), not "
+                        f"'{SIDECAR_SCHEMA}' version {SIDECAR_VERSION}; it was written by another ulsam-deploy "
+                        "version: re-export the model with this one.")
+    try:
+        sidecar = OnnxSidecar.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"The sidecar '{path}' is invalid ({_validation_sentence(exc)}); re-export the model.") \
+            from None
+    if check_hash:
+        actual = sha256_file(onnx_path)
+        if actual != sidecar.sha256:
+            raise UserError(f"The sidecar '{path}' describes another file than '{onnx_path}' (sha256 "
+                            f"{sidecar.sha256[:12]}... recorded, {actual[:12]}... found); re-run the step that "
+                            "wrote the ONNX, or put the matching sidecar beside it.")
+    return sidecar
+
+
+def tool_versions(*modules: str) -> dict[str, str | None]:
+    """Versions of ulsam-deploy, Python and the named packages, without importing them (an already imported
+    module reports its own ``__version__``; else the installed distribution's metadata; else None)."""
+    import importlib.metadata
+    import platform
+
+    from ulsam_deploy import __version__
+
+    out: dict[str, str | None] = {"ulsam_deploy": __version__, "python": platform.python_version()}
+    for name in modules:
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None) if module is not None else None
+        if version is None:
+            for dist in (name, name.replace("_", "-")):
+                try:
+                    version = importlib.metadata.version(dist)
+                    break
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+        out[name] = str(version) if version is not None else None
+    return out
+
+
+__all__ = ["DynamicRange", "ModelInfo", "OnnxSidecar", "PreprocessSpec", "StepRecord", "TensorSpec", "atomic_target",
+           "check_output", "is_stdout", "json_text", "load_onnx", "now", "read_sidecar", "sha256_file", "sidecar_path",
+           "tool_versions", "write_bytes", "write_json", "write_text_output"]

@@ -1,12 +1,14 @@
 """``demo``: the whole pipeline on a bundled model and real images, one command, one report folder.
 
     bundled checkpoint -> export (ONNX, export form of ULSAM) -> simplify (onnxsim)
-      -> fuse (SubspaceAttention) -> fp16 -> int8 (calibrated on real training images)
-      -> TensorRT engine (where TensorRT and a GPU exist)
+      -> fuse (SubspaceAttention) -> fp16 -> int8 for TensorRT and int8 for ONNX Runtime (each calibrated
+         on real training images) -> TensorRT engine (where TensorRT and a GPU exist)
       -> bench on real held-out images: parity + accuracy + latency of every artifact
       -> report folder: README.md, demo.json, bench.{md,json,csv,png}
 
-Each optional step runs when its module is present and its runtime is usable; otherwise it is
+Each step's verdict is the one judge's, with the runner that runs the artifact everywhere (the int8 model
+for TensorRT as exact Q/DQ, the one for ONNX Runtime in a default session on this CPU), so no verdict
+depends on which SIMD extensions the CPU has. A step whose runtime is missing (TensorRT, a GPU) is
 recorded (and printed) as skipped with the reason. ``quick`` is the same code path with fewer images,
 one batch size and shorter timing (for CI). The folder is assembled beside its final path and renamed
 at the end, so an interrupted demo leaves no half-written report.
@@ -14,7 +16,6 @@ at the end, so an interrupted demo leaves no half-written report.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -23,13 +24,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 import numpy as np
 
 from ulsam_deploy.errors import BackendUnavailable, UserError
+from ulsam_deploy.events import SILENT, Events
 
-Stage = Callable[[str], ContextManager]
 Echo = Callable[[str], None]
 
 
@@ -49,8 +50,11 @@ class DemoOptions:
         o.images = o.images or (200 if o.quick else 1000)
         o.calib_images = o.calib_images or (300 if o.quick else 512)
         o.batches = tuple(o.batches or ((1,) if o.quick else (1, 32)))
-        if o.images < 1 or o.calib_images < 1 or any(b < 1 for b in o.batches):
-            raise UserError("--images, --calib-images and --batch must be positive.")
+        for value, flag in ((self.images, "--images"), (self.calib_images, "--calib-images")):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be a positive number of images, not {value}.")
+        if any(not 1 <= b <= 4096 for b in o.batches):
+            raise UserError(f"--batch-sizes must be integers from 1 to 4096, not {list(o.batches)}.")
         if o.threads is not None and o.threads < 1:
             raise UserError(f"--threads must be at least 1, not {o.threads}.")
         return o
@@ -82,24 +86,8 @@ class DemoResult:
         return not self.failed and (self.bench is None or self.bench.passed)
 
 
-def _null_stage(_name: str):
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def default_out(model: str) -> Path:
     return Path("reports") / f"demo-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _optional(module: str, attr: str):
-    """``module.attr`` when this version of ulsam-deploy has it, else None (a capability not landed yet)."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ImportError:
-        return None
-    except AttributeError:
-        return None
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -107,40 +95,37 @@ def _optional(module: str, attr: str):
 @dataclass
 class RealImages:
     folder: Path  # ImageFolder of the held-out images (what bench reads)
-    verify: object  # EvalSet of the same images (precision passes)
-    calib: object | None  # EvalSet of training images (int8), None when there is no honest set
+    verify: object  # ImageSet of the same images (precision passes)
+    calib: object | None  # ImageSet of training images (int8), None when there is no honest set
     description: str
     calib_reason: str = ""
 
 
 def _fashion_images(work: Path, preprocess, opts: DemoOptions) -> RealImages:
-    from ulsam_deploy.data import FashionMNIST, export_fashion_mnist_folder
-    from ulsam_deploy.data.evalset import EvalSet
+    from ulsam_deploy.data.datasets import export_fashion_mnist_folder
+    from ulsam_deploy.data.fashion_mnist import load_arrays
+    from ulsam_deploy.data.sources import ImageSet, _images_from_uint8
 
     folder = export_fashion_mnist_folder(work / "images", count=opts.images, split="test")
-    test = FashionMNIST("test", preprocess=preprocess, limit=opts.images)
-    train = FashionMNIST("train", preprocess=preprocess, limit=opts.calib_images)
-    verify = EvalSet(preprocess.normalize(test.images.numpy()), test.labels.numpy(),
-                     f"Fashion-MNIST test images 0..{len(test) - 1}")
-    calib = EvalSet(preprocess.normalize(train.images.numpy()), train.labels.numpy(),
-                    f"Fashion-MNIST train images 0..{len(train) - 1}")
+    test, test_labels = load_arrays("test", opts.images)
+    train, train_labels = load_arrays("train", opts.calib_images)
+    verify = ImageSet(_images_from_uint8(test, preprocess), test_labels.astype(np.int64),
+                      f"Fashion-MNIST test images 0..{len(test) - 1}", preprocess=preprocess)
+    calib = ImageSet(_images_from_uint8(train, preprocess), train_labels.astype(np.int64),
+                     f"Fashion-MNIST train images 0..{len(train) - 1}", preprocess=preprocess)
     return RealImages(folder, verify, calib, f"the first {len(test)} Fashion-MNIST test images (PNG, 28x28 grey)")
 
 
 def _imagenet_images(work: Path, preprocess) -> RealImages:
-    from ulsam_deploy.data import foolbox_imagenet_samples
-    from ulsam_deploy.data.evalset import EvalSet
+    from ulsam_deploy.data.imagenet import foolbox_imagenet_samples
+    from ulsam_deploy.data.sources import foolbox_imagenet_set
 
     folder = work / "images"
     samples = foolbox_imagenet_samples()
     for s in samples:
         (folder / str(s.label)).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(s.path, folder / str(s.label) / s.path.name)
-    from ulsam_deploy.data.images import load_image_uint8
-
-    batch = np.stack([load_image_uint8(s.path, preprocess) for s in samples])
-    verify = EvalSet(preprocess.normalize(batch), np.array([s.label for s in samples], dtype=np.int64),
-                     f"foolbox's {len(samples)} ImageNet photos")
+    verify = foolbox_imagenet_set(preprocess)
     return RealImages(folder, verify, None, f"foolbox's {len(samples)} real ImageNet photos (class index in the name)",
                       "int8 needs real calibration images apart from the verification set, and the only ImageNet "
                       "images installed are the 20 used for verification")
@@ -148,7 +133,7 @@ def _imagenet_images(work: Path, preprocess) -> RealImages:
 
 # ----------------------------------------------------------------------------------------- demo
 
-def run_demo(opts: DemoOptions, stage: Stage = _null_stage, echo: Echo = lambda _t: None,
+def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t: None,
              bench_event=None) -> DemoResult:
     """Run the pipeline and write the report folder; see the module docstring."""
     from ulsam_deploy import bundled
@@ -171,7 +156,7 @@ def run_demo(opts: DemoOptions, stage: Stage = _null_stage, echo: Echo = lambda 
 
             threads_before = torch.get_num_threads()
             torch.set_num_threads(opts.threads)
-        steps, report = _pipeline(entry, opts, work, stage, echo, bench_event)
+        steps, report = _pipeline(entry, opts, work, events, echo, bench_event)
         result = DemoResult(out, steps, report, time.perf_counter() - started)
         _write_report(result, entry, opts, work)
         _name_final_folder(work, out)
@@ -219,7 +204,7 @@ def _rebase(result: DemoResult, work: Path, out: Path) -> None:
             step.artifact = str(out / Path(step.artifact).relative_to(work))
 
 
-def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, bench_event):
+def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, bench_event):
     from ulsam_deploy import bundled
     from ulsam_deploy.data.images import Preprocess
     from ulsam_deploy.steps.export import ExportOptions, export_model
@@ -233,13 +218,13 @@ def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, be
         return step
 
     t0 = time.perf_counter()
-    with stage(f"Loading the bundled model '{entry.name}'"):
+    with events.stage(f"Loading the bundled model '{entry.name}'"):
         model, info = bundled.load(entry.name)
     record(Step("load", "ok", f"{entry.title} ({entry.card.name})", time.perf_counter() - t0))
 
     pre = Preprocess.from_dict(info.meta["preprocess"])
     t0 = time.perf_counter()
-    with stage("Preparing real images"):
+    with events.stage("Preparing real images"):
         if entry.name == "imagenet":
             images = _imagenet_images(work, pre)
         else:
@@ -247,101 +232,99 @@ def _pipeline(entry, opts: DemoOptions, work: Path, stage: Stage, echo: Echo, be
     record(Step("images", "ok", images.description, time.perf_counter() - t0, str(images.folder)))
 
     onnx_path = work / "model.onnx"
-    export = export_model(model, info, onnx_path, ExportOptions(force=True), stage=stage, source=f"bundled:{entry.name}")
-    record(Step("export", "ok", f"{export.nodes} nodes, ONNX Runtime vs PyTorch max abs diff {export.max_abs:.2g}",
-                export.seconds.get("export", 0.0) + export.seconds.get("parity", 0.0), str(onnx_path),
-                {"parity": {str(b): c.to_dict() for b, c in export.parity.items()}}))
-    record(Step("simplify", "ok", "onnxsim, constants as initializers (inside export)", export.seconds.get("simplify", 0.0),
-                str(onnx_path)))
+    t0 = time.perf_counter()
+    export = export_model(model, info, onnx_path, ExportOptions(force=True), events, source=f"bundled:{entry.name}")
+    record(Step("export", "ok", f"{export.sidecar.graph['nodes']} nodes (onnxsim-simplified), ONNX Runtime vs PyTorch "
+                f"max abs diff {export.verdict.max_abs:.2g}", time.perf_counter() - t0, str(onnx_path),
+                {"verdict": export.verdict.to_dict()}))
 
     variants: list[Path] = [onnx_path]
-    variants += _fuse_step(onnx_path, work, stage, record)
-    variants += _precision_steps(onnx_path, work, images, stage, record)
-    engines = _tensorrt_step(variants, work, opts.batches, stage, record)
-    report = _bench_step(model, info, entry, variants, engines, images, opts, work, stage, record, bench_event)
+    variants += _fuse_step(onnx_path, work, events, record)
+    variants += _precision_steps(onnx_path, work, images, events, record)
+    engines = _tensorrt_step(variants, work, opts.batches, events, record)
+    report = _bench_step(model, info, entry, variants, engines, images, opts, work, record, bench_event)
     return steps, report
 
 
-def _fuse_step(onnx_path: Path, work: Path, stage: Stage, record) -> list[Path]:
-    fuse_file = _optional("ulsam_deploy.steps.fuse", "fuse_file")
-    if fuse_file is None or _optional("ulsam_deploy.passes.fuse", "fuse_model") is None:
-        record(Step("fuse", "skipped", "the fusion pass (ulsam_deploy.passes.fuse) is not part of this version"))
-        return []
+def _fuse_step(onnx_path: Path, work: Path, events: Events, record) -> list[Path]:
+    from ulsam_deploy.steps.fuse import fuse_file
+
     t0 = time.perf_counter()
     try:
-        result = fuse_file(onnx_path, work / "model.fused.onnx", force=True, stage=stage)
+        result = fuse_file(onnx_path, work / "model.fused.onnx", force=True, events=events)
     except BackendUnavailable as exc:
         record(Step("fuse", "skipped", str(exc), time.perf_counter() - t0))
         return []
     except UserError as exc:
         record(Step("fuse", "failed", str(exc), time.perf_counter() - t0))
         return []
-    if result.fused == 0:
+    if result.report["fused"] == 0:
         record(Step("fuse", "skipped", "no ULSAM block matched the fusion pattern", time.perf_counter() - t0))
-        result.onnx_path.unlink(missing_ok=True)
+        result.path.unlink(missing_ok=True)
         result.sidecar_path.unlink(missing_ok=True)
         return []
-    record(Step("fuse", "ok", f"{result.fused} ULSAM block(s) -> SubspaceAttention, fused vs unfused max abs diff "
-                f"{result.max_abs:.2g}", time.perf_counter() - t0, str(result.onnx_path)))
-    return [result.onnx_path]
+    record(Step("fuse", "ok", f"{result.report['fused']} ULSAM block(s) -> SubspaceAttention, fused vs unfused max abs "
+                f"diff {result.verdict.max_abs:.2g}", time.perf_counter() - t0, str(result.path)))
+    return [result.path]
 
 
-def _precision_steps(onnx_path: Path, work: Path, images: RealImages, stage: Stage, record) -> list[Path]:
-    convert = _optional("ulsam_deploy.passes.precision", "convert_precision")
-    if convert is None:
-        for name in ("fp16", "int8"):
-            record(Step(name, "skipped", "the precision passes (ulsam_deploy.passes.precision) are not part of this version"))
-        return []
+PRECISION_STEPS = (("fp16", "fp16", "tensorrt", "model.fp16.onnx"), ("int8", "int8", "tensorrt", "model.int8.onnx"),
+                   ("int8-ort", "int8", "ort", "model.int8-ort.onnx"))
+
+
+def _precision_steps(onnx_path: Path, work: Path, images: RealImages, events: Events, record) -> list[Path]:
+    from ulsam_deploy.steps.convert import ConvertOptions, convert_file
+
     written = []
-    for precision in ("fp16", "int8"):
+    for name, precision, target, file in PRECISION_STEPS:
         if precision == "int8" and images.calib is None:
-            record(Step("int8", "skipped", images.calib_reason))
+            record(Step(name, "skipped", images.calib_reason))
             continue
         t0 = time.perf_counter()
         try:
-            result = convert(onnx_path, work / f"model.{precision}.onnx", precision,
-                             calib_data=images.calib if precision == "int8" else None, verify_data=images.verify,
-                             stage=stage)
+            result = convert_file(onnx_path, work / file, ConvertOptions(precision=precision, target=target, force=True),
+                                  calib_data=images.calib if precision == "int8" else None, verify_data=images.verify,
+                                  events=events)
         except BackendUnavailable as exc:
-            record(Step(precision, "skipped", str(exc), time.perf_counter() - t0))
+            record(Step(name, "skipped", str(exc), time.perf_counter() - t0))
             continue
-        except UserError as exc:  # ParityError included: the pass refused its own output
-            record(Step(precision, "failed", str(exc), time.perf_counter() - t0))
+        except UserError as exc:  # ParityError included: the step refused its own output
+            record(Step(name, "failed", str(exc), time.perf_counter() - t0))
             continue
-        v = result.verification
-        detail = ", ".join(f"{k.replace('_', ' ')} {v[k]:.2%}" for k in ("top1_agreement", "accuracy", "reference_accuracy")
-                           if isinstance(v.get(k), (int, float)))
-        record(Step(precision, "ok", f"verified on {len(images.verify)} real images" + (f": {detail}" if detail else ""),
-                    time.perf_counter() - t0, str(result.onnx_path), {"verification": _jsonable(v)}))
-        written.append(result.onnx_path)
+        v = result.verdict
+        main = v.main
+        detail = f"top-1 agreement {main.comparison.top1_agreement:.2%}"
+        if main.accuracy_candidate is not None:
+            detail += f", top-1 {main.accuracy_reference.top1:.2%} -> {main.accuracy_candidate.top1:.2%}"
+        how = result.report["verification"]["candidate"]
+        record(Step(name, "ok", f"verified on {len(images.verify)} real images ({how}): {detail}",
+                    time.perf_counter() - t0, str(result.path), {"verdict": _jsonable(v.to_dict())}))
+        written.append(result.path)
     return written
 
 
-def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], stage: Stage, record) -> list[Path]:
-    """One engine per ONNX artifact (fp32, fused, fp16, int8: the precision lives in the ONNX file)."""
-    build_engine = _optional("ulsam_deploy.backends.trt.build", "build_engine")
-    if build_engine is None:
-        record(Step("tensorrt", "skipped", "the TensorRT builder (ulsam_deploy.backends.trt.build) is not part of this version"))
-        return []
-    from ulsam_deploy.backends.trt.runtime import tensorrt_available
+def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], events: Events, record) -> list[Path]:
+    """One engine per ONNX artifact made for TensorRT (fp32, fused, fp16, int8: the precision lives in the ONNX)."""
+    from ulsam_deploy.backends.trt.runtime import install_hint, tensorrt_available
 
     if not tensorrt_available():
-        from ulsam_deploy.backends.trt.runtime import install_hint
-
         record(Step("tensorrt", "skipped", f"TensorRT is not installed here ({install_hint()})"))
         return []
+    from ulsam_deploy.backends.trt.build import build_engine
     from ulsam_deploy.backends.trt.settings import BatchProfile, BuildOptions
 
     top = max(batches)
     engines = []
     for onnx_path in variants:
+        if "int8-ort" in onnx_path.name:
+            continue  # made for ONNX Runtime's CPU kernels, not for TensorRT
         name = f"tensorrt:{onnx_path.stem.replace('model', '').strip('.') or 'fp32'}"
         engine = onnx_path.with_suffix(".engine")
         options = BuildOptions(batch=BatchProfile(1, top, top), plugin="auto" if ".fused" in onnx_path.name else None,
                                force=True)
         t0 = time.perf_counter()
         try:
-            result = build_engine(onnx_path, engine, options, stage=stage)
+            result = build_engine(onnx_path, engine, options, stage=events.stage)
         except BackendUnavailable as exc:  # no GPU, no plugin library...
             record(Step(name, "skipped", str(exc), time.perf_counter() - t0))
             if not engines and "GPU" in str(exc):
@@ -357,24 +340,23 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], s
 
 
 def _bench_step(model, info, entry, variants, engines, images: RealImages, opts: DemoOptions, work: Path,
-                stage: Stage, record, bench_event):
-    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
-    from ulsam_deploy.bench.report import write_reports
+                record, bench_event):
     from ulsam_deploy.bench.latency import TimingConfig
+    from ulsam_deploy.bench.report import write_reports
+    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
 
     timing = TimingConfig(warmup_s=0.2, min_iters=5, min_seconds=0.5) if opts.quick else \
         TimingConfig(warmup_s=0.3, min_iters=10, min_seconds=1.5)
     spec = ModelSpec(name=entry.name, config=info.config, module=model, onnx=list(variants), engines=list(engines),
-                     mean=tuple(info.mean), std=tuple(info.std), class_names=info.class_names, meta=info.meta)
+                     preprocess=images.verify.preprocess, class_names=info.class_names)
     options = BenchOptions(backends=("torch", "ort", "trt"), batches=opts.batches, timing=timing, threads=opts.threads,
                            inputs=str(images.folder), num_inputs=len(images.verify))
     t0 = time.perf_counter()
     report = run_bench([spec], options, event=bench_event)
     write_reports(report, json_path=work / "bench.json", csv_path=work / "bench.csv", markdown_path=work / "bench.md",
-                  chart_path=work / "bench.png")
+                  chart_path=work / "bench.png", force=True)
     failures = report.parity_failures
-    accs = [f"{r.backend}:{Path(str(r.artifact)).name or r.precision} {r.accuracy.top1:.2%}" for r in report.parity
-            if getattr(r, "accuracy", None) is not None and getattr(r.accuracy, "top1", None) is not None]
+    accs = [f"{r.file} on {r.backend} {r.accuracy.top1:.2%}" for r in report.parity if r.accuracy is not None]
     detail = (f"{len(report.parity)} parity rows ({'all passed' if not failures else f'{len(failures)} FAILED'}), "
               f"{len(report.latency)} latency rows" + (f"; top-1: {', '.join(accs)}" if accs else ""))
     for item in report.skipped:
@@ -390,8 +372,7 @@ def _jsonable(obj):
 
 
 def _write_report(result: DemoResult, entry, opts: DemoOptions, work: Path) -> None:
-    from ulsam_deploy.steps.export import write_json_atomic
-    from ulsam_deploy.passes.common import write_bytes_atomic
+    from ulsam_deploy.artifacts import write_bytes, write_json
 
     bench = result.bench.to_dict() if result.bench is not None else None
     summary = {
@@ -406,7 +387,7 @@ def _write_report(result: DemoResult, entry, opts: DemoOptions, work: Path) -> N
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "bench": bench,
     }
-    write_json_atomic(summary, work / "demo.json")
+    write_json(summary, work / "demo.json")
     shutil.copyfile(entry.card, work / "MODEL_CARD.md")
     rows = "\n".join(f"| {s.name} | {s.status} | {s.seconds:.1f} | {(Path(s.artifact).name if s.artifact else '')} | "
                      f"{s.detail.replace('|', '/')} |" for s in result.steps)
@@ -433,24 +414,36 @@ Machine-readable: [demo.json](demo.json), [bench.json](bench.json), [bench.csv](
 
 {bench_md}
 """
-    write_bytes_atomic(text.encode(), work / "README.md")
+    write_bytes(text.encode(), work / "README.md")
 
 
 def _artifact_table(report) -> str:
-    """One row per runner x batch, named by its artifact (the bench tables name backends, not files)."""
-    parity = {(r.backend, r.precision, str(r.artifact)): r for r in report.parity}
-    lines = ["| artifact | backend | precision | batch | top-1 | top-1 agreement | max abs diff | median ms | img/s | parity |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for lat in report.latency:
-        p = parity.get((lat.backend, lat.precision, str(lat.artifact)))
-        name = Path(str(lat.artifact)).name or "(in memory)"
-        top1 = f"{p.accuracy.top1:.2%}" if p is not None and p.accuracy is not None else ""
-        agree = "reference" if p is not None and p.is_reference else (
-            f"{p.comparison.top1_agreement:.2%}" if p is not None and p.comparison is not None else "")
-        diff = f"{p.comparison.max_abs:.2g}" if p is not None and p.comparison is not None else ""
-        verdict = "" if p is None else ("reference" if p.is_reference else ("PASS" if p.passed else "FAIL"))
-        lines.append(f"| {name} | {lat.backend} | {lat.precision} | {lat.batch} | {top1} | {agree} | {diff} | "
-                     f"{lat.stats.median:.3g} | {lat.images_per_s:.0f} | {verdict} |")
+    """One row per artifact x backend x batch, named by its file, precision and int8 target (from bench's rows)."""
+    from ulsam_deploy.bench.report import describe_precision, fmt_pct, footnotes, rows
+
+    notes_index, _ = footnotes(report)
+    lines = ["| model | artifact | backend | precision | batch | top-1 | top-1 agreement | max abs diff | median ms | "
+             "img/s | parity |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows(report):
+        is_ref = row["reference"] == "reference"
+        key = (row["model"], row["backend"], row["precision"], row["artifact"])
+        if row["parity_passed"] is None:
+            verdict = "-"
+        elif is_ref:
+            verdict = "reference"
+        else:
+            verdict = "PASS" if row["parity_passed"] else f"FAIL [{notes_index[key]}]"
+        median = "" if row["latency_median_ms"] is None else f"{row['latency_median_ms']:.3g}"
+        if row["latency_meaningful"] is False:
+            median += "*"
+        agreement = "reference" if is_ref else fmt_pct(row["top1_agreement"])
+        diff = "" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2g}"
+        rate = "" if row["images_per_s"] is None else f"{row['images_per_s']:.0f}"
+        lines.append(f"| {row['model']} | {row['file']} | {row['backend']} | {describe_precision(row)} | "
+                     f"{row['batch'] or '-'} | {fmt_pct(row['top1_accuracy'])} | {agreement} | {diff} | {median} | "
+                     f"{rate} | {verdict} |")
+    lines += ["", "\\* latency of a simulation (int8 Q/DQ for TensorRT, run as exact fake quantization) or of the "
+                  "NumPy reference op: not deployment speed, and no speed comparison uses it."]
     return "\n".join(lines)
 
 

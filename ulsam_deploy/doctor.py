@@ -169,7 +169,7 @@ def check_plugin_library() -> Check:
                      err or "not built (looked in " + ", ".join(str(p) for p in plugin_library_candidates()) + ")",
                      "build-trt --plugin lib, trtexec --dynamicPlugins",
                      "ulsam-deploy build-plugin (needs cmake, a C++17 compiler, CUDA and TensorRT headers)")
-    from ulsam_deploy.passes.common import sha256_file
+    from ulsam_deploy.artifacts import sha256_file
 
     return Check("plugin-library", True, None, f"{path} (sha256 {sha256_file(path)[:12]}...)")
 

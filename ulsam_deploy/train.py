@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.artifacts import atomic_target
+from ulsam_deploy.artifacts import atomic_target, write_bytes
 from ulsam_deploy.models import build_model, load_pretrained
 from ulsam_deploy.models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
 from ulsam_deploy.models.mobilenet import MobileNetULSAM
@@ -131,7 +131,7 @@ class TrainResult:
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
     """Fill recipe defaults and check every flag (one-sentence UserError on bad input)."""
-    from ulsam_deploy.models.mobilenet import canonical_arch
+    from ulsam_deploy.models.config import canonical_arch
 
     o = TrainOptions(**opts.recipe_dict())
     for name, value in FIXED_DEFAULTS.items():
@@ -210,7 +210,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
 
 def _check_model_flags(o: TrainOptions) -> None:
     """Refuse an illegal model (position, groups, width) before anything is read or written."""
-    from ulsam_deploy.models.mobilenet import ModelConfig, layer_specs
+    from ulsam_deploy.models.config import ModelConfig, layer_specs
     from ulsam_deploy.models.positions import validate_positions
 
     config = ModelConfig(arch=o.arch, width=o.width, ulsam=o.ulsam, groups=o.groups, num_classes=2,
@@ -348,56 +348,6 @@ class Reporter:
     def epoch_done(self, record: EpochRecord, total_epochs: int) -> None: ...
 
 
-class RichReporter(Reporter):
-    """Rich progress bars (loss / accuracy live) and one summary line per epoch."""
-
-    def __init__(self, console=None):
-        from ulsam_deploy.cli.ui import console as default_console
-
-        self.console = console or default_console
-        self.progress = None
-        self.task = None
-
-    def message(self, text: str) -> None:
-        self.console.print(text)
-
-    def warning(self, text: str) -> None:
-        from ulsam_deploy.cli.ui import print_warning
-
-        print_warning(text)
-
-    def start_phase(self, name: str, total: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("<"),
-                                 TimeRemainingColumn(), console=self.console, transient=True,
-                                 disable=not self.console.is_terminal)
-        self.progress.start()
-        self.task = self.progress.add_task(name, total=total, stats="")
-        self.phase, self.total, self.done = name, total, 0
-        # no live bar in a log file: a line at each quarter of a training epoch instead
-        self.marks = {total * q // 4 for q in (1, 2, 3)} if not self.console.is_terminal and total >= 8 else set()
-
-    def advance(self, loss=None, acc=None) -> None:
-        stats = "" if loss is None else f"loss {loss:.4f}  acc {acc:.2%}"
-        self.progress.update(self.task, advance=1, stats=stats)
-        self.done += 1
-        if self.done in self.marks and loss is not None:
-            self.console.print(f"  {self.phase}: {self.done}/{self.total} steps, {stats}")
-
-    def end_phase(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def epoch_done(self, r: EpochRecord, total_epochs: int) -> None:
-        self.console.print(f"epoch {r.epoch}/{total_epochs}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
-                           f"acc {r.train_acc:.2%}  test loss {r.test_loss:.4f} acc [bold]{r.test_acc:.2%}[/]  "
-                           f"({r.seconds:.0f}s, {r.images_per_s:.0f} img/s)")
-
-
 # ------------------------------------------------------------------------------------ checkpoints
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.pt$")
@@ -441,7 +391,6 @@ def _to_cpu(obj):
 
 def write_metrics(out: Path, history: list[EpochRecord], fmt: str) -> Path:
     """Rewrite the metrics log from the history (atomic; consistent with the checkpoints after a resume)."""
-    from ulsam_deploy.passes.common import write_bytes_atomic
 
     if fmt == "csv":
         buffer = io.StringIO()
@@ -450,12 +399,12 @@ def write_metrics(out: Path, history: list[EpochRecord], fmt: str) -> Path:
                                 if not rows else list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
-        return write_bytes_atomic(buffer.getvalue().encode(), out / "metrics.csv")
+        return write_bytes(buffer.getvalue().encode(), out / "metrics.csv")
     lines = []
     for r in history:
         lines += [json.dumps({"type": "step", "epoch": r.epoch, "step": s, "loss": loss}) for s, loss in r.steps]
         lines.append(json.dumps({"type": "epoch", **r.to_row()}))
-    return write_bytes_atomic(("\n".join(lines) + "\n").encode(), out / "metrics.jsonl")
+    return write_bytes(("\n".join(lines) + "\n").encode(), out / "metrics.jsonl")
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -691,5 +640,5 @@ def _load_pretrained(model: MobileNetULSAM, in_channels: int) -> str:
     return load_pretrained(model, state).summary()
 
 
-__all__ = ["PAPER_RECIPES", "EpochRecord", "Reporter", "RichReporter", "TrainOptions", "TrainResult", "evaluate",
+__all__ = ["PAPER_RECIPES", "EpochRecord", "Reporter", "TrainOptions", "TrainResult", "evaluate",
            "lr_at", "resolve_options", "train"]

@@ -44,7 +44,16 @@ class Runner(ABC):
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch synchronously and return the output as a host float32 array."""
+        """Run one batch synchronously and return the (first) output as a host float32 array."""
+
+    def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of one batch (a backbone has several), as host float32 arrays."""
+        return [self.infer(batch)]
+
+    #: how the artifact is executed, when that matters to its figures (e.g. "Q/DQ simulated, TensorRT semantics")
+    mode: str = ""
+    #: False where the latency measures a simulation or a reference op, not deployment speed
+    latency_meaningful: bool = True
 
     def prepare(self, batch: np.ndarray) -> tuple[Callable[[], object], Callable[[], dict | None] | None]:
         """(run, stages): ``run()`` infers ``batch`` once, synchronously, end to end (host in, host out);
@@ -62,3 +71,23 @@ class Runner(ABC):
 
     def close(self) -> None:
         """Free resources; idempotent."""
+
+
+def infer_in_chunks(runner: Runner, data: np.ndarray, chunk: int = 32, *, progress=None) -> list[np.ndarray]:
+    """Every output for all of ``data``, in chunks that fit the runner's batch limits (a static batch is padded).
+
+    ``progress(done, total)`` is called after each chunk.
+    """
+    limits = runner.batch_limits()
+    lo, hi = limits if limits else (1, max(chunk, 1))
+    size = max(lo, min(hi, chunk))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(data), size):
+        part = data[start:start + size]
+        n = len(part)
+        if n < lo:
+            part = np.concatenate([part] + [part[-1:]] * (lo - n))
+        parts.append([o[:n] for o in runner.infer_all(part)])
+        if progress is not None:
+            progress(min(start + size, len(data)), len(data))
+    return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(parts[0]))] if parts else []

@@ -1,13 +1,19 @@
-"""Parity maths: how far a candidate backend's outputs are from the reference's.
+"""The one judge: outputs of a reference and a candidate in, a verdict out.
 
-Figures follow Polygraphy's comparator: an element fails when ``absdiff > atol`` AND
-``reldiff > rtol``; the minimum tolerance that would pass is reported as ``abs`` OR ``rel``.
-Classification agreement (top-1 agreement, top-5 overlap) is what fp16/int8 are judged by.
+Every gate calls :func:`judge` (export, fuse, convert, bench, demo), with the tolerances of
+:func:`tolerances_for` for the artifact's precision (flags override), so one artifact on one set of
+inputs gets one verdict wherever it is judged. The judge never knows which gate is asking.
+
+Figures follow Polygraphy's comparator: an element fails when ``absdiff > atol`` AND ``reldiff > rtol``
+(a missing ``rtol`` makes it an absolute test); the minimum tolerance that would pass is reported.
+Non-finite values (NaN/Inf) in either output always fail, as Polygraphy's output validation does.
+Classifier outputs (``[N, classes]``) are also judged on top-1 agreement, top-5 overlap and, with
+labels, on the top-1 accuracy lost; fp16/int8 are judged on those rather than element-wise.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -23,8 +29,8 @@ class Comparison:
     top1_agreement: float  # fraction of samples whose argmax matches
     top5_overlap: float  # mean |top5(ref) & top5(cand)| / 5
     pass_rate: float  # fraction of elements within (atol OR rtol)
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
     samples: int
 
     @property
@@ -53,21 +59,32 @@ def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=-1)
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, atol: float = 1e-5, rtol: float = 1e-5) -> Comparison:
-    """Compare two ``[N, classes]`` (or any ``[N, ...]``) outputs of the same inputs."""
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, atol: float | None = 1e-5,
+                    rtol: float | None = 1e-5) -> Comparison:
+    """Compare two ``[N, classes]`` (or any ``[N, ...]``) outputs of the same inputs (``None``: that test is off)."""
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
         raise ValueError(f"output shapes differ: reference {ref.shape} vs candidate {cand.shape}")
-    absdiff = np.abs(ref - cand)
+    with np.errstate(invalid="ignore", over="ignore"):
+        absdiff = np.abs(ref - cand)
+        absdiff = np.where(np.isfinite(ref) & np.isfinite(cand), absdiff, np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(ref))
-    failing = (absdiff > atol) & (reldiff > rtol)
+    if atol is not None and rtol is not None:
+        failing = (absdiff > atol) & (reldiff > rtol)
+    elif atol is not None:
+        failing = absdiff > atol
+    elif rtol is not None:
+        failing = reldiff > rtol
+    else:
+        failing = ~np.isfinite(absdiff)
     n = ref.shape[0] if ref.ndim else 1
     flat_ref, flat_cand = ref.reshape(n, -1), cand.reshape(n, -1)
     norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_cand, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cos = np.where(norms == 0, 1.0, (flat_ref * flat_cand).sum(axis=1) / norms)
+    cos = np.where(np.isfinite(cos), cos, np.nan)
     top1 = float(np.mean(flat_ref.argmax(axis=1) == flat_cand.argmax(axis=1)))
     k = min(5, flat_ref.shape[1])
     t_ref, t_cand = topk_indices(flat_ref, k), topk_indices(flat_cand, k)
@@ -82,23 +99,25 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, atol: float = 
         top1_agreement=top1,
         top5_overlap=float(overlap),
         pass_rate=float(1.0 - failing.mean()) if failing.size else 1.0,
-        atol=float(atol),
-        rtol=float(rtol),
+        atol=None if atol is None else float(atol),
+        rtol=None if rtol is None else float(rtol),
         samples=int(n),
     )
 
 
-# ------------------------------------------------------------------------- thresholds and accuracy
+# ------------------------------------------------------------------------------------ tolerances
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-@dataclass
-class ParityThresholds:
-    """Pass/fail limits for one precision. ``None`` disables a check.
+@dataclass(frozen=True)
+class Tolerances:
+    """Pass/fail limits. ``None`` disables a check.
 
-    Elementwise (Polygraphy's rule): every element must satisfy ``absdiff <= atol OR reldiff <= rtol``.
-    fp16/int8 are judged mainly on classification agreement: their elementwise check is off by default.
+    Element-wise (Polygraphy's rule): every element must satisfy ``absdiff <= atol OR reldiff <= rtol``.
+    ``max_top1_drop`` is the top-1 accuracy (a fraction) a candidate may lose against the reference on
+    labelled data; on unlabelled data it bounds the disagreement instead (``agreement >= 1 - drop``
+    bounds the accuracy change by the same amount).
     """
 
     atol: float | None = None
@@ -106,35 +125,38 @@ class ParityThresholds:
     min_cosine: float | None = None
     min_top1_agreement: float | None = None
     min_top5_overlap: float | None = None
-    max_top1_drop: float | None = None  # accuracy drop vs the reference, only when labels exist
+    max_top1_drop: float | None = None
+
+    @property
+    def elementwise(self) -> bool:
+        return self.atol is not None or self.rtol is not None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
-    "fp32": ParityThresholds(atol=1e-4, rtol=1e-3, min_cosine=0.99999, min_top1_agreement=1.0),
-    "fp16": ParityThresholds(min_cosine=0.999, min_top1_agreement=0.99),
-    "int8": ParityThresholds(min_cosine=0.99, min_top1_agreement=0.95, max_top1_drop=0.01),
+DEFAULT_TOLERANCES: dict[str, Tolerances] = {
+    "fp32": Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.99999, min_top1_agreement=1.0),
+    "fp16": Tolerances(min_cosine=0.999, min_top1_agreement=0.995),
+    "int8": Tolerances(min_cosine=0.99, min_top1_agreement=0.95, max_top1_drop=0.01),
 }
-# reported (never gating) elementwise tolerances for precisions whose gate is agreement
+# reported (never gating) element-wise tolerances where a precision is judged on agreement
 REPORT_TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+KEYS = tuple(Tolerances.__dataclass_fields__)
 
 
-def thresholds_for(precision: str, overrides: dict[str, dict[str, float | None]] | None = None) -> ParityThresholds:
-    """Defaults for ``precision`` with ``overrides`` applied (keys ``"*"`` for all precisions, or a precision)."""
-    base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
-    data = base.to_dict()
+def tolerances_for(precision: str, overrides: dict[str, dict[str, float | None]] | None = None) -> Tolerances:
+    """Defaults for ``precision`` with ``overrides`` applied (scope ``"*"`` for every precision, or a precision)."""
+    data = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]).to_dict()
     for scope in ("*", precision):
         data.update((overrides or {}).get(scope, {}))
-    return ParityThresholds(**data)
+    return Tolerances(**data)
 
 
-def parse_threshold_overrides(items: list[str] | None) -> dict[str, dict[str, float | None]]:
+def parse_tolerance_overrides(items: list[str] | None) -> dict[str, dict[str, float | None]]:
     """``["atol=1e-3", "fp16:min_top1_agreement=0.995", "int8:max_top1_drop=none"]`` -> overrides dict."""
     from ulsam_deploy.errors import UserError
 
-    keys = set(ParityThresholds.__dataclass_fields__)
     out: dict[str, dict[str, float | None]] = {}
     for item in items or []:
         text = item.strip()
@@ -147,8 +169,8 @@ def parse_threshold_overrides(items: list[str] | None) -> dict[str, dict[str, fl
             if scope not in PRECISIONS:
                 raise UserError(f"--threshold '{item}': unknown precision '{scope}'; use one of {', '.join(PRECISIONS)}.")
         key = lhs.strip().replace("-", "_")
-        if key not in keys:
-            raise UserError(f"--threshold '{item}': unknown key '{key}'; use one of {', '.join(sorted(keys))}.")
+        if key not in KEYS:
+            raise UserError(f"--threshold '{item}': unknown key '{key}'; use one of {', '.join(sorted(KEYS))}.")
         if value.strip().lower() in ("none", "off", ""):
             parsed = None
         else:
@@ -156,9 +178,13 @@ def parse_threshold_overrides(items: list[str] | None) -> dict[str, dict[str, fl
                 parsed = float(value)
             except ValueError:
                 raise UserError(f"--threshold '{item}': '{value}' is not a number (or 'none' to disable the check).") from None
+            if not np.isfinite(parsed) or parsed < 0:
+                raise UserError(f"--threshold '{item}': the value must be a finite number >= 0.")
         out.setdefault(scope, {})[key] = parsed
     return out
 
+
+# -------------------------------------------------------------------------------------- accuracy
 
 @dataclass
 class Accuracy:
@@ -184,40 +210,132 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy | None:
                     samples=int(known.sum()))
 
 
-def judge(comparison: Comparison, thresholds: ParityThresholds, acc: Accuracy | None = None,
-          ref_acc: Accuracy | None = None) -> list[str]:
-    """The failed checks, each as a short phrase (empty list: passed)."""
-    failures = []
-    t = thresholds
-    if not np.isfinite(comparison.max_abs):
-        failures.append("non-finite outputs")
-    if t.atol is not None or t.rtol is not None:
-        atol = np.inf if t.atol is None else t.atol
-        rtol = np.inf if t.rtol is None else t.rtol
-        if comparison.atol != atol or comparison.rtol != rtol:
-            raise ValueError("the comparison was computed with other tolerances than the thresholds")
-        if comparison.pass_rate < 1.0:
-            failures.append(f"{1 - comparison.pass_rate:.2%} of elements beyond atol {atol:g} and rtol {rtol:g} "
-                            f"(max abs {comparison.max_abs:.3g}, max rel {comparison.max_rel:.3g})")
-    if t.min_cosine is not None and not comparison.cosine >= t.min_cosine:
-        failures.append(f"cosine {comparison.cosine:.6f} < {t.min_cosine:g}")
-    if t.min_top1_agreement is not None and comparison.top1_agreement < t.min_top1_agreement:
-        failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} < {t.min_top1_agreement:.2%}")
-    if t.min_top5_overlap is not None and comparison.top5_overlap < t.min_top5_overlap:
-        failures.append(f"top-5 overlap {comparison.top5_overlap:.2%} < {t.min_top5_overlap:.2%}")
-    if t.max_top1_drop is not None and acc is not None and ref_acc is not None:
-        drop = ref_acc.top1 - acc.top1
-        if drop > t.max_top1_drop + 1e-12:
-            failures.append(f"top-1 accuracy {drop:.2%} below the reference (allowed {t.max_top1_drop:.2%})")
-    return failures
+# ---------------------------------------------------------------------------------------- verdict
+
+@dataclass
+class OutputVerdict:
+    """The figures of one output (classifier logits, or one feature map of a backbone)."""
+
+    name: str
+    comparison: Comparison
+    classifier: bool
+    accuracy_reference: Accuracy | None = None
+    accuracy_candidate: Accuracy | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "classifier": self.classifier, "comparison": self.comparison.to_dict(),
+                "accuracy_reference": self.accuracy_reference.to_dict() if self.accuracy_reference else None,
+                "accuracy_candidate": self.accuracy_candidate.to_dict() if self.accuracy_candidate else None}
 
 
-def compare_with_thresholds(reference: np.ndarray, candidate: np.ndarray, precision: str,
-                            thresholds: ParityThresholds) -> Comparison:
-    """:func:`compare_outputs` with the elementwise tolerances that ``thresholds`` (or the report defaults) set."""
-    if thresholds.atol is not None or thresholds.rtol is not None:
-        atol = np.inf if thresholds.atol is None else thresholds.atol
-        rtol = np.inf if thresholds.rtol is None else thresholds.rtol
-    else:
-        atol, rtol = REPORT_TOLERANCE.get(precision, REPORT_TOLERANCE["fp32"])
-    return compare_outputs(reference, candidate, atol=atol, rtol=rtol)
+@dataclass
+class Verdict:
+    """The judge's answer: passed or not, each failed check as a phrase, and every figure."""
+
+    tolerances: Tolerances
+    outputs: list[OutputVerdict]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def main(self) -> OutputVerdict:
+        return self.outputs[0]
+
+    @property
+    def comparison(self) -> Comparison:
+        return self.main.comparison
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.comparison.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def samples(self) -> int:
+        return self.main.comparison.samples
+
+    def accuracy_drop_points(self) -> float | None:
+        ref, cand = self.main.accuracy_reference, self.main.accuracy_candidate
+        return None if ref is None or cand is None else round((ref.top1 - cand.top1) * 100, 4)
+
+    def sentence(self) -> str:
+        """The failed checks in one clause, e.g. 'top-1 agreement 97.10% < 99.50%; cosine ...'."""
+        return "; ".join(self.failures[:3]) + (f" (and {len(self.failures) - 3} more)" if len(self.failures) > 3 else "")
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "failures": list(self.failures), "tolerances": self.tolerances.to_dict(),
+                "outputs": [o.to_dict() for o in self.outputs], "max_abs": self.max_abs,
+                "accuracy_drop_points": self.accuracy_drop_points()}
+
+
+def _as_list(outputs) -> list[np.ndarray]:
+    return [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
+
+
+def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | None = None,
+          names: list[str] | None = None, classifier: bool | None = None) -> Verdict:
+    """Judge ``candidate`` against ``reference`` (one array or a list, one per output, in the same order).
+
+    ``classifier`` (default: a single 2-D output) turns on top-1/top-5 checks and, with ``labels``
+    (``-1`` for unknown), accuracy. Shapes that differ or values that are not finite fail.
+    """
+    refs, cands = _as_list(reference), _as_list(candidate)
+    names = list(names or [f"output{i}" for i in range(len(refs))])
+    failures: list[str] = []
+    if len(refs) != len(cands):
+        raise ValueError(f"{len(refs)} reference outputs but {len(cands)} candidate outputs")
+    if classifier is None:
+        classifier = len(refs) == 1 and np.asarray(refs[0]).ndim == 2
+    t = tolerances
+    atol, rtol = (t.atol, t.rtol) if t.elementwise else (None, None)
+    results: list[OutputVerdict] = []
+    for name, ref, cand in zip(names, refs, cands):
+        ref, cand = np.asarray(ref), np.asarray(cand)
+        prefix = f"{name}: " if len(refs) > 1 else ""
+        if ref.shape != cand.shape:
+            failures.append(f"{prefix}output shape {list(cand.shape)} differs from the reference's {list(ref.shape)}")
+            continue
+        if t.elementwise:
+            comparison = compare_outputs(ref, cand, atol=atol, rtol=rtol)
+        else:
+            comparison = compare_outputs(ref, cand, *REPORT_TOLERANCE["fp16"])
+        entry = OutputVerdict(name, comparison, bool(classifier))
+        results.append(entry)
+        finite_ref, finite_cand = bool(np.isfinite(ref).all()), bool(np.isfinite(cand).all())
+        if not (finite_ref and finite_cand):
+            side = "the candidate" if finite_ref else ("the reference" if finite_cand else "both")
+            failures.append(f"{prefix}non-finite values (NaN or Inf) in {side}'s outputs")
+            continue
+        if t.elementwise and comparison.pass_rate < 1.0:
+            bound = " and ".join(f"{k} {v:g}" for k, v in (("atol", t.atol), ("rtol", t.rtol)) if v is not None)
+            failures.append(f"{prefix}{1 - comparison.pass_rate:.2%} of elements beyond {bound} (max abs "
+                            f"{comparison.max_abs:.3g}, max rel {comparison.max_rel:.3g})")
+        if t.min_cosine is not None and not comparison.cosine >= t.min_cosine:
+            failures.append(f"{prefix}cosine {comparison.cosine:.6f} < {t.min_cosine:g}")
+        if not classifier:
+            continue
+        if t.min_top1_agreement is not None and comparison.top1_agreement < t.min_top1_agreement:
+            failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} < {t.min_top1_agreement:.2%}")
+        if t.min_top5_overlap is not None and comparison.top5_overlap < t.min_top5_overlap:
+            failures.append(f"top-5 overlap {comparison.top5_overlap:.2%} < {t.min_top5_overlap:.2%}")
+        if labels is not None:
+            entry.accuracy_reference = accuracy(ref, labels)
+            entry.accuracy_candidate = accuracy(cand, labels)
+        if t.max_top1_drop is not None:
+            if entry.accuracy_reference is not None and entry.accuracy_candidate is not None:
+                drop = entry.accuracy_reference.top1 - entry.accuracy_candidate.top1
+                if drop > t.max_top1_drop + 1e-12:
+                    failures.append(f"top-1 accuracy {entry.accuracy_candidate.top1:.2%} is {drop * 100:.2f} points "
+                                    f"below the reference's {entry.accuracy_reference.top1:.2%} (allowed "
+                                    f"{t.max_top1_drop * 100:g})")
+            elif comparison.top1_agreement < 1.0 - t.max_top1_drop - 1e-12:
+                failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} on unlabelled inputs < "
+                                f"{1.0 - t.max_top1_drop:.2%} (which bounds the accuracy change by "
+                                f"{t.max_top1_drop * 100:g} points)")
+    return Verdict(t, results, failures)
+
+
+__all__ = ["Accuracy", "Comparison", "DEFAULT_TOLERANCES", "OutputVerdict", "PRECISIONS", "Tolerances", "Verdict",
+           "accuracy", "compare_outputs", "judge", "parse_tolerance_overrides", "tolerances_for", "topk_indices"]

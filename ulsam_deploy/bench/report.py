@@ -1,28 +1,28 @@
-"""Rendering a :class:`~ulsam_deploy.bench.run.BenchReport`: Rich tables, JSON, CSV, Markdown and a PNG chart.
+"""Rendering a :class:`~ulsam_deploy.bench.run.BenchReport` as rows, JSON, CSV, Markdown and a PNG chart.
 
-Every file is written atomically (temporary file, then rename), so a failed run never leaves half
-a report behind. The JSON schema is documented in ``docs/bench.md``.
+Every row names its artifact (the file, its precision and int8 target) and how it ran (``mode``: e.g.
+"Q/DQ simulated, TensorRT semantics" or "SubspaceAttention reference op (NumPy)"); rows whose latency
+measures a simulation or a reference op say so and take no part in speed comparisons. Files follow the
+rules of every output (:mod:`ulsam_deploy.artifacts`): atomic, the umask's mode, never through a symlink
+or onto a device; ``-`` writes JSON/CSV/Markdown to standard output. The JSON schema is in ``docs/bench.md``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 from pathlib import Path
 
-from rich.table import Table
-
+from ulsam_deploy.artifacts import check_output, is_stdout, json_text, write_bytes, write_text_output
 from ulsam_deploy.bench.run import BenchReport, LatencyRow, ParityRow
-from ulsam_deploy.passes.common import write_bytes_atomic
 
-CSV_COLUMNS = ["model", "backend", "precision", "batch", "artifact", "latency_min_ms", "latency_mean_ms",
-               "latency_median_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_max_ms",
-               "latency_cv", "unstable", "iterations", "throughput_qps", "images_per_s", "h2d_median_ms",
-               "gpu_compute_median_ms", "d2h_median_ms", "reference", "parity_passed", "max_abs_diff",
-               "mean_abs_diff", "min_required_atol", "min_required_rtol", "cosine", "top1_agreement", "top5_overlap",
-               "top1_accuracy", "top5_accuracy", "top1_delta", "parity_failures"]
+CSV_COLUMNS = ["model", "file", "backend", "precision", "int8_target", "mode", "batch", "artifact",
+               "latency_meaningful", "latency_min_ms", "latency_mean_ms", "latency_median_ms", "latency_p90_ms",
+               "latency_p95_ms", "latency_p99_ms", "latency_max_ms", "latency_cv", "unstable", "iterations",
+               "throughput_qps", "images_per_s", "h2d_median_ms", "gpu_compute_median_ms", "d2h_median_ms",
+               "reference", "parity_passed", "max_abs_diff", "mean_abs_diff", "min_required_atol",
+               "min_required_rtol", "cosine", "top1_agreement", "top5_overlap", "top1_accuracy", "top5_accuracy",
+               "top1_delta", "parity_failures"]
 
 
 def _parity_index(report: BenchReport) -> dict[tuple, ParityRow]:
@@ -30,29 +30,33 @@ def _parity_index(report: BenchReport) -> dict[tuple, ParityRow]:
 
 
 def rows(report: BenchReport) -> list[dict]:
-    """One flat row per model x backend x precision x batch (latency joined with that runner's parity)."""
+    """One flat row per model x artifact x backend x batch (latency joined with that runner's parity)."""
     parity = _parity_index(report)
     out = []
     seen = set()
     for lat in report.latency:
         key = (lat.model, lat.backend, lat.precision, lat.artifact)
         seen.add(key)
-        out.append(_row(lat.model, lat.backend, lat.precision, lat.artifact, lat, parity.get(key)))
+        out.append(_row(lat, parity.get(key)))
     for key, par in parity.items():  # parity without latency (--no-latency, or no batch fitted)
         if key not in seen:
-            out.append(_row(par.model, par.backend, par.precision, par.artifact, None, par))
+            out.append(_row(None, par))
     return out
 
 
-def _row(model, backend, precision, artifact, lat: LatencyRow | None, par: ParityRow | None) -> dict:
+def _row(lat: LatencyRow | None, par: ParityRow | None) -> dict:
+    src = lat if lat is not None else par
     row = dict.fromkeys(CSV_COLUMNS)
-    row.update(model=model, backend=backend, precision=precision, artifact=artifact)
+    row.update(model=src.model, backend=src.backend, precision=src.precision, artifact=src.artifact, file=src.file,
+               mode=src.mode)
+    if par is not None:
+        row["int8_target"] = par.int8_target
     if lat is not None:
         s = lat.stats
-        row.update(batch=lat.batch, latency_min_ms=s.min, latency_mean_ms=s.mean, latency_median_ms=s.median,
-                   latency_p90_ms=s.p90, latency_p95_ms=s.p95, latency_p99_ms=s.p99, latency_max_ms=s.max,
-                   latency_cv=s.cv, unstable=s.unstable, iterations=s.count, throughput_qps=lat.qps,
-                   images_per_s=lat.images_per_s)
+        row.update(batch=lat.batch, latency_meaningful=lat.meaningful, latency_min_ms=s.min, latency_mean_ms=s.mean,
+                   latency_median_ms=s.median, latency_p90_ms=s.p90, latency_p95_ms=s.p95, latency_p99_ms=s.p99,
+                   latency_max_ms=s.max, latency_cv=s.cv, unstable=s.unstable, iterations=s.count,
+                   throughput_qps=lat.qps, images_per_s=lat.images_per_s)
         if lat.gpu:
             row.update(h2d_median_ms=lat.gpu["h2d"].median if "h2d" in lat.gpu else None,
                        gpu_compute_median_ms=lat.gpu["compute"].median if "compute" in lat.gpu else None,
@@ -71,77 +75,52 @@ def _row(model, backend, precision, artifact, lat: LatencyRow | None, par: Parit
     return row
 
 
+def describe_precision(row: dict) -> str:
+    """``int8 (tensorrt)``, ``fp16``...: the precision and, for int8, the runtime it was made for."""
+    return row["precision"] + (f" ({row['int8_target']})" if row.get("int8_target") else "")
+
+
+def footnotes(report: BenchReport) -> tuple[dict[tuple, int], list[str]]:
+    """Numbered notes for every failed parity row (so tables stay one line per row) and for how rows ran."""
+    index: dict[tuple, int] = {}
+    notes: list[str] = []
+    for par in report.parity:
+        if not par.passed:
+            notes.append(f"{par.model} {par.file} on {par.backend}: {'; '.join(par.failures)}")
+            index[(par.model, par.backend, par.precision, par.artifact)] = len(notes)
+    return index, notes
+
+
+def mode_notes(report: BenchReport) -> list[str]:
+    seen, out = set(), []
+    for row in rows(report):
+        if row["mode"] and (row["file"], row["mode"]) not in seen:
+            seen.add((row["file"], row["mode"]))
+            extra = "" if row["latency_meaningful"] in (None, True) else "; its latency is not deployment speed"
+            out.append(f"{row['file']} ({row['backend']}): {row['mode']}{extra}")
+    return out
+
+
 # --------------------------------------------------------------------------------------- text
 
-def _ms(value) -> str:
+def fmt_ms(value) -> str:
     return "" if value is None else (f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}")
 
 
-def _pct(value) -> str:
+def fmt_pct(value) -> str:
     return "" if value is None else f"{value:.1%}"
 
 
-def _diff(value) -> str:
+def fmt_diff(value) -> str:
     return "" if value is None else f"{value:.2e}"
-
-
-def rich_tables(report: BenchReport) -> list[Table]:
-    multi = len(report.models) > 1
-    gpu = any(r.gpu for r in report.latency)
-    labels = report.has_labels
-    table = Table(title="bench: latency (ms) and parity against the reference", title_justify="left")
-    cols = (["model"] if multi else []) + ["backend", "prec", "batch", "median", "p99", "CV", "img/s"]
-    if gpu:
-        cols += ["H2D", "GPU Compute", "D2H"]
-    cols += ["max |diff|", "cosine", "top-1 agree"]
-    if labels:
-        cols += ["top-1 acc", "Δ top-1"]
-    cols += ["parity"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "backend", "prec", "parity") else "right",
-                         overflow="fold")
-    for row in rows(report):
-        cells = ([row["model"]] if multi else []) + [row["backend"], row["precision"], str(row["batch"] or "-"),
-                                                     _ms(row["latency_median_ms"]), _ms(row["latency_p99_ms"])]
-        cv = row["latency_cv"]
-        cells.append("" if cv is None else (f"[yellow]{cv:.1%}![/]" if row["unstable"] else f"{cv:.1%}"))
-        cells.append("" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}")
-        if gpu:
-            cells += [_ms(row["h2d_median_ms"]), _ms(row["gpu_compute_median_ms"]), _ms(row["d2h_median_ms"])]
-        is_ref = row["reference"] == "reference"
-        cells += ["ref" if is_ref else _diff(row["max_abs_diff"]),
-                  "ref" if is_ref else ("" if row["cosine"] is None else f"{row['cosine']:.6f}"),
-                  "ref" if is_ref else _pct(row["top1_agreement"])]
-        if labels:
-            delta = row["top1_delta"]
-            cells += [_pct(row["top1_accuracy"]), "" if delta is None else f"{delta * 100:+.1f} pt"]
-        if row["parity_passed"] is None:
-            cells.append("-")
-        elif is_ref:
-            cells.append("reference")
-        else:
-            cells.append("[green]PASS[/]" if row["parity_passed"] else f"[red]FAIL[/] {row['parity_failures']}")
-        table.add_row(*cells)
-    table.caption = ("latency per batch in ms (host wall time, one query in flight); CV = std/mean, '!' = unstable "
-                     "(> 2.5 %, as trtexec)") + ("; H2D / GPU Compute / D2H: medians from CUDA events" if gpu else "")
-    table.caption_justify = "left"
-    tables = [table]
-    if report.compare:
-        cmp = Table(title="MACs ratio vs measured latency ratio (median, same interleaved run)", title_justify="left")
-        for col in ("backend", "precision", "batch", "model", "vs", "MACs ratio", "latency ratio"):
-            cmp.add_column(col, justify="right" if "ratio" in col or col == "batch" else "left")
-        for c in report.compare:
-            cmp.add_row(c.backend, c.precision, str(c.batch), c.model, c.baseline,
-                        "" if c.macs_ratio is None else f"{c.macs_ratio:.4f}", f"{c.latency_ratio:.3f}")
-        tables.append(cmp)
-    return tables
 
 
 def markdown(report: BenchReport) -> str:
     lines = ["# ulsam-deploy bench", "",
              f"- created: {report.created} ({report.seconds:.1f} s)",
              f"- machine: {report.machine.get('cpu', report.machine.get('machine'))}, {report.machine.get('cpu_count')} "
-             f"CPUs, load {report.machine.get('load_average')}; GPUs: "
+             f"CPUs ({(report.machine.get('int8') or {}).get('summary', '')}), load "
+             f"{report.machine.get('load_average')}; GPUs: "
              f"{', '.join(g['name'] for g in report.machine.get('gpus') or []) or 'none'}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items() if v),
              f"- inputs: {report.inputs.get('source')} ({report.inputs.get('count')} x {report.inputs.get('shape')}, "
@@ -154,27 +133,34 @@ def markdown(report: BenchReport) -> str:
         lines.append(f"- model `{model['name']}`: {model.get('description') or ''}"
                      + (f", {model['macs'] / 1e6:.1f} M MACs" if model.get("macs") else ""))
     lines.append("")
-    header = ["model", "backend", "precision", "batch", "median ms", "mean ms", "p90 ms", "p95 ms", "p99 ms", "CV",
-              "qps", "img/s", "GPU compute ms", "max abs diff", "cosine", "top-1 agree", "top-1 acc", "Δ top-1", "parity"]
+    notes_index, notes = footnotes(report)
+    header = ["model", "artifact", "backend", "precision", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "CV",
+              "img/s", "GPU compute ms", "max abs diff", "cosine", "top-1 agree", "top-1 acc", "Δ top-1", "parity"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(report):
         is_ref = row["reference"] == "reference"
+        key = (row["model"], row["backend"], row["precision"], row["artifact"])
         parity = "-" if row["parity_passed"] is None else ("reference" if is_ref else
-                                                          ("PASS" if row["parity_passed"] else f"FAIL: {row['parity_failures']}"))
+                                                          ("PASS" if row["parity_passed"] else f"FAIL [{notes_index[key]}]"))
         cv = "" if row["latency_cv"] is None else f"{row['latency_cv']:.1%}" + (" unstable" if row["unstable"] else "")
-        cells = [row["model"], row["backend"], row["precision"], str(row["batch"] or "-"), _ms(row["latency_median_ms"]),
-                 _ms(row["latency_mean_ms"]), _ms(row["latency_p90_ms"]), _ms(row["latency_p95_ms"]),
-                 _ms(row["latency_p99_ms"]), cv,
-                 "" if row["throughput_qps"] is None else f"{row['throughput_qps']:.1f}",
+        median = fmt_ms(row["latency_median_ms"]) + ("*" if row["latency_meaningful"] is False else "")
+        cells = [row["model"], row["file"], row["backend"], describe_precision(row), str(row["batch"] or "-"), median,
+                 fmt_ms(row["latency_mean_ms"]), fmt_ms(row["latency_p90_ms"]), fmt_ms(row["latency_p99_ms"]), cv,
                  "" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}",
-                 _ms(row["gpu_compute_median_ms"]), "ref" if is_ref else _diff(row["max_abs_diff"]),
+                 fmt_ms(row["gpu_compute_median_ms"]), "ref" if is_ref else fmt_diff(row["max_abs_diff"]),
                  "ref" if is_ref or row["cosine"] is None else f"{row['cosine']:.6f}",
-                 "ref" if is_ref else _pct(row["top1_agreement"]), _pct(row["top1_accuracy"]),
+                 "ref" if is_ref else fmt_pct(row["top1_agreement"]), fmt_pct(row["top1_accuracy"]),
                  "" if row["top1_delta"] is None else f"{row['top1_delta'] * 100:+.1f} pt", parity]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    how = mode_notes(report)
+    if how or any(r.meaningful is False for r in report.latency):
+        lines += ["", "How rows ran (* = the latency measures a simulation or a reference op, not deployment speed; "
+                      "no speed comparison uses it):", ""] + [f"- {n}" for n in how]
+    if notes:
+        lines += ["", "Parity failures:", ""] + [f"{k}. {n}" for k, n in enumerate(notes, 1)]
     if report.compare:
-        lines += ["", "## MACs ratio vs latency ratio", "", "| backend | precision | batch | model | vs | MACs ratio | latency ratio |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "## MACs ratio vs latency ratio", "",
+                  "| backend | precision | batch | model | vs | MACs ratio | latency ratio |", "|---|---|---|---|---|---|---|"]
         for c in report.compare:
             lines.append(f"| {c.backend} | {c.precision} | {c.batch} | {c.model} | {c.baseline} | "
                          f"{'' if c.macs_ratio is None else f'{c.macs_ratio:.4f}'} | {c.latency_ratio:.3f} |")
@@ -194,17 +180,20 @@ def csv_text(report: BenchReport) -> str:
     return buffer.getvalue()
 
 
-def json_text(report: BenchReport) -> str:
-    from ulsam_deploy.steps.export import _json_default
-
-    return json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n"
+def report_json(report: BenchReport) -> str:
+    return json_text(report.to_dict())
 
 
 # -------------------------------------------------------------------------------------- chart
 
+def _label(row_model: str, file: str, backend: str, multi: bool) -> str:
+    return (f"{row_model}: " if multi else "") + f"{file} ({backend})"
+
+
 def chart_png(report: BenchReport) -> bytes:
-    """Latency distribution per runner (one panel per batch size, up to 3) and, with labels,
-    top-1 accuracy against median latency at the smallest batch."""
+    """Latency distribution per runner (one panel per batch size, up to 3); with labels, top-1 accuracy against
+    median latency at the smallest batch (points numbered, names in a legend, so nothing overlaps); with
+    ``--compare``, measured latency ratio against MACs ratio."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -212,127 +201,105 @@ def chart_png(report: BenchReport) -> bytes:
 
     batches = sorted({r.batch for r in report.latency})[:3]
     accuracy_panel = report.has_labels and bool(report.latency)
-    panels = len(batches) + (1 if accuracy_panel else 0)
-    if panels == 0:
-        panels = 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
-    axes = axes[0]
+    compare_panel = bool(report.compare)
+    panels = max(len(batches) + int(accuracy_panel) + int(compare_panel), 1)
+    n_rows = max((sum(1 for r in report.latency if r.batch == b) for b in batches), default=1)
+    height = max(3.6, 0.42 * n_rows + 1.8)
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, height), squeeze=False)
+    axes = list(axes[0])
     multi = len(report.models) > 1
     for ax, batch in zip(axes, batches):
         sel = [r for r in report.latency if r.batch == batch]
-        names = [(f"{r.model}\n" if multi else "") + f"{r.backend} {r.precision}" for r in sel]
+        names = [_label(r.model, r.file, r.backend, multi) + ("*" if not r.meaningful else "") for r in sel]
         ax.boxplot([r.samples_ms for r in sel], vert=False, showfliers=True, flierprops={"markersize": 2})
         ax.set_yticks(range(1, len(sel) + 1), names, fontsize=7)
         if sel and max(max(r.samples_ms) for r in sel) > 10 * min(min(r.samples_ms) for r in sel):
             ax.set_xscale("log")
-        ax.set_xlabel("latency per batch (ms)")
+        ax.set_xlabel("latency per batch (ms)" + ("; * simulation / reference op" if any(not r.meaningful for r in sel)
+                                                   else ""), fontsize=8)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
         ax.set_title(f"batch {batch}: latency distribution", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    position = len(batches)
     if accuracy_panel:
-        ax = axes[len(batches)]
+        ax = axes[position]
+        position += 1
         smallest = batches[0]
         par = _parity_index(report)
+        legend = []
         for r in report.latency:
             p = par.get((r.model, r.backend, r.precision, r.artifact))
             if r.batch != smallest or p is None or p.accuracy is None:
                 continue
-            ax.scatter(r.stats.median, p.accuracy.top1 * 100)
-            ax.annotate((f"{r.model} " if multi else "") + f"{r.backend} {r.precision}",
-                        (r.stats.median, p.accuracy.top1 * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            number = len(legend) + 1
+            ax.scatter(r.stats.median, p.accuracy.top1 * 100, s=18)
+            ax.annotate(str(number), (r.stats.median, p.accuracy.top1 * 100), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+            legend.append(f"{number}: {_label(r.model, r.file, r.backend, multi)}{'*' if not r.meaningful else ''}")
         meds = [r.stats.median for r in report.latency if r.batch == smallest]
         if meds and max(meds) > 10 * min(meds):
             ax.set_xscale("log")
-        ax.set_xlabel(f"median latency, batch {smallest} (ms)")
-        ax.margins(x=0.25, y=0.15)
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_xlabel(f"median latency, batch {smallest} (ms)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.margins(x=0.25, y=0.2)
+        ax.set_ylabel("top-1 accuracy (%)", fontsize=8)
         ax.set_title("accuracy vs latency", fontsize=10)
         ax.grid(alpha=0.3)
-    if not batches and not accuracy_panel:
+        ax.text(1.02, 1.0, "\n".join(legend), transform=ax.transAxes, fontsize=6.5, va="top", ha="left")
+    if compare_panel:
+        ax = axes[position]
+        xs = [c.macs_ratio for c in report.compare if c.macs_ratio is not None]
+        ys = [c.latency_ratio for c in report.compare if c.macs_ratio is not None]
+        for k, c in enumerate(c for c in report.compare if c.macs_ratio is not None):
+            ax.scatter(c.macs_ratio, c.latency_ratio, s=18)
+            ax.annotate(f"{c.model} b{c.batch}", (c.macs_ratio, c.latency_ratio), fontsize=6.5,
+                        xytext=(3, 3 + 7 * (k % 3)), textcoords="offset points")
+        if xs:
+            lo, hi = min(xs + ys) * 0.95, max(xs + ys) * 1.05
+            ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey")
+        ax.set_xlabel(f"MACs ratio vs {report.compare[0].baseline}", fontsize=8)
+        ax.set_ylabel("measured latency ratio (median)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title("MACs ratio vs latency ratio", fontsize=10)
+        ax.grid(alpha=0.3)
+    if not batches and not accuracy_panel and not compare_panel:
         axes[0].text(0.5, 0.5, "no latency measured", ha="center", va="center")
         axes[0].set_axis_off()
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
 
-WRITERS = {"json": json_text, "csv": csv_text, "markdown": markdown}
-
-
-def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdown_path=None, chart_path=None) -> list[Path]:
-    """Render everything first, then write each file atomically; returns the paths written."""
-    planned: list[tuple[Path, bytes]] = []
-    for path, render in ((json_path, json_text), (csv_path, csv_text), (markdown_path, markdown)):
-        if path is not None:
-            planned.append((Path(path), render(report).encode()))
+def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdown_path=None, chart_path=None,
+                  force: bool = False) -> list[Path]:
+    """Check every path first, render everything, then write each file (``-`` = standard output)."""
+    planned = [(path, what, render) for path, what, render in (
+        (json_path, "JSON report", report_json), (csv_path, "CSV report", csv_text),
+        (markdown_path, "Markdown report", markdown)) if path is not None]
     if chart_path is not None:
-        planned.append((Path(chart_path), chart_png(report)))
-    for path, _ in planned:
-        if path.exists() and path.is_dir():
+        if is_stdout(chart_path):
             from ulsam_deploy.errors import UserError
 
-            raise UserError(f"'{path}' is a directory; give a file path for the report.")
+            raise UserError("--chart writes a PNG file; give a file path ending in .png, not standard output.")
+        if Path(chart_path).suffix.lower() != ".png":
+            from ulsam_deploy.errors import UserError
+
+            raise UserError(f"--chart writes a PNG; give a path ending in .png, not '{chart_path}'.")
+    for path, what, _ in planned + ([(chart_path, "chart", None)] if chart_path is not None else []):
+        if not is_stdout(path):
+            check_output(path, force=force, what=what)
+    texts = [(path, what, render(report)) for path, what, render in planned]
+    png = chart_png(report) if chart_path is not None else None
     written = []
-    umask = os.umask(0)
-    os.umask(umask)
-    for path, data in planned:
-        write_bytes_atomic(data, path)
-        os.chmod(path, 0o666 & ~umask)  # reports are for reading; the temp file was private
-        written.append(path)
+    for path, what, text in texts:
+        if write_text_output(text, path, force=True, what=what) is not None:
+            written.append(Path(path))
+    if png is not None:
+        written.append(write_bytes(png, chart_path))
     return written
 
 
-__all__ = ["CSV_COLUMNS", "chart_png", "csv_text", "json_text", "markdown", "rich_tables", "rows", "write_reports"]
-
-
-class BenchProgress:
-    """Rich progress on stderr for :func:`ulsam_deploy.bench.run.run_bench` events (use as ``event=``)."""
-
-    def __init__(self, console=None):
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        from ulsam_deploy.cli.ui import err_console
-
-        self.console = console or err_console
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True, disable=not self.console.is_terminal)
-        self.task = None
-        self.latency_started = 0.0
-        self.latency_total = 1.0
-
-    def __enter__(self):
-        self.progress.start()
-        self.task = self.progress.add_task("bench", total=None)
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-    def __call__(self, kind: str, **data) -> None:
-        import time
-
-        if kind == "load":
-            self.progress.update(self.task, description=f"loading {data['backend']} for {data['model']}", total=None)
-        elif kind == "export":
-            self.progress.update(self.task, description=f"exporting {data['model']} to ONNX in memory", total=None)
-        elif kind == "inputs":
-            inputs = data["inputs"]
-            self.console.print(f"inputs: {inputs.source} ({len(inputs)} x {list(inputs.data.shape[1:])}"
-                               + (f", {int((inputs.labels >= 0).sum())} labelled" if inputs.labels is not None else "")
-                               + (f", {len(inputs.skipped)} skipped" if inputs.skipped else "") + ")")
-            for warning in inputs.warnings:
-                self.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-        elif kind == "parity":
-            self.progress.update(self.task, description=f"parity: {data['backend']} on {data['model']}", total=None)
-        elif kind == "latency_start":
-            timing = data["timing"]
-            self.latency_started = time.perf_counter()
-            self.latency_total = data["targets"] * (timing.warmup_s + max(timing.min_seconds, 0.1))
-            self.progress.update(self.task, description=f"latency: batch {data['batch']}, {data['targets']} runner(s) "
-                                 "interleaved", total=self.latency_total, completed=0)
-        elif kind == "latency_round":
-            elapsed = time.perf_counter() - self.latency_started
-            self.progress.update(self.task, completed=min(elapsed, self.latency_total * 0.99))
-        elif kind == "latency_done":
-            self.progress.update(self.task, completed=self.latency_total)
+__all__ = ["CSV_COLUMNS", "chart_png", "csv_text", "describe_precision", "fmt_diff", "fmt_ms", "fmt_pct", "footnotes",
+           "markdown", "mode_notes", "report_json", "rows", "write_reports"]

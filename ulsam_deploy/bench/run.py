@@ -7,17 +7,20 @@
 2. open one runner per backend (torch / ort per ONNX file and provider / trt per engine);
    unavailable ones are listed as skipped with their reason;
 3. build the inputs once (seeded random tensors or preprocessed real images);
-4. parity: every runner on all inputs, compared with the model's reference runner
-   (:mod:`ulsam_deploy.backends.judge`), judged by per-precision thresholds;
+4. parity: every runner on all inputs, compared with the model's reference runner and judged by the one
+   judge (:mod:`ulsam_deploy.backends.judge`) with the tolerances of each artifact's precision, exactly as
+   ``convert`` judges it; each runner runs its artifact as it is meant to run (an int8 model for TensorRT as
+   exact Q/DQ, one for ONNX Runtime in a default session);
 5. latency: for each batch size, all runners of all models timed in ONE interleaved loop
    (:mod:`ulsam_deploy.bench.latency`);
 6. with two or more models, MACs ratio next to measured latency ratio, per backend.
 
-Nothing is written here; :mod:`ulsam_deploy.bench.report` renders and writes the report.
+Nothing is written or printed here; :mod:`ulsam_deploy.bench.report` renders and writes the report.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -27,17 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
-from ulsam_deploy.backends import OrtRunner, Runner, TorchRunner
-from ulsam_deploy.backends.judge import (Accuracy, Comparison, ParityThresholds, accuracy, compare_with_thresholds, judge,
-                      thresholds_for, PRECISIONS)
-from ulsam_deploy.errors import BackendUnavailable, ParityError, UserError
-from ulsam_deploy.data.inputs import InputSet, load_images, make_preprocess, random_inputs
+from ulsam_deploy.backends.base import Runner, infer_in_chunks
+from ulsam_deploy.backends.judge import PRECISIONS, Tolerances, Verdict, accuracy, judge, tolerances_for
 from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved, throughput
+from ulsam_deploy.data.sources import ImageSet, load_images, random_images, resolve_preprocess
+from ulsam_deploy.errors import BackendUnavailable, ParityError, UserError
 
 BACKENDS = ("torch", "ort", "trt")
-SCHEMA = "ulsam-deploy-bench/1"
+MAX_BATCH = 4096
+SCHEMA = "ulsam-deploy-bench/2"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _SPEC = re.compile(r"^(?P<arch>mv[12])(?:x(?P<width>[0-9.]+))?(?:\+(?P<ulsam>[0-9:,]+))?(?:/g(?P<groups>\d+))?"
@@ -58,10 +60,8 @@ class ModelSpec:
     checkpoint: Path | None = None
     onnx: list = field(default_factory=list)  # paths or bytes (exported in memory)
     engines: list = field(default_factory=list)
-    mean: tuple | None = None
-    std: tuple | None = None
+    preprocess: object | None = None  # data.images.Preprocess from the checkpoint or sidecar
     class_names: list | None = None
-    meta: dict = field(default_factory=dict)
     random_weights: bool = False
     notes: list = field(default_factory=list)
     graph_shape: tuple | None = None  # (channels, size, classes) read from an ONNX graph without sidecar
@@ -100,7 +100,7 @@ def parse_model_spec(text: str):
     m = _SPEC.match(text.strip())
     if not m:
         return None
-    from ulsam_deploy.models.mobilenet import ModelConfig
+    from ulsam_deploy.models.config import ModelConfig
 
     return ModelConfig(arch=m["arch"].lower(), width=float(m["width"] or 1.0), ulsam=m["ulsam"] or "",
                        groups=int(m["groups"] or 4), input_size=int(m["size"] or 224))
@@ -128,24 +128,33 @@ def _engine_sidecar_onnx(engine: Path) -> Path | None:
 
 
 def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
-    from ulsam_deploy.steps.export import read_sidecar
-    from ulsam_deploy.models.mobilenet import ModelConfig
+    """Config, preprocessing, class names and checkpoint from the ONNX's (validated, hash-checked) sidecar."""
+    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.data.sources import preprocess_of
+    from ulsam_deploy.models.config import ModelConfig
+    from ulsam_deploy.steps._step import load_with_sidecar
 
-    sidecar = read_sidecar(onnx_path)
-    if not sidecar:
+    sidecar = read_sidecar(onnx_path, required=False)
+    if sidecar is None:
         spec.notes.append(f"{onnx_path.name} has no sidecar: input shape from the graph, ImageNet mean/std")
         if spec.graph_shape is None:
             spec.graph_shape = _graph_shape(onnx_path)
         return
-    if spec.config is None and sidecar.get("config"):
-        spec.config = ModelConfig.from_dict(sidecar["config"])
-    spec.mean = spec.mean or tuple(sidecar.get("mean") or ()) or None
-    spec.std = spec.std or tuple(sidecar.get("std") or ()) or None
-    spec.class_names = spec.class_names or sidecar.get("class_names")
-    spec.meta = spec.meta or sidecar.get("checkpoint_meta") or {}
-    source = sidecar.get("source")
-    if spec.checkpoint is None and source and Path(source).is_file():
-        spec.checkpoint = Path(source)
+    load_with_sidecar(onnx_path)  # the sidecar must describe this graph
+    if not sidecar.is_classifier:
+        raise UserError(f"'{onnx_path}' is not a classifier (outputs {', '.join(o.name for o in sidecar.outputs)}); "
+                        "bench judges classifiers on their logits.")
+    if spec.config is None and sidecar.model is not None:
+        spec.config = ModelConfig.from_dict(sidecar.model.config)
+    spec.preprocess = spec.preprocess or preprocess_of(sidecar)
+    spec.class_names = spec.class_names or (sidecar.model.class_names if sidecar.model else None)
+    recorded = sidecar.model.checkpoint if sidecar.model else None
+    if spec.checkpoint is None and recorded:
+        if Path(recorded).is_file():
+            spec.checkpoint = Path(recorded)
+        else:
+            spec.notes.append(f"the checkpoint '{recorded}' recorded in {onnx_path.name}'s sidecar is not there: no "
+                              "torch reference (pass the checkpoint as the model to get one)")
 
 
 def _graph_shape(onnx_path: Path) -> tuple | None:
@@ -161,6 +170,8 @@ def _graph_shape(onnx_path: Path) -> tuple | None:
     if not inputs:
         return None
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(inputs) != 1:
+        raise UserError(f"'{onnx_path}' has {len(inputs)} inputs; bench runs image models with exactly one input.")
     if len(dims) != 4 or None in dims[1:] or dims[2] != dims[3]:
         return None
     out = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.output[0].type.tensor_type.shape.dim]
@@ -205,11 +216,19 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         spec.random_weights = True
         spec.notes.append("seeded random weights: latency and parity are meaningful, accuracy is not")
     if spec.checkpoint is not None and load_module:
+        from ulsam_deploy.steps.export import preprocess_spec
+
         model, info = load_checkpoint_with_info(spec.checkpoint, **(overrides or {}))
+        if spec.config is not None and spec.config.to_dict() != info.config.to_dict():
+            raise UserError(f"The checkpoint '{spec.checkpoint}' is {info.config.describe()}, but the ONNX given with it "
+                            f"is {spec.config.describe()}; bench a checkpoint with its own exports.")
         spec.module, spec.config = model, info.config
-        spec.mean, spec.std = spec.mean or tuple(info.mean), spec.std or tuple(info.std)
+        if spec.preprocess is None:
+            from ulsam_deploy.data.images import Preprocess
+
+            pre = preprocess_spec(info)
+            spec.preprocess = Preprocess(pre.size, pre.in_channels, pre.crop_pct, tuple(pre.mean), tuple(pre.std))
         spec.class_names = spec.class_names or info.class_names
-        spec.meta = spec.meta or info.meta
     for extra in onnx:
         p = Path(extra)
         if not p.exists():
@@ -226,14 +245,12 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
 
 
 def export_in_memory(spec: ModelSpec, opset: int = 17) -> bytes:
-    """The export pipeline (export form, TorchScript exporter, onnxsim, IR fit) without writing files."""
-    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.passes.common import fit_ir_version
-    from ulsam_deploy.passes.simplify import simplify_model
+    """The export pipeline (export form, TorchScript exporter, onnxsim, checked) without writing files."""
+    from ulsam_deploy.steps._step import finalize_onnx
+    from ulsam_deploy.steps.export import ExportOptions, onnx_from_model
 
-    proto = torch_to_onnx(to_export_form(spec.module), spec.config.input_size, spec.config.in_channels,
-                          ExportOptions(opset=opset))
-    return fit_ir_version(simplify_model(proto)).SerializeToString()
+    proto, _ = onnx_from_model(spec.module, ExportOptions(opset=opset))
+    return finalize_onnx(proto).SerializeToString()
 
 
 # ----------------------------------------------------------------------------------- options
@@ -271,8 +288,9 @@ class BenchOptions:
             raise UserError("--backends is empty; choose from torch, ort, trt.")
         if self.reference not in BACKENDS:
             raise UserError(f"--reference must be one of {', '.join(BACKENDS)}, not '{self.reference}'.")
-        if not self.batches or any(int(b) < 1 for b in self.batches):
-            raise UserError(f"--batch needs positive integers such as 1,8,32, not {','.join(map(str, self.batches))}.")
+        if not self.batches or any(not 1 <= int(b) <= MAX_BATCH for b in self.batches):
+            raise UserError(f"--batch needs integers from 1 to {MAX_BATCH} such as 1,8,32, not "
+                            f"{','.join(map(str, self.batches))}.")
         self.batches = tuple(dict.fromkeys(int(b) for b in self.batches))
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"--threads must be at least 1, not {self.threads}.")
@@ -288,10 +306,17 @@ class BenchOptions:
                            "interleaved": True},
                 "threads": self.threads, "ort_providers": list(self.ort_providers), "torch_device": self.torch_device,
                 "trt_device": self.trt_device, "seed": self.seed, "parity": self.parity, "latency": self.latency,
-                "thresholds": {p: thresholds_for(p, self.threshold_overrides).to_dict() for p in PRECISIONS}}
+                "tolerances": {p: tolerances_for(p, self.threshold_overrides).to_dict() for p in PRECISIONS}}
 
 
 # ------------------------------------------------------------------------------------ report
+
+def artifact_name(artifact: str) -> str:
+    """What a row names: the file (``model.int8.onnx``), or what it is when there is none."""
+    if artifact in ("(in memory)", ""):
+        return artifact or "-"
+    return Path(artifact).name
+
 
 @dataclass
 class RunnerEntry:
@@ -311,6 +336,12 @@ class RunnerEntry:
     def key(self) -> tuple[str, str, str, str]:
         return (self.model, self.label, self.precision, self.artifact)
 
+    def describe_artifact(self) -> dict:
+        facts = getattr(self.runner, "facts", {}) or {}
+        return {"artifact": self.artifact, "file": artifact_name(self.artifact), "precision": self.precision,
+                "int8_target": facts.get("int8_target"), "mode": self.runner.mode,
+                "latency_meaningful": bool(self.runner.latency_meaningful)}
+
 
 @dataclass
 class ParityRow:
@@ -319,26 +350,45 @@ class ParityRow:
     precision: str
     artifact: str
     reference: str
-    comparison: Comparison | None  # None for the reference itself
-    thresholds: ParityThresholds | None
-    failures: list[str]
-    accuracy: Accuracy | None = None
-    reference_accuracy: Accuracy | None = None
+    verdict: Verdict | None  # None for the reference itself
+    accuracy: object | None = None  # judge.Accuracy of this runner (labelled inputs)
+    mode: str = ""
+    int8_target: str | None = None
 
     @property
     def is_reference(self) -> bool:
-        return self.comparison is None
+        return self.verdict is None
+
+    @property
+    def comparison(self):
+        return None if self.verdict is None else self.verdict.comparison
+
+    @property
+    def failures(self) -> list[str]:
+        return [] if self.verdict is None else list(self.verdict.failures)
+
+    @property
+    def tolerances(self) -> Tolerances | None:
+        return None if self.verdict is None else self.verdict.tolerances
+
+    @property
+    def reference_accuracy(self):
+        return None if self.verdict is None else self.verdict.main.accuracy_reference
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def file(self) -> str:
+        return artifact_name(self.artifact)
+
     def to_dict(self) -> dict:
         data = {"model": self.model, "backend": self.backend, "precision": self.precision, "artifact": self.artifact,
-                "reference": self.reference, "is_reference": self.is_reference, "passed": self.passed,
-                "failures": list(self.failures),
+                "file": self.file, "int8_target": self.int8_target, "mode": self.mode, "reference": self.reference,
+                "is_reference": self.is_reference, "passed": self.passed, "failures": self.failures,
                 "comparison": self.comparison.to_dict() if self.comparison else None,
-                "thresholds": self.thresholds.to_dict() if self.thresholds else None,
+                "tolerances": self.tolerances.to_dict() if self.tolerances else None,
                 "accuracy": self.accuracy.to_dict() if self.accuracy else None}
         if self.accuracy and self.reference_accuracy and not self.is_reference:
             data["accuracy_delta"] = {"top1": self.accuracy.top1 - self.reference_accuracy.top1,
@@ -357,6 +407,12 @@ class LatencyRow:
     samples_ms: list[float]
     gpu: dict[str, LatencyStats] | None
     warmup_iters: int
+    mode: str = ""
+    meaningful: bool = True  # False: a simulation or reference op, not deployment speed
+
+    @property
+    def file(self) -> str:
+        return artifact_name(self.artifact)
 
     @property
     def qps(self) -> float:
@@ -368,6 +424,7 @@ class LatencyRow:
 
     def to_dict(self) -> dict:
         data = {"model": self.model, "backend": self.backend, "precision": self.precision, "artifact": self.artifact,
+                "file": self.file, "mode": self.mode, "latency_meaningful": self.meaningful,
                 "batch": self.batch, "latency_ms": self.stats.to_dict(), "throughput_qps": self.qps,
                 "images_per_s": self.images_per_s, "warmup_iterations": self.warmup_iters,
                 "gpu": {f"{k}_ms": v.to_dict() for k, v in self.gpu.items()} if self.gpu else None}
@@ -471,6 +528,9 @@ def machine_info() -> dict:
         info["memory_gib"] = round(pages * size / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
+    from ulsam_deploy.backends.onnxrt.cpu import int8_capabilities
+
+    info["int8"] = int8_capabilities().to_dict()
     try:
         from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
 
@@ -483,19 +543,9 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
-    from ulsam_deploy.steps.export import tool_versions
+    from ulsam_deploy.artifacts import tool_versions
 
-    data = tool_versions()
-    import numpy
-
-    data["numpy"] = numpy.__version__
-    try:
-        import tensorrt  # noqa: F401
-
-        data["tensorrt"] = str(getattr(tensorrt, "__version__", "?"))
-    except Exception:  # noqa: BLE001 - absent or broken: reported as absent
-        data["tensorrt"] = None
-    return data
+    return tool_versions("numpy", "onnx", "onnxruntime", "torch", "tensorrt")
 
 
 # ------------------------------------------------------------------------------- the runners
@@ -525,6 +575,11 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
                 skip("torch", "no checkpoint for this model (pass the .pt, or an ONNX whose sidecar names an existing "
                               "checkpoint)")
                 continue
+            if importlib.util.find_spec("torch") is None:
+                skip("torch", "PyTorch is not installed (install 'ulsam-deploy[export]' for the torch backend)")
+                continue
+            from ulsam_deploy.backends.torch.runner import TorchRunner
+
             try_load(TorchRunner(spec.module, options.torch_device, options.threads),
                      str(spec.checkpoint) if spec.checkpoint else spec.name)
         elif backend == "ort":
@@ -541,6 +596,8 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
             for variant in variants:
                 artifact = "(in memory)" if isinstance(variant, (bytes, bytearray)) else str(variant)
                 for provider in options.ort_providers:
+                    from ulsam_deploy.backends.onnxrt.runner import OrtRunner
+
                     try_load(OrtRunner(variant, provider=provider, threads=options.threads,
                                        spinning=options.ort_spinning), artifact)
         elif backend == "trt":
@@ -571,24 +628,7 @@ def _pick_reference(entries: list[RunnerEntry], options: BenchOptions, warnings:
     return fallback
 
 
-def _infer_all(runner: Runner, data: np.ndarray, chunk: int) -> np.ndarray:
-    """Outputs for all ``data``, in chunks that fit the runner's batch limits (padding a static batch)."""
-    limits = runner.batch_limits()
-    lo, hi = limits if limits else (1, max(chunk, 1))
-    size = max(lo, min(hi, chunk))
-    outs = []
-    for start in range(0, len(data), size):
-        part = data[start:start + size]
-        n = len(part)
-        if n < lo:
-            pad = np.concatenate([part] + [part[-1:]] * (lo - n))
-            outs.append(runner.infer(pad)[:n])
-        else:
-            outs.append(runner.infer(part))
-    return np.concatenate(outs).astype(np.float32)
-
-
-def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> InputSet:
+def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> ImageSet:
     known = [(s, s.input_info()) for s in specs if s.input_info() is not None]
     if not known:
         raise UserError("Cannot tell the input shape: no checkpoint, sidecar, model spec or static ONNX input "
@@ -599,10 +639,9 @@ def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> InputSet:
         raise UserError(f"The models take different inputs ({', '.join(f'{c}x{z}x{z}' for c, z in sorted(shapes))}); "
                         "compare models with the same input size and channels.")
     if options.inputs is None:
-        return random_inputs(options.num_inputs or 16, channels, size, options.seed)
-    preprocess = make_preprocess(size, channels, options.mean or spec.mean, options.std or spec.std,
-                                 meta_preprocess=(spec.meta or {}).get("preprocess"), resize=options.resize,
-                                 crop_pct=options.crop_pct)
+        return random_images(options.num_inputs or 16, channels, size, options.seed)
+    preprocess = resolve_preprocess(size, channels, base=spec.preprocess, mean=options.mean, std=options.std,
+                                    resize=options.resize, crop_pct=options.crop_pct)
     class_names = spec.class_names
     if class_names is None and classes == 1000 and channels == 3:
         try:
@@ -612,7 +651,7 @@ def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> InputSet:
         except Exception:  # noqa: BLE001 - optional nicety
             class_names = None
     return load_images(options.inputs, preprocess, class_names=class_names, num_classes=classes,
-                       label_regex=options.label_regex, limit=options.num_inputs)
+                       label_regex=options.label_regex, limit=options.num_inputs, seed=options.seed)
 
 
 # ------------------------------------------------------------------------------------- bench
@@ -670,9 +709,10 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
         warnings=warnings, seconds=time.perf_counter() - started)
 
 
-def _parity(specs, per_model, inputs: InputSet, options: BenchOptions, warnings, event) -> list[ParityRow]:
+def _parity(specs, per_model, inputs: ImageSet, options: BenchOptions, warnings, event) -> list[ParityRow]:
+    """Every runner on every input, judged against its model's reference runner (the one judge, per precision)."""
     rows = []
-    labels = inputs.labels if inputs.has_labels else None
+    labels = inputs.labels if inputs.labelled else None
     for spec in specs:
         entries = per_model[spec.name]
         ref = _pick_reference(entries, options, warnings, spec.name)
@@ -681,24 +721,25 @@ def _parity(specs, per_model, inputs: InputSet, options: BenchOptions, warnings,
         outputs = {}
         for entry in entries:
             event("parity", model=spec.name, backend=entry.label, artifact=entry.artifact)
-            outputs[entry.key] = _infer_all(entry.runner, inputs.data, options.parity_batch)
+            outputs[entry.key] = infer_in_chunks(entry.runner, inputs.images, options.parity_batch)[0]
         ref_out = outputs[ref.key]
         ref_acc = accuracy(ref_out, labels) if labels is not None else None
-        rows.append(ParityRow(spec.name, ref.label, ref.precision, ref.artifact, "reference", None, None, [], ref_acc, ref_acc))
+        facts = ref.describe_artifact()
+        rows.append(ParityRow(spec.name, ref.label, ref.precision, ref.artifact, "reference", None, ref_acc,
+                              facts["mode"], facts["int8_target"]))
         for entry in entries:
             if entry is ref:
                 continue
-            thresholds = thresholds_for(entry.precision, options.threshold_overrides)
-            cand = outputs[entry.key]
-            comparison = compare_with_thresholds(ref_out, cand, entry.precision, thresholds)
-            acc = accuracy(cand, labels) if labels is not None else None
-            failures = judge(comparison, thresholds, acc, ref_acc)
-            rows.append(ParityRow(spec.name, entry.label, entry.precision, entry.artifact, f"{ref.label} ({ref.precision})",
-                                  comparison, thresholds, failures, acc, ref_acc))
+            verdict = judge(ref_out, outputs[entry.key], tolerances_for(entry.precision, options.threshold_overrides),
+                            labels=labels)
+            facts = entry.describe_artifact()
+            rows.append(ParityRow(spec.name, entry.label, entry.precision, entry.artifact,
+                                  f"{ref.label} ({ref.precision}, {artifact_name(ref.artifact)})", verdict,
+                                  verdict.main.accuracy_candidate, facts["mode"], facts["int8_target"]))
     return rows
 
 
-def _latency(per_model, inputs: InputSet, options: BenchOptions, skipped, event) -> list[LatencyRow]:
+def _latency(per_model, inputs: ImageSet, options: BenchOptions, skipped, event) -> list[LatencyRow]:
     rows = []
     for batch in options.batches:
         data = inputs.batch(batch)
@@ -722,8 +763,9 @@ def _latency(per_model, inputs: InputSet, options: BenchOptions, skipped, event)
                                       on_round=lambda r, ts, b=batch: event("latency_round", batch=b, round=r, targets=ts))
         for result in results:
             model, label, precision, artifact, b = result.key
+            facts = entries_by_key[result.key].describe_artifact()
             rows.append(LatencyRow(model, label, precision, artifact, b, result.stats, result.samples_ms, result.gpu,
-                                   result.warmup_iters))
+                                   result.warmup_iters, facts["mode"], facts["latency_meaningful"]))
         event("latency_done", batch=batch)
     return rows
 
@@ -734,7 +776,7 @@ def _compare(specs: list[ModelSpec], latency_rows: list[LatencyRow]) -> list[Com
     rows = []
     index = {(r.model, r.backend, r.precision, r.batch): r for r in latency_rows}
     for r in latency_rows:
-        if r.model == base.name:
+        if r.model == base.name or not r.meaningful:
             continue
         baseline = index.get((base.name, r.backend, r.precision, r.batch))
         if baseline is None:

@@ -38,11 +38,11 @@ def _registry() -> dict:
 
 
 def _write_registry(data: dict) -> None:
-    from ulsam_deploy.passes.common import write_bytes_atomic
+    from ulsam_deploy.artifacts import write_bytes
 
     order = ["fashion-mnist", "imagenet"]
     ordered = {k: data[k] for k in order if k in data} | {k: v for k, v in data.items() if k not in order}
-    write_bytes_atomic((json.dumps(ordered, indent=2) + "\n").encode(), REGISTRY)
+    write_bytes((json.dumps(ordered, indent=2) + "\n").encode(), REGISTRY)
 
 
 def onnx_logits(model, info, images: np.ndarray, batch: int = 250) -> tuple[np.ndarray, dict]:
@@ -150,7 +150,7 @@ def _fit_note(history: list[dict], recipe: dict) -> str:
 
 
 def _ulsam_text(model, maps: dict) -> str:
-    from ulsam_deploy.models.mobilenet import layer_specs
+    from ulsam_deploy.models.config import layer_specs
 
     specs = {spec.number: spec for spec in layer_specs(model.config)}
     parts = []

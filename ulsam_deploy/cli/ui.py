@@ -1,4 +1,5 @@
-"""Rich rendering shared by the CLI commands: stages with timings, errors as one sentence."""
+"""Rich rendering for the CLI (the only place Rich is used): stages with timings, progress bars, errors as
+one sentence, and the renderers of the library's events (steps, bench, training)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 
 from rich.console import Console
+
+from ulsam_deploy.events import Events
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False)
@@ -31,10 +34,6 @@ def stage(name: str):
     err_console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
-def quiet_stage(_name: str):
-    return contextlib.nullcontext()
-
-
 def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
 
@@ -52,3 +51,131 @@ def fmt_count(value: float) -> str:
 
 def is_interactive() -> bool:
     return sys.stdout.isatty()
+
+
+class RichEvents(Events):
+    """The library's events on the terminal: spinners with durations, warnings, a progress bar with counts."""
+
+    def __init__(self):
+        self._bar = None
+        self._task = None
+
+    def stage(self, name: str):
+        return stage(name)
+
+    def warn(self, message: str) -> None:
+        print_warning(message)
+
+    def detail(self, text: str) -> None:
+        err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        if not err_console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._bar is None:
+            self._bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err_console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(task, total=total)
+        self._bar.update(self._task, completed=done, total=total, description=task)
+        if done >= total:
+            self._bar.stop()
+            self._bar = None
+
+
+class BenchProgress:
+    """Rich progress on stderr for :func:`ulsam_deploy.bench.run.run_bench` events (use as ``event=``)."""
+
+    def __init__(self, console=None):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console or err_console
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                 console=self.console, transient=True, disable=not self.console.is_terminal)
+        self.task = None
+        self.latency_started = 0.0
+        self.latency_total = 1.0
+
+    def __enter__(self):
+        self.progress.start()
+        self.task = self.progress.add_task("bench", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, kind: str, **data) -> None:
+        import time
+
+        if kind == "load":
+            self.progress.update(self.task, description=f"loading {data['backend']} for {data['model']}", total=None)
+        elif kind == "export":
+            self.progress.update(self.task, description=f"exporting {data['model']} to ONNX in memory", total=None)
+        elif kind == "inputs":
+            inputs = data["inputs"]
+            self.console.print(f"inputs: {inputs.source} ({len(inputs)} x {list(inputs.images.shape[1:])}"
+                               + (f", {int((inputs.labels >= 0).sum())} labelled" if inputs.labels is not None else "")
+                               + (f", {len(inputs.skipped)} skipped" if inputs.skipped else "") + ")")
+            for warning in inputs.warnings:
+                self.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        elif kind == "parity":
+            self.progress.update(self.task, description=f"parity: {data['backend']} on {data['model']}", total=None)
+        elif kind == "latency_start":
+            timing = data["timing"]
+            self.latency_started = time.perf_counter()
+            self.latency_total = data["targets"] * (timing.warmup_s + max(timing.min_seconds, 0.1))
+            self.progress.update(self.task, description=f"latency: batch {data['batch']}, {data['targets']} runner(s) "
+                                 "interleaved", total=self.latency_total, completed=0)
+        elif kind == "latency_round":
+            elapsed = time.perf_counter() - self.latency_started
+            self.progress.update(self.task, completed=min(elapsed, self.latency_total * 0.99))
+        elif kind == "latency_done":
+            self.progress.update(self.task, completed=self.latency_total)
+
+
+class TrainProgress:
+    """Rich progress bars (loss / accuracy live) and one summary line per epoch."""
+
+    def __init__(self, console=None):
+        self.console = console or globals()["console"]
+        self.progress = None
+        self.task = None
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def warning(self, text: str) -> None:
+        print_warning(text)
+
+    def start_phase(self, name: str, total: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("<"),
+                                 TimeRemainingColumn(), console=self.console, transient=True,
+                                 disable=not self.console.is_terminal)
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total, stats="")
+        self.phase, self.total, self.done = name, total, 0
+        # no live bar in a log file: a line at each quarter of a training epoch instead
+        self.marks = {total * q // 4 for q in (1, 2, 3)} if not self.console.is_terminal and total >= 8 else set()
+
+    def advance(self, loss=None, acc=None) -> None:
+        stats = "" if loss is None else f"loss {loss:.4f}  acc {acc:.2%}"
+        self.progress.update(self.task, advance=1, stats=stats)
+        self.done += 1
+        if self.done in self.marks and loss is not None:
+            self.console.print(f"  {self.phase}: {self.done}/{self.total} steps, {stats}")
+
+    def end_phase(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def epoch_done(self, r, total_epochs: int) -> None:
+        self.console.print(f"epoch {r.epoch}/{total_epochs}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
+                           f"acc {r.train_acc:.2%}  test loss {r.test_loss:.4f} acc [bold]{r.test_acc:.2%}[/]  "
+                           f"({r.seconds:.0f}s, {r.images_per_s:.0f} img/s)")

@@ -8,8 +8,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.data.images import Preprocess
@@ -61,35 +59,3 @@ def load_arrays(split: str, limit: int | None = None) -> tuple[np.ndarray, np.nd
 
 def default_preprocess(size: int = 28) -> Preprocess:
     return Preprocess(size=size, in_channels=1, crop_pct=1.0, mean=MEAN, std=STD)
-
-
-class FashionMNIST(torch.utils.data.Dataset):
-    """Fashion-MNIST held in memory as ``uint8 [N, 1, size, size]`` (resized once, with PIL bilinear).
-
-    Items are ``(uint8 tensor [1, size, size], label)``; normalise batches with ``preprocess.normalize``.
-    Resizing goes through :meth:`Preprocess.to_uint8`, exactly what reading the exported PNGs does.
-    """
-
-    classes = CLASSES
-
-    def __init__(self, split: str = "train", size: int = 28, limit: int | None = None,
-                 preprocess: Preprocess | None = None):
-        if limit is not None and limit < 1:
-            raise UserError(f"--limit must be a positive number of images, not {limit}.")
-        self.split = split
-        self.preprocess = preprocess or default_preprocess(size)
-        if self.preprocess.in_channels != 1:
-            raise UserError("Fashion-MNIST is grey: train it with --in-channels 1.")
-        raw, labels = load_arrays(split, limit)
-        if self.preprocess.size == raw.shape[1] and self.preprocess.crop_pct == 1.0:
-            images = raw[:, None]
-        else:
-            images = np.stack([self.preprocess.to_uint8(Image.fromarray(img)) for img in raw])
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-        self.labels = torch.from_numpy(labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])

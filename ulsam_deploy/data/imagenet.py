@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ulsam_deploy.data.images import Preprocess, load_image_uint8
+from ulsam_deploy.data.images import Preprocess, read_image
 from ulsam_deploy.data.resources import MissingResource, foolbox_data_dir, imagenet_class_names
 
 _NAME = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
@@ -44,7 +44,7 @@ def load_foolbox_imagenet(preprocess: Preprocess | None = None) -> tuple[np.ndar
     """Normalised ``float32 [20, 3, 224, 224]`` inputs, ``int64 [20]`` labels and the file paths."""
     preprocess = preprocess or imagenet_preprocess()
     samples = foolbox_imagenet_samples()
-    batch = np.stack([load_image_uint8(s.path, preprocess) for s in samples])
+    batch = np.stack([read_image(s.path, preprocess) for s in samples])
     return preprocess.normalize(batch), np.array([s.label for s in samples], dtype=np.int64), [s.path for s in samples]
 
 

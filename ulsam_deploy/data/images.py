@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ulsam_deploy.errors import UserError
 
+MAX_PIXELS = 50_000_000  # larger files are refused before decoding (decompression bombs)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -71,9 +71,11 @@ class Preprocess:
         array = np.array(image, dtype=np.uint8)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
-    def normalize(self, batch: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def normalize(self, batch):
         """``uint8 [N, C, H, W]`` -> normalised float32 (NumPy in, NumPy out; torch in, torch out)."""
-        if isinstance(batch, torch.Tensor):
+        if type(batch).__module__.startswith("torch"):
+            import torch
+
             mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
             return (batch.float() / 255.0 - mean) / std
@@ -83,16 +85,22 @@ class Preprocess:
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         """Read one image file as normalised ``float32 [C, size, size]``."""
-        return self.normalize(load_image_uint8(path, self)[None])[0]
+        return self.normalize(read_image(path, self)[None])[0]
 
 
-def load_image_uint8(path: str | os.PathLike, preprocess: Preprocess) -> np.ndarray:
+def read_image(path: str | os.PathLike, preprocess: Preprocess) -> np.ndarray:
+    """One image file as ``uint8 [C, size, size]``; any problem is a UserError naming the file."""
     path = Path(path)
     try:
         with Image.open(path) as image:
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"'{path}' is {w}x{h} pixels, more than the {MAX_PIXELS:,} ulsam-deploy decodes "
+                                "(a decompression bomb or a wrong file); remove it or shrink it.")
             image.load()
             return preprocess.to_uint8(image)
-    except FileNotFoundError as exc:
-        raise UserError(f"Image '{path}' does not exist.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"'{path}' is not a readable image ({type(exc).__name__}); remove it or replace it.") from exc
+    except FileNotFoundError:
+        raise UserError(f"Image '{path}' does not exist.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            MemoryError) as exc:
+        raise UserError(f"'{path}' is not a readable image ({type(exc).__name__}); remove it or replace it.") from None

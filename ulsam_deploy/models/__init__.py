@@ -1,14 +1,19 @@
-"""Models: ULSAM, MobileNet-V1/V2 with ULSAM at paper positions, checkpoints, cost counting."""
+"""Models: ULSAM, MobileNet-V1/V2 with ULSAM at paper positions, checkpoints, cost counting.
 
-from ulsam_deploy.models.checkpoint import (CheckpointInfo, load_checkpoint, load_checkpoint_with_info, load_pretrained,
-                         save_checkpoint)
-from ulsam_deploy.models.mobilenet import ARCHS, MobileNetULSAM, ModelConfig, build_model, layer_specs
-from ulsam_deploy.models.positions import LayerSpec, Position, parse_positions
-from ulsam_deploy.models.profile import ModelCost, profile_model
-from ulsam_deploy.models.ulsam import ULSAM, FoldedULSAM, ULSAMExport, fold_ulsam
+:mod:`.config` and :mod:`.positions` are torch-free; the networks, checkpoints and cost counting load
+torch, lazily, when their names are first used.
+"""
 
-__all__ = [
-    "ARCHS", "CheckpointInfo", "FoldedULSAM", "LayerSpec", "MobileNetULSAM", "ModelConfig", "ModelCost",
-    "Position", "ULSAM", "ULSAMExport", "build_model", "fold_ulsam", "layer_specs", "load_checkpoint",
-    "load_checkpoint_with_info", "load_pretrained", "parse_positions", "profile_model", "save_checkpoint",
-]
+from ulsam_deploy._lazy import lazy_exports
+
+_EXPORTS = {
+    **{n: "ulsam_deploy.models.checkpoint" for n in ("CheckpointInfo", "load_checkpoint", "load_checkpoint_with_info",
+                                                    "load_pretrained", "save_checkpoint")},
+    **{n: "ulsam_deploy.models.config" for n in ("ARCHS", "ModelConfig", "layer_specs")},
+    **{n: "ulsam_deploy.models.mobilenet" for n in ("MobileNetULSAM", "build_model")},
+    **{n: "ulsam_deploy.models.positions" for n in ("LayerSpec", "Position", "parse_positions")},
+    **{n: "ulsam_deploy.models.profile" for n in ("ModelCost", "profile_model")},
+    **{n: "ulsam_deploy.models.ulsam" for n in ("ULSAM", "FoldedULSAM", "ULSAMExport", "fold_ulsam")},
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

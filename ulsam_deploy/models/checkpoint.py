@@ -20,7 +20,8 @@ import torch
 
 from ulsam_deploy.errors import CheckpointError, ConfigError
 from ulsam_deploy.artifacts import atomic_target
-from ulsam_deploy.models.mobilenet import MobileNetULSAM, ModelConfig
+from ulsam_deploy.models.config import ModelConfig
+from ulsam_deploy.models.mobilenet import MobileNetULSAM
 from ulsam_deploy.models.ulsam import ULSAM
 
 FORMAT = "ulsam-deploy/1"
@@ -133,7 +134,7 @@ def infer_config(state: dict, input_size: int = 224) -> ModelConfig:
     if arch == "mv1":
         width = next((w for w in (1.0, 0.75, 0.5, 0.25, 1.25, 1.5, 2.0) if int(32 * w) == stem), width)
     else:
-        from ulsam_deploy.models.mobilenet import make_divisible
+        from ulsam_deploy.models.config import make_divisible
         width = next((w for w in (1.0, 0.75, 0.5, 0.35, 1.3, 1.4, 1.5, 2.0) if make_divisible(32 * w) == stem), width)
     groups: dict[str, set[int]] = {}
     for key in state:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ulsam_deploy.models.mobilenet import MobileNetULSAM, layer_specs
+from ulsam_deploy.models.config import layer_specs
+from ulsam_deploy.models.mobilenet import MobileNetULSAM
 from ulsam_deploy.models.ulsam import ULSAM
 
 

@@ -14,13 +14,12 @@ pass, the Triton kernel and the TensorRT plugin (see ``docs/kernel.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from ulsam_deploy.errors import ConfigError
+from ulsam_deploy.op_spec import SubspaceAttentionParams
 
 
 class SubSpace(nn.Module):
@@ -74,22 +73,8 @@ def divisors_upto(n: int, limit: int) -> list[int]:
     return [d for d in (1, 2, 4, 8, 16, 32) if d <= limit and n % d == 0]
 
 
-@dataclass
-class FoldedULSAM:
-    """Eval-mode ULSAM as constants: ``a = relu?(s*x + t)``, ``p = maxpool3x3(a)``,
-    ``l_k = relu?(sum_{c in k} w_c p_c + b_k)``, ``A_k = softmax_hw(l_k)``, ``y = x (1 + A)``."""
-
-    groups: int
-    dw_scale: np.ndarray  # [C]
-    dw_shift: np.ndarray  # [C]
-    pw_weight: np.ndarray  # [C]
-    pw_bias: np.ndarray  # [g]
-    relu_dw: bool = True
-    relu_pw: bool = True
-
-    @property
-    def channels(self) -> int:
-        return int(self.dw_scale.shape[0])
+# the folded form of a ULSAM is the fused op's parameter set: one dataclass for model, pass, kernels, plugin
+FoldedULSAM = SubspaceAttentionParams
 
 
 def _bn_affine(bn: nn.Module, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,49 +1,23 @@
-"""Shared ONNX helpers: loading with clear errors, atomic saving, IR version, checking, counting."""
+"""Shared ONNX helpers for the passes (in-memory only): IR version, checking, naming, counting, facts."""
 
 from __future__ import annotations
 
+import copy
 import functools
-import hashlib
-import os
 from collections import Counter
-from pathlib import Path
 
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
+from ulsam_deploy import op_spec
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.artifacts import atomic_target
 
-
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"ONNX file '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise UserError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); re-export it.") from exc
-
-
-def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write to a temp file beside ``path`` and rename, so a failure never leaves half a file."""
-    with atomic_target(path) as tmp:
-        onnx.save(model, tmp)
-    return Path(path)
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    with atomic_target(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return Path(path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+STD_DOMAINS = ("", "ai.onnx")
+INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+            "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "QGemm"}
+# ONNX metadata_props key telling which runtime an int8 model was made for ("tensorrt" or "ort")
+INT8_TARGET_KEY = "ulsam_deploy.int8_target"
+DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +26,8 @@ def ort_max_ir_version() -> int:
     import numpy as np
     import onnxruntime as ort
 
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
     for ir in range(onnx.IR_VERSION, 6, -1):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
@@ -61,7 +35,7 @@ def ort_max_ir_version() -> int:
             sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             sess.run(None, {"x": np.zeros(1, np.float32)})
             return ir
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means "not this IR version"
             continue
     return 8
 
@@ -74,13 +48,17 @@ def fit_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """``onnx.checker`` full check (with shape inference); raises UserError with the checker's words."""
+def check_model(model: onnx.ModelProto, *, ours: bool = True) -> None:
+    """``onnx.checker`` full check (with shape inference); one sentence with the checker's own words.
+
+    ``ours``: the model was produced by ulsam-deploy (a failure is our bug); otherwise it is the user's input.
+    """
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise UserError(f"The ONNX model failed onnx.checker: {first}; this is a bug in the export, please report it.") from exc
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        fix = "this is a bug in ulsam-deploy, please report it with the model" if ours else "re-export the model"
+        raise UserError(f"The ONNX model failed onnx.checker ({first}); {fix}.") from None
 
 
 def tensor_names(graph: onnx.GraphProto) -> set[str]:
@@ -102,6 +80,75 @@ def unique_namer(taken: set[str]):
     return fresh
 
 
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name (block and exclude lists work by name); in place."""
+    fresh = unique_namer({n.name for n in model.graph.node if n.name})
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = fresh(f"{node.op_type}_{index}")
+    return model
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes topologically in place (the float16 converter appends its input Casts at the end)."""
+    available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        progress, rest = False, []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:  # a cycle or a dangling input: leave the order to onnx.checker to report
+            ordered.extend(rest)
+            break
+        pending = rest
+    nodes = [copy.deepcopy(n) for n in ordered]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the outer scope (conservatively: all)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for inner in g.node:
+                names.update(i for i in inner.input if i)
+                names.update(subgraph_reads(inner))
+    return names
+
+
+def eliminate_dead_code(model: onnx.ModelProto) -> int:
+    """Drop nodes that feed no graph output, unused initializers and stale value_info; returns nodes dropped."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            needed.update(subgraph_reads(node))
+    dropped = len(graph.node) - len(keep)
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    inputs = {i.name for i in graph.input}
+    inits = [t for t in graph.initializer if t.name in needed or t.name in inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    alive = needed | {o for n in keep for o in n.output}
+    infos = [v for v in graph.value_info if v.name in alive]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    return dropped
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
@@ -111,3 +158,82 @@ def opset_of(model: onnx.ModelProto, domain: str = "") -> int | None:
         if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
             return int(entry.version)
     return None
+
+
+def fused_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op_spec.OP_TYPE]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+def precision_of(model: onnx.ModelProto) -> str:
+    """'int8' (Q/DQ or integer ops), 'fp16' (fp16 initializers or I/O), else 'fp32'."""
+    ops = {n.op_type for n in model.graph.node}
+    if ops & INT8_OPS:
+        return "int8"
+    inputs = graph_inputs(model)
+    io_fp16 = bool(inputs) and inputs[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    if io_fp16 or any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def int8_target(model: onnx.ModelProto) -> str | None:
+    """The runtime an int8 model was made for: 'tensorrt' (exact Q/DQ semantics) or 'ort'; None otherwise.
+
+    Unmarked Q/DQ models (made by other tools) are taken as TensorRT-style explicit quantization.
+    """
+    if precision_of(model) != "int8":
+        return None
+    return metadata(model).get(INT8_TARGET_KEY, "tensorrt")
+
+
+def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
+    """Declared dims of a value: ints, or the dynamic axis' name ('?' when unnamed)."""
+    dims: list[int | str] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return dims
+
+
+def io_specs(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) as ``{"name", "shape", "dtype"}`` dicts read from the graph."""
+    def spec(vi):
+        dtype = DTYPE_NAMES.get(vi.type.tensor_type.elem_type)
+        if dtype is None:
+            raise UserError(f"'{vi.name}' has element type "
+                            f"{TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}; ulsam-deploy handles "
+                            "float32 and float16 image models only.")
+        return {"name": vi.name, "shape": dims_of(vi), "dtype": dtype}
+
+    return [spec(v) for v in graph_inputs(model)], [spec(v) for v in model.graph.output]
+
+
+def graph_facts(model: onnx.ModelProto) -> dict:
+    """What a sidecar records about a graph: opset, IR version, node and op counts, fused nodes."""
+    return {"opset": opset_of(model), "ir_version": int(model.ir_version), "nodes": len(model.graph.node),
+            "ops": op_counts(model), "fused_nodes": len(fused_nodes(model))}
+
+
+__all__ = ["INT8_TARGET_KEY", "check_model", "dims_of", "eliminate_dead_code", "fit_ir_version", "fused_nodes",
+           "graph_facts", "graph_inputs", "int8_target", "io_specs", "metadata", "name_nodes", "op_counts", "opset_of",
+           "ort_max_ir_version", "precision_of", "set_metadata", "subgraph_reads", "tensor_names", "toposort",
+           "unique_namer"]

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import json
 import os
-import platform
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import numpy as np
-import onnx
-import torch
 
-from ulsam_deploy.backends import OrtRunner, TorchRunner
-from ulsam_deploy.backends.judge import Comparison, compare_outputs
-from ulsam_deploy.errors import ParityError, UserError
-from ulsam_deploy.passes.common import check_model, fit_ir_version, op_counts, opset_of, save_onnx_atomic, sha256_file
-from ulsam_deploy.passes.simplify import simplify_model
-from ulsam_deploy.models import ULSAM, ULSAMExport
-from ulsam_deploy.models.checkpoint import CheckpointInfo, load_checkpoint_with_info
-from ulsam_deploy.models.mobilenet import MobileNetULSAM
+from ulsam_deploy.artifacts import ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, DynamicRange, sha256_file
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.events import SILENT, Events
+from ulsam_deploy.limits import fit_count
+from ulsam_deploy.steps._step import Step, StepResult
 
-Stage = Callable[[str], ContextManager]
-
-
-@contextlib.contextmanager
-def _quiet_stage(_name: str):
-    yield
+OPSETS = (13, 21)  # the exporter's range; TensorRT 10's ONNX parser reads up to 20
+TRT10_MAX_OPSET = 20
+MAX_DYNAMIC_BATCH = 4096
+ACTIVATION_FACTOR = 64  # bytes of activations per input byte a MobileNet needs, roughly (parity runs both)
 
 
 @dataclass
@@ -48,34 +36,21 @@ class ExportOptions:
     parity_batches: tuple[int, ...] = (1, 3)
 
     def __post_init__(self) -> None:
-        if not 13 <= int(self.opset) <= 21:
-            raise UserError(f"Opset {self.opset} is not supported; choose an opset from 13 to 21 (17 is the default).")
+        if not OPSETS[0] <= int(self.opset) <= OPSETS[1]:
+            raise UserError(f"Opset {self.opset} is not supported; choose an opset from {OPSETS[0]} to {OPSETS[1]} "
+                            f"(17 is the default; TensorRT 10 reads up to {TRT10_MAX_OPSET}).")
         if self.batch is not None and int(self.batch) < 1:
-            raise UserError(f"--batch must be a positive integer, not {self.batch}.")
+            raise UserError(f"--static-batch must be a positive integer, not {self.batch}.")
         if self.exporter not in ("torchscript", "dynamo"):
             raise UserError(f"Unknown exporter '{self.exporter}'; choose 'torchscript' or 'dynamo'.")
-        if not self.atol > 0:
-            raise UserError(f"--atol must be positive, not {self.atol}.")
+        if not (np.isfinite(self.atol) and self.atol > 0):
+            raise UserError(f"--atol must be a positive number, not {self.atol}.")
 
 
-@dataclass
-class ExportResult:
-    onnx_path: Path
-    sidecar_path: Path
-    parity: dict[int, Comparison]
-    nodes: int
-    ops: dict[str, int]
-    seconds: dict[str, float] = field(default_factory=dict)
-    fusion: dict | None = None
-    sidecar: dict = field(default_factory=dict)
-
-    @property
-    def max_abs(self) -> float:
-        return max(c.max_abs for c in self.parity.values())
-
-
-def to_export_form(model: MobileNetULSAM) -> MobileNetULSAM:
+def to_export_form(model):
     """A copy of ``model`` (eval) whose ULSAM blocks are :class:`ULSAMExport` (BN folded, one branch)."""
+    from ulsam_deploy.models import ULSAM, ULSAMExport
+
     deploy = copy.deepcopy(model).eval()
     for index, layer in enumerate(deploy.features):
         if isinstance(layer, ULSAM):
@@ -85,13 +60,18 @@ def to_export_form(model: MobileNetULSAM) -> MobileNetULSAM:
     return deploy
 
 
-def torch_to_onnx(model: torch.nn.Module, input_size: int, in_channels: int, options: ExportOptions) -> onnx.ModelProto:
+def torch_to_onnx(model, input_size: int, in_channels: int, options: ExportOptions):
     """Trace to ONNX with ``input`` (N,C,H,W float32) and ``logits``; batch axis dynamic unless fixed."""
+    import onnx
+    import torch
+
+    from ulsam_deploy import __version__
+
     example = torch.zeros(options.batch or 1, in_channels, input_size, input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
-            dynamic = None if options.batch else {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+            dynamic = None if options.batch else {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
             program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
                                         output_names=["logits"], opset_version=options.opset,
                                         dynamic_shapes=dynamic, verbose=False)
@@ -104,10 +84,35 @@ def torch_to_onnx(model: torch.nn.Module, input_size: int, in_channels: int, opt
                               do_constant_folding=True)
             proto = onnx.load_from_string(buffer.getvalue())
     proto.producer_name = "ulsam-deploy"
-    from ulsam_deploy import __version__
-
     proto.producer_version = __version__
     return proto
+
+
+def onnx_from_model(model, options: ExportOptions, stage=None):
+    """The export pipeline in memory: export form, exporter, onnxsim, optional fusion.
+
+    Returns ``(proto, fusion_report or None)``; the proto is not yet checked (see ``finalize_onnx``).
+    """
+    import contextlib
+
+    stage = stage or (lambda _t: contextlib.nullcontext())
+    config = model.config
+    with stage("Folding ULSAM into its export form"):
+        deploy = to_export_form(model)
+    with stage(f"Exporting ONNX (opset {options.opset}, {options.exporter})"):
+        proto = torch_to_onnx(deploy, config.input_size, config.in_channels, options)
+    if options.simplify:
+        from ulsam_deploy.passes.simplify import simplify_model
+
+        with stage("Simplifying with onnxsim"):
+            proto = simplify_model(proto)
+    fusion = None
+    if options.fuse:
+        from ulsam_deploy.passes.fuse import fuse_model
+
+        with stage("Fusing ULSAM blocks into SubspaceAttention"):
+            proto, fusion = fuse_model(proto)
+    return proto, fusion
 
 
 def parity_inputs(batch: int, in_channels: int, size: int, seed: int) -> np.ndarray:
@@ -115,154 +120,106 @@ def parity_inputs(batch: int, in_channels: int, size: int, seed: int) -> np.ndar
     return np.random.default_rng(seed + batch).standard_normal((batch, in_channels, size, size)).astype(np.float32)
 
 
-def check_parity(reference: TorchRunner, candidate: OrtRunner, batches, in_channels: int, size: int,
-                 atol: float, seed: int = 0) -> dict[int, Comparison]:
-    results = {}
-    for batch in batches:
-        x = parity_inputs(batch, in_channels, size, seed)
-        results[batch] = compare_outputs(reference.infer(x), candidate.infer(x), atol=atol, rtol=atol)
-    return results
+def preprocess_spec(info) -> PreprocessSpec:
+    """The checkpoint's preprocessing (stored recipe, else its size, channels and mean/std)."""
+    from ulsam_deploy.data.images import Preprocess
+    from ulsam_deploy.data.sources import resolve_preprocess
 
-
-def tool_versions() -> dict[str, str]:
-    import onnxruntime
-
-    from ulsam_deploy import __version__
-
-    versions = {"ulsam_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-    try:
-        import onnxsim
-
-        versions["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
-    except ImportError:
-        pass
-    return versions
-
-
-def export_model(model: MobileNetULSAM, info: CheckpointInfo, output: str | os.PathLike, options: ExportOptions,
-                 stage: Stage = _quiet_stage, source: str | None = None) -> ExportResult:
-    """Export an eval-mode model; write ``output`` and ``output.json`` only when every check passed."""
-    output = Path(output)
-    sidecar_path = output.with_name(output.name + ".json")
-    if output.exists() and not options.force:
-        raise UserError(f"'{output}' already exists; pass --force to overwrite it or choose another -o path.")
-    if output.exists() and output.is_dir():
-        raise UserError(f"'{output}' is a directory; give a file path such as {output / 'model.onnx'}.")
     config = info.config
-    seconds: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    with stage("Folding ULSAM into its export form"):
-        deploy = to_export_form(model)
-    with stage(f"Exporting ONNX (opset {options.opset}, {options.exporter})"):
-        proto = torch_to_onnx(deploy, config.input_size, config.in_channels, options)
-    seconds["export"] = time.perf_counter() - t0
-
-    if options.simplify:
-        t0 = time.perf_counter()
-        with stage("Simplifying with onnxsim"):
-            proto = simplify_model(proto)
-        seconds["simplify"] = time.perf_counter() - t0
-
-    fusion = None
-    if options.fuse:
-        t0 = time.perf_counter()
-        with stage("Fusing ULSAM blocks into SubspaceAttention"):
-            from ulsam_deploy.passes.fuse import fuse_model  # the fusion pass
-
-            proto, fusion = fuse_model(proto)
-        seconds["fuse"] = time.perf_counter() - t0
-
-    with stage("Checking with onnx.checker"):
-        proto = fit_ir_version(proto)
-        check_model(proto)
-
-    t0 = time.perf_counter()
-    batches = (options.batch,) if options.batch else options.parity_batches
-    with stage(f"Proving ONNX Runtime == PyTorch (batch {', '.join(map(str, batches))})"):
-        data = proto.SerializeToString()
-        with TorchRunner(model) as reference, OrtRunner(data, custom_ops=options.fuse) as candidate:
-            parity = check_parity(reference, candidate, batches, config.in_channels, config.input_size,
-                                  options.atol, options.seed)
-    seconds["parity"] = time.perf_counter() - t0
-    worst = max(parity.values(), key=lambda c: c.max_abs)
-    if worst.max_abs > options.atol or not np.isfinite(worst.max_abs):
-        raise ParityError(
-            f"ONNX Runtime differs from PyTorch by {worst.max_abs:.3g} (max abs), above --atol {options.atol:g}; "
-            "nothing was written. Re-export with --no-simplify or --exporter dynamo, or report this model."
-        )
-
-    with stage(f"Writing {output}"):
-        save_onnx_atomic(proto, output)
-        sidecar = {
-            "format": "ulsam-deploy-onnx/1",
-            "onnx": output.name,
-            "sha256": sha256_file(output),
-            "source": source,
-            "config": config.to_dict(),
-            "description": config.describe(),
-            "input": {"name": "input", "shape": [options.batch or "batch", config.in_channels, config.input_size,
-                                                 config.input_size], "dtype": "float32"},
-            "output": {"name": "logits", "shape": [options.batch or "batch", config.num_classes], "dtype": "float32"},
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "class_names": info.class_names,
-            "opset": opset_of(proto),
-            "ir_version": proto.ir_version,
-            "exporter": options.exporter,
-            "simplified": options.simplify,
-            "fused": fusion,
-            "nodes": len(proto.graph.node),
-            "ops": op_counts(proto),
-            "parity": {"reference": "torch (cpu, eval)", "candidate": "onnxruntime (cpu)", "atol": options.atol,
-                       "batches": {str(b): c.to_dict() for b, c in parity.items()}},
-            "checkpoint_meta": info.meta,
-            "versions": tool_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+    stored = (info.meta or {}).get("preprocess")
+    base = None
+    if isinstance(stored, dict):
         try:
-            write_json_atomic(sidecar, sidecar_path)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
-    return ExportResult(output, sidecar_path, parity, len(proto.graph.node), op_counts(proto), seconds, fusion, sidecar)
+            base = Preprocess.from_dict(stored)
+        except (KeyError, TypeError, ValueError, UserError):
+            base = None
+    pre = resolve_preprocess(config.input_size, config.in_channels, base=base,
+                             mean=None if base else info.mean, std=None if base else info.std)
+    return PreprocessSpec(size=pre.size, in_channels=pre.in_channels, crop_pct=pre.crop_pct, mean=list(pre.mean),
+                          std=list(pre.std))
 
 
-def write_json_atomic(data: dict, path: Path) -> Path:
-    from ulsam_deploy.passes.common import write_bytes_atomic
+def export_model(model, info, output: str | os.PathLike, options: ExportOptions, events: Events = SILENT,
+                 source: str | os.PathLike | None = None) -> StepResult:
+    """Export an eval-mode model; write ``output`` and ``output.json`` only when every check passed."""
+    from ulsam_deploy.backends.judge import Tolerances, judge
+    from ulsam_deploy.backends.onnxrt.runner import OrtRunner
+    from ulsam_deploy.backends.torch.runner import TorchRunner
 
-    return write_bytes_atomic((json.dumps(data, indent=2, default=_json_default) + "\n").encode(), path)
+    config = info.config
+    if options.opset > TRT10_MAX_OPSET:
+        events.warn(f"Opset {options.opset}: TensorRT 10's ONNX parser reads opsets up to {TRT10_MAX_OPSET}; export "
+                    f"with --opset {TRT10_MAX_OPSET} or lower to build engines on JetPack 6.")
+    per_image = config.in_channels * config.input_size ** 2 * 4 * ACTIVATION_FACTOR
+    batches = (options.batch,) if options.batch else options.parity_batches
+    fit_count(max(batches), per_image, "images per parity batch", "--batch")
+    inputs = [source] if source is not None and Path(source).exists() else []
+    with Step("export", output, force=options.force, inputs=inputs, events=events,
+              options={k: v for k, v in asdict(options).items() if k != "force"}) as step:
+        with step.stage("Exporting", "export"):
+            proto, fusion = onnx_from_model(model, options, events.stage)
+        proto = step.finalize(proto)
+        with step.stage(f"Proving ONNX Runtime == PyTorch (batch {', '.join(map(str, batches))})", "parity"):
+            refs, cands, names = [], [], []
+            with TorchRunner(model) as reference, OrtRunner(proto.SerializeToString(), custom_ops=options.fuse) as cand:
+                for batch in batches:
+                    x = parity_inputs(batch, config.in_channels, config.input_size, options.seed)
+                    refs.append(reference.infer(x))
+                    cands.append(cand.infer(x))
+                    names.append(f"batch {batch}")
+            verdict = judge(refs, cands, Tolerances(atol=options.atol), names=names, classifier=False)
+        step.require(verdict, f"ONNX Runtime differs from PyTorch (max abs {verdict.max_abs:.3g}, --atol "
+                     f"{options.atol:g})", "re-export with --no-simplify or --exporter dynamo, or report this model")
+        batch_dim: int | str = options.batch or "batch"
+        checkpoint = Path(source).resolve() if source is not None and Path(source).is_file() else None
+        sidecar = OnnxSidecar(
+            onnx=Path(output).name, sha256="0" * 64,
+            model=ModelInfo(config=config.to_dict(), description=config.describe(),
+                            class_names=list(info.class_names) if info.class_names else None,
+                            checkpoint=str(checkpoint) if checkpoint else (str(source) if source else None),
+                            checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
+                            meta=_plain(info.meta)),
+            preprocess=preprocess_spec(info),
+            inputs=[TensorSpec(name="input", shape=[batch_dim, config.in_channels, config.input_size,
+                                                    config.input_size])],
+            outputs=[TensorSpec(name="logits", shape=[batch_dim, config.num_classes])],
+            dynamic=None if options.batch else DynamicRange(batch=(1, 1, MAX_DYNAMIC_BATCH)),
+            fused_blocks=int((fusion or {}).get("fused", 0)))
+        report = {"exporter": options.exporter, "simplified": options.simplify, "fusion": fusion}
+        record = step.record(source=checkpoint, report=report, verdict=verdict, versions=("torch", "onnx",
+                                                                                       "onnxruntime", "onnxsim"))
+        return step.write_onnx(proto, sidecar, record, verdict=verdict, report=report)
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+def _plain(data):
+    import json
+
+    from ulsam_deploy.artifacts import json_default
+
+    return json.loads(json.dumps(data or {}, default=json_default))
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, options: ExportOptions | None = None,
-                      stage: Stage = _quiet_stage, **overrides) -> ExportResult:
+def default_output(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".onnx")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None,
+                      options: ExportOptions | None = None, events: Events = SILENT, **overrides) -> StepResult:
     """Load any accepted checkpoint and export it (see :func:`export_model`)."""
+    from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
+
     options = options or ExportOptions()
-    with stage(f"Loading {checkpoint}"):
+    checkpoint = Path(checkpoint)
+    output = Path(output) if output is not None else default_output(checkpoint)
+    with events.stage(f"Loading {checkpoint}"):
         model, info = load_checkpoint_with_info(checkpoint, **overrides)
-    return export_model(model, info, output, options, stage, source=str(checkpoint))
+    stored = info.meta.get("preprocess", {}).get("size") if isinstance(info.meta.get("preprocess"), dict) else None
+    if stored and int(stored) != info.config.input_size:
+        events.warn(f"The checkpoint was trained at {stored}x{stored}; exporting at {info.config.input_size}x"
+                    f"{info.config.input_size} as asked (the preprocessing follows the new size).")
+        info.meta = {**info.meta, "preprocess": {**info.meta["preprocess"], "size": info.config.input_size}}
+    return export_model(model, info, output, options, events, source=checkpoint)
 
 
-def read_sidecar(onnx_path: str | os.PathLike) -> dict | None:
-    """The ``model.onnx.json`` written by export, or None when absent/unreadable."""
-    path = Path(str(onnx_path) + ".json")
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "export_model", "read_sidecar", "to_export_form"]
+__all__ = ["ExportOptions", "default_output", "export_checkpoint", "export_model", "onnx_from_model", "parity_inputs",
+           "to_export_form", "torch_to_onnx"]

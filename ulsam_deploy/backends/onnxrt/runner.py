@@ -1,8 +1,14 @@
 """ONNX Runtime runner (CPU, CUDA and TensorRT execution providers when installed).
 
-Handles fp16-I/O models (inputs cast to float16, outputs back to float32), reports the model's
-precision (fp32 / fp16 / int8 from its tensors and Q/DQ nodes), and enables our custom-op library
-by itself when the graph holds fused ``SubspaceAttention`` nodes.
+It runs an artifact the way its user will:
+
+- an int8 model made for TensorRT (``convert --target tensorrt``) runs with ORT's graph optimizations
+  off, so its Q/DQ nodes execute as written: exact simulated quantization, TensorRT's semantics (ORT's
+  own int8 kernels would swap in other arithmetic). Its latency is not int8 deployment speed;
+- an int8 model made for ONNX Runtime (``--target ort``) runs in a default session, with ORT's int8 kernels;
+- a fused graph (``SubspaceAttention`` nodes) gets the NumPy reference op from :mod:`.custom_ops`
+  (correct, not fast: its latency is the reference op's);
+- fp16-I/O models get float16 inputs and return float32.
 """
 
 from __future__ import annotations
@@ -17,45 +23,51 @@ from ulsam_deploy.backends.base import Runner, RunnerUnavailable
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
 SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items() if k != "tensorrt"}
-INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-            "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "QGemm"}
+OPTIMIZATIONS = ("none", "basic", "extended", "all")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def model_facts(proto) -> dict:
-    """Precision, fused-op count, node count and input dtype of an ONNX model (no weights are read)."""
+    """Precision, int8 target, fused-op count, node count and input dtype of an ONNX model."""
     import onnx
 
-    from ulsam_deploy.op_spec import OP_TYPE
+    from ulsam_deploy.passes.common import fused_nodes, graph_inputs, int8_target, precision_of
 
-    ops = [node.op_type for node in proto.graph.node]
-    fused = sum(op == OP_TYPE for op in ops)
-    fp16_tensors = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    inputs = graph_inputs(proto)
     io_fp16 = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    if any(op in INT8_OPS for op in ops):
-        precision = "int8"
-    elif fp16_tensors or io_fp16:
-        precision = "fp16"
-    else:
-        precision = "fp32"
-    return {"precision": precision, "fused_nodes": fused, "nodes": len(ops), "io_fp16": io_fp16}
+    return {"precision": precision_of(proto), "int8_target": int8_target(proto),
+            "fused_nodes": len(fused_nodes(proto)), "nodes": len(proto.graph.node), "io_fp16": io_fp16}
+
+
+def execution_mode(facts: dict, optimization: str) -> str:
+    """How this runner executes the artifact, in words a report shows beside its figures."""
+    if facts.get("int8_target") == "tensorrt" and optimization == "none":
+        return "Q/DQ simulated, TensorRT semantics"
+    if facts.get("int8_target") == "ort":
+        return "ONNX Runtime int8 kernels"
+    if facts.get("fused_nodes"):
+        return "SubspaceAttention reference op (NumPy)"
+    return ""
 
 
 class OrtRunner(Runner):
     name = "ort"
 
     def __init__(self, model: str | os.PathLike | bytes, provider: str = "cpu", threads: int | None = None,
-                 custom_ops: bool | None = None, optimization: str = "all", precision: str | None = None,
-                 spinning: bool | None = None):
-        """``custom_ops=None`` enables the custom-op library only when the graph holds fused nodes;
-        ``precision=None`` reads it from the model; ``spinning=None`` keeps ONNX Runtime's default."""
+                 custom_ops: bool | None = None, optimization: str | None = None, precision: str | None = None,
+                 spinning: bool | None = None, extra_outputs: tuple[str, ...] = ()):
+        """``custom_ops=None`` enables the reference op only when the graph holds fused nodes;
+        ``optimization=None`` picks what the artifact is made for (see the module docstring);
+        ``precision=None`` reads it from the model; ``extra_outputs`` exposes intermediate tensors too."""
+        if optimization is not None and optimization not in OPTIMIZATIONS:
+            raise ValueError(f"optimization must be one of {OPTIMIZATIONS}, not {optimization!r}")
         self.model = model
         self.provider = provider
         self.threads = threads
         self.custom_ops = custom_ops
         self.optimization = optimization
         self.spinning = spinning
+        self.extra_outputs = tuple(extra_outputs)
         self.session = None
         self.facts: dict = {}
         if precision is not None:
@@ -66,12 +78,24 @@ class OrtRunner(Runner):
     def label(self) -> str:
         return f"ort:{SHORT_NAMES.get(PROVIDER_NAMES.get(self.provider, self.provider), self.provider)}"
 
+    @property
+    def mode(self) -> str:
+        return execution_mode(self.facts, self.optimization or "all")
+
+    @property
+    def latency_meaningful(self) -> bool:
+        """False where the latency measures a simulation (TensorRT-style Q/DQ) or the NumPy reference op."""
+        return not (self.facts.get("fused_nodes") or (self.facts.get("int8_target") == "tensorrt"
+                                                       and self.optimization == "none"))
+
     def _proto(self):
         import onnx
 
         if isinstance(self.model, (bytes, bytearray)):
             return onnx.load_from_string(bytes(self.model))
-        from ulsam_deploy.passes.common import load_onnx
+        if isinstance(self.model, onnx.ModelProto):
+            return self.model
+        from ulsam_deploy.artifacts import load_onnx
 
         return load_onnx(self.model)
 
@@ -89,8 +113,11 @@ class OrtRunner(Runner):
         self.facts = model_facts(proto)
         if not self._explicit_precision:
             self.precision = self.facts["precision"]
+        if self.optimization is None:
+            self.optimization = "none" if self.facts["int8_target"] == "tensorrt" else "all"
         custom = self.custom_ops if self.custom_ops is not None else self.facts["fused_nodes"] > 0
         options = ort.SessionOptions()
+        options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
@@ -102,38 +129,41 @@ class OrtRunner(Runner):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization]
+        if self.extra_outputs:
+            proto = _with_outputs(proto, self.extra_outputs)
+        source = proto.SerializeToString() if (self.extra_outputs or not isinstance(self.model, (str, os.PathLike))) \
+            else str(Path(self.model))
         if custom:
             try:
-                from ulsam_deploy.backends.onnxrt.custom_ops import register_custom_ops  # created with the fusion pass
-            except ImportError as exc:
-                raise RunnerUnavailable(
-                    f"This ONNX model holds {self.facts['fused_nodes']} fused SubspaceAttention node(s) and the custom-op "
-                    f"library is not available here ({exc}); install 'ulsam-deploy[kernels]' or bench the unfused ONNX."
-                ) from exc
+                from ulsam_deploy.backends.onnxrt.custom_ops import prepare_model, register_custom_ops
+            except ImportError as exc:  # pragma: no cover - part of the package
+                raise RunnerUnavailable(f"The SubspaceAttention reference op is not available ({exc}).") from exc
             register_custom_ops(options)
+            source = prepare_model(proto)  # constants as inputs, fp16 casts: the Python op's view of the node
         self.custom_ops = custom
-        source = bytes(self.model) if isinstance(self.model, (bytes, bytearray)) else str(Path(self.model))
-        if custom:  # the Python op cannot read FLOATS attributes: run ORT's view (constants as inputs, fp16 casts)
-            from ulsam_deploy.backends.onnxrt.custom_ops import prepare_model
-
-            source = prepare_model(proto)
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         try:
             self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
             raise RunnerUnavailable(f"ONNX Runtime could not load the model ({first}).") from exc
-        first_input = self.session.get_inputs()[0]
-        self.input_name = first_input.name
-        self.input_shape = list(first_input.shape)
-        self.input_dtype = _ORT_TYPES.get(first_input.type, np.float32)
-        self.output_names = [self.session.get_outputs()[0].name]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise RunnerUnavailable(f"The model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                                    "ulsam-deploy runs image models with exactly one input.")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.input_dtype = _ORT_TYPES.get(inputs[0].type, np.float32)
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _feed(self, batch: np.ndarray) -> dict:
         return {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
 
+    def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, self._feed(batch))]
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(self.output_names, self._feed(batch))[0]
+        out = self.session.run(self.output_names[:1], self._feed(batch))[0]
         return np.asarray(out, dtype=np.float32)
 
     def prepare(self, batch: np.ndarray):
@@ -150,16 +180,40 @@ class OrtRunner(Runner):
 
         info = {"backend": self.name, "label": self.label, "onnxruntime": ort.__version__, "provider": self.provider,
                 "threads": self.threads or 0, "optimization": self.optimization, "precision": self.precision,
-                "custom_ops": bool(self.custom_ops)}
+                "custom_ops": bool(self.custom_ops), "mode": self.mode, "latency_meaningful": self.latency_meaningful}
         if self.spinning is not None:
             info["spinning"] = self.spinning
-        if not isinstance(self.model, (bytes, bytearray)):
+        if isinstance(self.model, (str, os.PathLike)):
             info["model"] = str(self.model)
         if self.facts:
-            info.update(nodes=self.facts["nodes"], fused_nodes=self.facts["fused_nodes"], io_fp16=self.facts["io_fp16"])
+            info.update(nodes=self.facts["nodes"], fused_nodes=self.facts["fused_nodes"], io_fp16=self.facts["io_fp16"],
+                        int8_target=self.facts["int8_target"])
         if self.session is not None:
             info["providers_used"] = self.session.get_providers()
         return info
 
     def close(self) -> None:
         self.session = None
+
+
+def _with_outputs(model, names: tuple[str, ...]):
+    """A copy of ``model`` that also outputs the tensors ``names`` (types from shape inference)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - types only pick the declared dtype of probed tensors
+        inferred = model
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    for name in names:
+        if name not in present:
+            out.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT),
+                                                                       None))
+    return out
+
+
+__all__ = ["OrtRunner", "execution_mode", "model_facts"]

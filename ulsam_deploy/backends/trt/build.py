@@ -24,7 +24,9 @@ from typing import Callable, ContextManager
 import onnx
 
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.passes.common import load_onnx, sha256_file, write_bytes_atomic
+from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.artifacts import write_bytes as write_bytes_atomic
+from ulsam_deploy.artifacts import load_onnx
 from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, engine_sidecar_path
 from ulsam_deploy.backends.trt.cuda_driver import cuda_runtime_version, jetson_release, probe_cuda_driver
 from ulsam_deploy.backends.trt.explain import explain_build_failure, explain_parser_errors, format_parser_errors, read_parser_errors
@@ -154,10 +156,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
                                     "already fused ONNX.") from exc
                 fused, fusion = fuse_model(model)
             if not (fusion or {}).get("fused"):
-                from ulsam_deploy.passes.precision import find_ulsam_regions, name_nodes
+                from ulsam_deploy.passes.ulsam_pattern import find_ulsam_blocks
 
-                if (fusion or {}).get("left_alone") or find_ulsam_regions(name_nodes(onnx.ModelProto.FromString(
-                        model.SerializeToString()))):
+                if (fusion or {}).get("left_alone") or find_ulsam_blocks(model).blocks:
                     raise UserError(f"'{onnx_path.name}' has ULSAM blocks that cannot be fused as they are"
                                     f"{' (fp16 Casts split them)' if info.precision == 'fp16' else ''}; fuse before "
                                     f"converting: 'ulsam-deploy convert MODEL.onnx --precision {info.precision} --fuse' "
@@ -243,9 +244,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
                                  plugin_info, fusion, cache_record, warnings)
         sidecar_path = engine_sidecar_path(output)
         try:
-            from ulsam_deploy.steps.export import write_json_atomic
+            from ulsam_deploy.artifacts import write_json
 
-            write_json_atomic(sidecar, sidecar_path)
+            write_json(sidecar, sidecar_path)
         except BaseException:
             output.unlink(missing_ok=True)
             raise
@@ -266,11 +267,22 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
                    cache_record: dict | None, warnings: list[str]) -> dict:
     """What the engine is, what built it, and how to rebuild it (read by check_engine_compat and bench)."""
     from ulsam_deploy import __version__
-    from ulsam_deploy.steps.export import read_sidecar
+    from ulsam_deploy.artifacts import read_sidecar
 
     driver = probe_cuda_driver()
     gpu = driver.gpus[0].to_dict() if driver.gpus else {}
-    onnx_sidecar = read_sidecar(onnx_path) or {}
+    onnx_sidecar = read_sidecar(onnx_path, required=False)
+    model_info = {}
+    verification = None
+    if onnx_sidecar is not None:
+        model_info = {"config": onnx_sidecar.model.config if onnx_sidecar.model else None,
+                      "description": onnx_sidecar.model.description if onnx_sidecar.model else None,
+                      "class_names": onnx_sidecar.model.class_names if onnx_sidecar.model else None,
+                      "inputs": [s.model_dump() for s in onnx_sidecar.inputs],
+                      "outputs": [s.model_dump() for s in onnx_sidecar.outputs],
+                      "preprocess": onnx_sidecar.preprocess.model_dump() if onnx_sidecar.preprocess else None}
+        converts = [s for s in onnx_sidecar.steps if s.step == "convert"]
+        verification = converts[-1].verdict if converts else None
     profiles = [{"input": name, "min": list(v[0]), "opt": list(v[1]), "max": list(v[2])}
                 for name, v in (plan.profile or {}).items()]
     profiles += [{"input": name, "min": list(v), "opt": list(v), "max": list(v), "static": True}
@@ -282,8 +294,7 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
         "engine_bytes": output.stat().st_size,
         "onnx": {"file": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": info.precision,
                  "fused_nodes": info.fused_nodes, "opset": info.opset},
-        "model": {k: onnx_sidecar.get(k) for k in ("config", "description", "input", "output", "mean", "std",
-                                                   "class_names") if k in onnx_sidecar},
+        "model": model_info,
         "tensorrt": {"version": version_of(trt), "major": parse_version(version_of(trt))[0],
                      "module": getattr(trt, "__file__", None)},
         "cuda": {"driver_version": driver.driver_version, "runtime_version": cuda_runtime_version()},
@@ -293,7 +304,7 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
         "precision": engine_precision(info.precision, plan.builder_flags),
         "precision_details": {"mode": plan.precision, "strongly_typed": plan.strongly_typed, "onnx": info.precision,
                               "builder_flags": [f for f in plan.builder_flags if f in ("FP16", "INT8")],
-                              "onnx_verification": (onnx_sidecar.get("precision") or {}).get("verification")},
+                              "onnx_verification": verification},
         "profiles": profiles,
         "plugin": ({**plugin_info, "fused_blocks": (fusion or {}).get("fused", info.fused_nodes)}
                    if plugin_info else None),

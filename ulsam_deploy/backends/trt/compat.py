@@ -138,7 +138,7 @@ def check_engine_compat(sidecar: dict | str | os.PathLike, *, runtime: RuntimeIn
             warn(f"'{engine_name}' uses the plugin library {library}, which is not there now; load the library "
                  "before deserializing or rebuild with 'ulsam-deploy build-plugin'.")
         elif library and plugin.get("library_sha256"):
-            from ulsam_deploy.passes.common import sha256_file
+            from ulsam_deploy.artifacts import sha256_file
 
             if sha256_file(library) != plugin["library_sha256"]:
                 warn(f"The plugin library {library} changed since '{engine_name}' was built; rebuild the engine: {rebuild}")

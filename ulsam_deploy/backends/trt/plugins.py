@@ -115,7 +115,7 @@ def activate(trt, registry, route: PluginRoute) -> dict:
         if handle is None:
             raise UserError(f"TensorRT could not load the plugin library '{route.library}' (built for another TensorRT, "
                             "or missing getCreators); rebuild it on this machine with 'ulsam-deploy build-plugin'.")
-        from ulsam_deploy.passes.common import sha256_file
+        from ulsam_deploy.artifacts import sha256_file
 
         info.update(library=str(Path(route.library).resolve()), library_sha256=sha256_file(route.library))
     else:

@@ -154,7 +154,7 @@ _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16
 
 def describe_onnx(model: onnx.ModelProto, path: Path) -> OnnxInfo:
     from ulsam_deploy.passes.common import opset_of
-    from ulsam_deploy.passes.precision import fused_nodes, precision_of
+    from ulsam_deploy.passes.common import fused_nodes, precision_of
 
     inits = {t.name for t in model.graph.initializer}
     inputs = []

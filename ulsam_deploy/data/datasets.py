@@ -1,4 +1,5 @@
-"""ImageFolder-style data (``root/<class>/<image>``) read with PIL, and exporting Fashion-MNIST as one."""
+"""Training data sets (torch): ImageFolder (``root/<class>/<image>``, read with PIL) and Fashion-MNIST in memory,
+and exporting Fashion-MNIST as an ImageFolder of PNGs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ulsam_deploy.data.images import IMAGE_EXTENSIONS, Preprocess, read_image
+from ulsam_deploy.data.sources import class_folders, discover
+from ulsam_deploy.data.fashion_mnist import CLASSES, default_preprocess, load_arrays
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.data.images import IMAGE_EXTENSIONS, Preprocess, load_image_uint8
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:
@@ -22,7 +25,7 @@ def find_classes(root: str | os.PathLike) -> list[str]:
         raise UserError(f"Image folder '{root}' does not exist; give a directory laid out as ROOT/<class>/<image>.")
     if not root.is_dir():
         raise UserError(f"'{root}' is a file; give a directory laid out as ROOT/<class>/<image>.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [p.name for p in class_folders(root)]
     if not classes:
         raise UserError(f"'{root}' has no class folders; lay it out as ROOT/<class>/<image> (one folder per class).")
     return classes
@@ -48,13 +51,14 @@ class ImageFolder(torch.utils.data.Dataset):
         else:
             self.classes = found
         index = {name: i for i, name in enumerate(self.classes)}
-        samples = []
-        for name in found:
-            for path in sorted((self.root / name).rglob("*")):
-                if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-                    samples.append((path, index[name]))
-        if not samples:
-            raise UserError(f"'{self.root}' holds no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in its class folders.")
+        try:
+            files, tokens, kind = discover(self.root)
+        except UserError:
+            kind = None
+        if kind != "imagefolder":
+            raise UserError(f"'{self.root}' holds no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in its class "
+                            "folders only; lay it out as ROOT/<class>/<image>.")
+        samples = [(path, index[token]) for path, token in zip(files, tokens)]
         if limit is not None:
             if limit < 1:
                 raise UserError(f"--limit must be a positive number of images, not {limit}.")
@@ -71,7 +75,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return torch.from_numpy(np.ascontiguousarray(load_image_uint8(path, self.preprocess))), label
+        return torch.from_numpy(np.ascontiguousarray(read_image(path, self.preprocess))), label
 
 
 def _balanced_slice(samples: list, limit: int) -> list:
@@ -121,3 +125,35 @@ def export_fashion_mnist_folder(output: str | os.PathLike, count: int = 1000, sp
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST held in memory as ``uint8 [N, 1, size, size]`` (resized once, with PIL bilinear).
+
+    Items are ``(uint8 tensor [1, size, size], label)``; normalise batches with ``preprocess.normalize``.
+    Resizing goes through :meth:`Preprocess.to_uint8`, exactly what reading the exported PNGs does.
+    """
+
+    classes = CLASSES
+
+    def __init__(self, split: str = "train", size: int = 28, limit: int | None = None,
+                 preprocess: Preprocess | None = None):
+        if limit is not None and limit < 1:
+            raise UserError(f"--limit must be a positive number of images, not {limit}.")
+        self.split = split
+        self.preprocess = preprocess or default_preprocess(size)
+        if self.preprocess.in_channels != 1:
+            raise UserError("Fashion-MNIST is grey: train it with --in-channels 1.")
+        raw, labels = load_arrays(split, limit)
+        if self.preprocess.size == raw.shape[1] and self.preprocess.crop_pct == 1.0:
+            images = raw[:, None]
+        else:
+            images = np.stack([self.preprocess.to_uint8(Image.fromarray(img)) for img in raw])
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])

@@ -1,0 +1,161 @@
+"""``ulsam-deploy bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.options import ThreadsOpt, csv_list
+from ulsam_deploy.cli.ui import BenchProgress, console, print_warning
+from ulsam_deploy.errors import UserError
+
+
+def bench_tables(report) -> list[Table]:
+    """The console view of a report: one line per row, failure reasons as numbered notes below the table."""
+    from ulsam_deploy.bench.report import describe_precision, fmt_diff, fmt_ms, fmt_pct, footnotes, rows
+
+    multi = len(report.models) > 1
+    gpu = any(r.gpu for r in report.latency)
+    labels = report.has_labels
+    notes_index, notes = footnotes(report)
+    table = Table(title="bench: latency (ms) and parity against the reference", title_justify="left")
+    cols = (["model"] if multi else []) + ["artifact", "backend", "precision", "batch", "median", "p99", "CV", "img/s"]
+    if gpu:
+        cols += ["H2D", "GPU Compute", "D2H"]
+    cols += ["max |diff|", "cosine", "top-1 agree"]
+    if labels:
+        cols += ["top-1 acc", "Δ top-1"]
+    cols += ["parity"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "artifact", "backend", "precision", "parity")
+                         else "right", no_wrap=col in ("artifact", "parity"))
+    simulated = False
+    for row in rows(report):
+        median = fmt_ms(row["latency_median_ms"])
+        if row["latency_meaningful"] is False:
+            median += "*"
+            simulated = True
+        cells = ([row["model"]] if multi else []) + [row["file"], row["backend"], describe_precision(row),
+                                                     str(row["batch"] or "-"), median, fmt_ms(row["latency_p99_ms"])]
+        cv = row["latency_cv"]
+        cells.append("" if cv is None else (f"[yellow]{cv:.1%}![/]" if row["unstable"] else f"{cv:.1%}"))
+        cells.append("" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}")
+        if gpu:
+            cells += [fmt_ms(row["h2d_median_ms"]), fmt_ms(row["gpu_compute_median_ms"]), fmt_ms(row["d2h_median_ms"])]
+        is_ref = row["reference"] == "reference"
+        cells += ["ref" if is_ref else fmt_diff(row["max_abs_diff"]),
+                  "ref" if is_ref else ("" if row["cosine"] is None else f"{row['cosine']:.6f}"),
+                  "ref" if is_ref else fmt_pct(row["top1_agreement"])]
+        if labels:
+            delta = row["top1_delta"]
+            cells += [fmt_pct(row["top1_accuracy"]), "" if delta is None else f"{delta * 100:+.1f} pt"]
+        key = (row["model"], row["backend"], row["precision"], row["artifact"])
+        if row["parity_passed"] is None:
+            cells.append("-")
+        elif is_ref:
+            cells.append("reference")
+        else:
+            cells.append("[green]PASS[/]" if row["parity_passed"] else f"[red]FAIL[/] [{notes_index[key]}]")
+        table.add_row(*cells)
+    caption = ["latency per batch in ms (host wall time, one query in flight); CV = std/mean, '!' = unstable "
+               "(> 2.5 %, as trtexec)"]
+    if gpu:
+        caption.append("H2D / GPU Compute / D2H: medians from CUDA events")
+    if simulated:
+        caption.append("* the latency measures a simulation (int8 Q/DQ for TensorRT) or the NumPy reference op, "
+                       "not deployment speed")
+    caption += [f"[{k}] {n}" for k, n in enumerate(notes, 1)]
+    table.caption = "\n".join(caption)
+    table.caption_justify = "left"
+    tables = [table]
+    if report.compare:
+        cmp = Table(title="MACs ratio vs measured latency ratio (median, same interleaved run)", title_justify="left")
+        for col in ("backend", "precision", "batch", "model", "vs", "MACs ratio", "latency ratio"):
+            cmp.add_column(col, justify="right" if "ratio" in col or col == "batch" else "left")
+        for c in report.compare:
+            cmp.add_row(c.backend, c.precision, str(c.batch), c.model, c.baseline,
+                        "" if c.macs_ratio is None else f"{c.macs_ratio:.4f}", f"{c.latency_ratio:.3f}")
+        tables.append(cmp)
+    return tables
+
+
+@command()
+def bench(
+    models: list[str] = typer.Argument(..., metavar="MODEL...", help="Checkpoint (.pt), ONNX file, TensorRT engine, or a spec such as 'mv2+17:1/g4' (seeded random weights). Two or more: side-by-side comparison."),
+    backends: str = typer.Option("torch,ort,trt", "--backends", help="Comma-separated: torch, ort, trt (unavailable ones are listed as skipped)."),
+    reference: str = typer.Option("torch", "--reference", help="Backend every other one is compared with (its fp32 artifact)."),
+    onnx: Optional[list[Path]] = typer.Option(None, "--onnx", help="Extra ONNX file(s) of the (single) model, e.g. fp16 / int8 / fused variants; repeatable."),
+    engine: Optional[list[Path]] = typer.Option(None, "--engine", help="TensorRT engine(s) of the (single) model; repeatable."),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,8,32."),
+    warmup: float = typer.Option(0.5, "--warmup", help="Warm-up per runner and batch, seconds."),
+    iterations: int = typer.Option(10, "--iterations", help="At least this many timed iterations per row."),
+    duration: float = typer.Option(3.0, "--duration", help="At least this many seconds of timed iterations per row."),
+    threads: Optional[int] = ThreadsOpt,
+    ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime providers: cpu, cuda, trt (comma-separated for several)."),
+    device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu or cuda[:N]."),
+    trt_device: int = typer.Option(0, "--trt-device", help="GPU index for TensorRT engines."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Real images: ImageFolder dir, idx folder, image, folder or glob [default: seeded random tensors]."),
+    num_inputs: Optional[int] = typer.Option(None, "--num-inputs", help="Random inputs to make [default: 16], or most images to read (a seeded subset) [default: all]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and of spec-built models)."),
+    label_regex: Optional[str] = typer.Option(None, "--label-regex", help="Take labels from file names: regex with one group (class index or name), e.g. '_(\\d+)$'."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Override mean, e.g. 0.485,0.456,0.406 (one value per input channel)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Override std (positive, one value per input channel)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to this before the center crop."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction (0.875 = resize 256, crop 224)."),
+    threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a parity tolerance: KEY=VALUE or PRECISION:KEY=VALUE (keys: atol, rtol, min_cosine, min_top1_agreement, min_top5_overlap, max_top1_drop; 'none' disables)."),
+    parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare every backend with the reference."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency."),
+    compare: bool = typer.Option(False, "--compare", help="Side-by-side comparison (implied by two or more models)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON ('-' for standard output; schema: docs/bench.md)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per artifact x backend x batch ('-' for standard output)."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report ('-' for standard output)."),
+    chart_path: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG chart (latency distribution; accuracy vs latency; MACs vs latency ratio)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.csv, bench.md and bench.png into this folder."),
+    force: bool = typer.Option(False, "--force", help="Replace existing report files."),
+) -> None:
+    """Parity and latency of every backend (torch, ort, trt) on identical inputs, trtexec-style figures."""
+    from ulsam_deploy.backends.judge import parse_tolerance_overrides
+    from ulsam_deploy.bench.latency import TimingConfig
+    from ulsam_deploy.bench.report import write_reports
+    from ulsam_deploy.bench.run import BenchOptions, resolve_model, run_bench
+
+    if compare and len(models) < 2:
+        raise UserError("--compare needs two or more models, e.g. 'ulsam-deploy bench mv2 mv2+14,17 --compare'.")
+    if len(models) > 1 and (onnx or engine):
+        raise UserError("--onnx/--engine add variants of a single model; with several models give each model's file as an argument.")
+    options = BenchOptions(
+        backends=csv_list(backends, "--backends"), reference=reference, batches=csv_list(batch_sizes, "--batch-sizes", int),
+        timing=TimingConfig(warmup_s=warmup, min_iters=iterations, min_seconds=duration), threads=threads,
+        ort_providers=csv_list(ort_provider, "--ort-provider") or ("cpu",), torch_device=device, trt_device=trt_device,
+        inputs=inputs, num_inputs=num_inputs, seed=seed, label_regex=label_regex,
+        mean=csv_list(mean, "--mean", float) or None, std=csv_list(std, "--std", float) or None, resize=resize,
+        crop_pct=crop_pct, threshold_overrides=parse_tolerance_overrides(threshold), parity=parity, latency=latency)
+    if out_dir is not None:
+        json_path = json_path or out_dir / "bench.json"
+        csv_path = csv_path or out_dir / "bench.csv"
+        markdown_path = markdown_path or out_dir / "bench.md"
+        chart_path = chart_path or out_dir / "bench.png"
+    specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
+    with BenchProgress() as progress:
+        report = run_bench(specs, options, event=progress)
+    for table in bench_tables(report):
+        console.print(table)
+    for item in report.skipped:
+        console.print(f"[yellow]skipped[/] {item['model']} {item['backend']}"
+                      + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {item['reason']}", soft_wrap=True)
+    for warning in report.warnings:
+        print_warning(warning)
+    if any(r.stats.unstable for r in report.latency):
+        print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
+                      "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
+    written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
+                            chart_path=chart_path, force=force)
+    for path in written:
+        console.print(f"[green]Wrote[/] {path}")
+    report.raise_for_parity()
+    if report.parity:
+        console.print(f"[green]Parity passed[/] for {sum(not r.is_reference for r in report.parity)} backend(s).")

@@ -1,0 +1,64 @@
+"""``ulsam-deploy build-trt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.ui import console, print_warning, stage
+
+
+
+@command("build-trt")
+def build_trt(
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX to build (fp32, or fp16/int8 from 'ulsam-deploy convert')."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Engine file to write (default: MODEL.engine); MODEL.engine.json goes beside it."),
+    batch_profile: Optional[str] = typer.Option(None, "--batch-profile", help="Batch optimization profile MIN:OPT:MAX (e.g. 1:8:32) or N; required for a dynamic batch axis."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Workspace memory pool limit in MiB [default: TensorRT's]."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 [TensorRT's default: 3]."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: loaded if present, saved after the build."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Run on this DLA core (Jetson Orin, TensorRT 10)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla-core: layers DLA cannot run go to the GPU."),
+    plugin: Optional[str] = typer.Option(None, "--plugin", help="Fuse ULSAM and use our plugin: lib (C++ library), python (TensorRT >= 10.9) or auto."),
+    plugin_lib: Optional[Path] = typer.Option(None, "--plugin-lib", help="Path of libulsam_subspace_attention_plugin.so (implies --plugin lib)."),
+    weakly_typed: bool = typer.Option(False, "--weakly-typed", help="TensorRT 10 only: let the builder pick precisions (with --fp16/--int8)."),
+    fp16: bool = typer.Option(False, "--fp16", help="With --weakly-typed: allow fp16 kernels (BuilderFlag.FP16)."),
+    int8: bool = typer.Option(False, "--int8", help="With --weakly-typed: allow int8 kernels for a Q/DQ ONNX (BuilderFlag.INT8)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show all of TensorRT's log."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing engine."),
+) -> None:
+    """Build a TensorRT engine (strongly typed by default) and its sidecar; raw engine file, trtexec-readable."""
+    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.backends.trt.progress import BuildProgress
+    from ulsam_deploy.backends.trt.settings import BuildOptions
+    from ulsam_deploy.cli.ui import err_console
+
+    options = BuildOptions(batch=batch_profile, workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+                           dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
+                           weakly_typed=weakly_typed, fp16=fp16, int8=int8, force=force, verbose=verbose)
+    output = output or model.with_suffix(".engine")
+    result = build_engine(model, output, options, stage=stage, warn=print_warning,
+                          details=lambda text: err_console.print(text, markup=False, highlight=False, soft_wrap=True),
+                          progress=BuildProgress())
+    data = result.sidecar
+    table = Table(title=f"TensorRT engine {result.engine_path}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    gpu = data.get("gpu") or {}
+    table.add_row("TensorRT", f"{data['tensorrt']['version']} (CUDA driver {data['cuda']['driver_version']})")
+    table.add_row("GPU", f"{gpu.get('name', '?')} ({gpu.get('sm', '?')})")
+    details = data["precision_details"]
+    table.add_row("precision", details["mode"] + (", strongly typed" if details["strongly_typed"] else ""))
+    table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}" for p in data["profiles"]))
+    if data.get("plugin"):
+        p = data["plugin"]
+        table.add_row("plugin", f"{p['route']}: {p.get('library') or p.get('python_module')} ({p['fused_blocks']} block(s))")
+    table.add_row("size / time", f"{data['engine_bytes'] / 2**20:.1f} MiB, built in {result.seconds:.1f}s")
+    console.print(table)
+    console.print(f"[green]Wrote[/] {result.engine_path} and {result.sidecar_path} "
+                  f"(run it: trtexec --loadEngine={result.engine_path}"
+                  f"{' --dynamicPlugins=' + data['plugin']['library'] if data.get('plugin') and data['plugin'].get('library') else ''})")

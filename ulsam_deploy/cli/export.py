@@ -1,0 +1,50 @@
+"""``ulsam-deploy export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.options import (ArchOpt, ClassesOpt, ForceOpt, GroupsOpt, SizeOpt, UlsamOpt, WidthOpt,
+                                      model_overrides)
+from ulsam_deploy.cli.ui import RichEvents, console
+
+
+@command()
+def export(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="Checkpoint (.pt/.pth): ours, a bare state dict, or a DataParallel/Lightning one."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write [default: CHECKPOINT with .onnx]."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13-21; TensorRT 10 reads up to 20)."),
+    static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fix the batch axis to N [default: dynamic batch]."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
+    atol: float = typer.Option(1e-4, "--atol", help="Largest allowed |ONNX Runtime - PyTorch| difference."),
+    exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
+    fuse: bool = typer.Option(False, "--fuse", help="Also fuse ULSAM blocks into SubspaceAttention nodes."),
+    force: bool = ForceOpt,
+    arch: Optional[str] = ArchOpt, width: Optional[float] = WidthOpt, ulsam: Optional[str] = UlsamOpt,
+    groups: Optional[int] = GroupsOpt, num_classes: Optional[int] = ClassesOpt, input_size: Optional[int] = SizeOpt,
+) -> None:
+    """Export a checkpoint to clean ONNX, simplified, checked and proven equal to PyTorch."""
+    from ulsam_deploy.extras import require
+    from ulsam_deploy.steps.export import ExportOptions, default_output, export_checkpoint
+
+    require("export", "torch", "onnxsim")
+    options = ExportOptions(opset=opset, batch=static_batch, simplify=simplify, atol=atol, exporter=exporter,
+                            force=force, fuse=fuse)
+    result = export_checkpoint(checkpoint, output or default_output(checkpoint), options, RichEvents(),
+                               **model_overrides(arch, width, ulsam, groups, num_classes, input_size))
+    table = Table(title="ONNX Runtime vs PyTorch", title_justify="left")
+    for col in ("inputs", "max |diff|", "mean |diff|", "cosine", "top-1 agree"):
+        table.add_column(col, justify="right")
+    for out in result.verdict.outputs:
+        c = out.comparison
+        table.add_row(out.name, f"{c.max_abs:.3g}", f"{c.mean_abs:.3g}", f"{c.cosine:.6f}", f"{c.top1_agreement:.0%}")
+    console.print(table)
+    fusion = result.report.get("fusion")
+    fused = f", {fusion.get('fused', 0)} ULSAM blocks fused" if fusion else ""
+    console.print(f"[green]Wrote[/] {result.path} ({result.sidecar.graph['nodes']} nodes{fused}, max |diff| "
+                  f"{result.verdict.max_abs:.2g} <= {atol:g}) and {result.sidecar_path}")

@@ -1,0 +1,117 @@
+"""The network configuration and layer table, torch-free (sidecars, bench and build-trt read them on a
+board without PyTorch). Paper layer numbers are ULSAM.md's; ``LayerSpec`` rows drive the networks,
+the position grammar and the cost counting alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ulsam_deploy.errors import ConfigError
+from ulsam_deploy.models.positions import LayerSpec, Position, format_positions, parse_positions
+
+ARCHS = ("mv1", "mv2")
+ARCH_ALIASES = {
+    "mv1": "mv1", "mobilenet_v1": "mv1", "mobilenetv1": "mv1", "mobilenet-v1": "mv1",
+    "mv2": "mv2", "mobilenet_v2": "mv2", "mobilenetv2": "mv2", "mobilenet-v2": "mv2",
+}
+
+
+def canonical_arch(arch: str) -> str:
+    key = str(arch).strip().lower()
+    if key not in ARCH_ALIASES:
+        raise ConfigError(f"Unknown architecture '{arch}'; choose one of: {', '.join(ARCHS)}.")
+    return ARCH_ALIASES[key]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network; stored in checkpoints and ONNX sidecars."""
+
+    arch: str = "mv2"
+    width: float = 1.0
+    ulsam: str = ""
+    groups: int = 4
+    num_classes: int = 1000
+    input_size: int = 224
+    in_channels: int = 3
+    plain_ulsam: bool = False
+    dropout: float = 0.2
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.arch = canonical_arch(self.arch)
+        self.width = float(self.width)
+        self.groups, self.num_classes = int(self.groups), int(self.num_classes)
+        self.input_size, self.in_channels = int(self.input_size), int(self.in_channels)
+        self.ulsam = format_positions(parse_positions(self.ulsam))
+        if self.width <= 0 or self.width > 4:
+            raise ConfigError(f"Width multiplier {self.width} is out of range; use a value in (0, 4], e.g. 1.0, 0.75, 0.5.")
+        if self.groups not in (1, 2, 4, 8, 16, 32):
+            raise ConfigError(f"ULSAM groups must be one of 1, 2, 4, 8, 16 (32 also allowed), not {self.groups}.")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, not {self.num_classes}.")
+        if self.input_size < 8:
+            raise ConfigError(f"Input size {self.input_size} is too small; use at least 8 pixels (224 for ImageNet).")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def positions(self) -> list[Position]:
+        return parse_positions(self.ulsam)
+
+    def describe(self) -> str:
+        name = {"mv1": "MobileNet-V1", "mv2": "MobileNet-V2"}[self.arch]
+        att = f" + ULSAM {self.ulsam} (g={self.groups})" if self.ulsam else ""
+        return f"{name} x{self.width:g}{att}, {self.num_classes} classes, {self.input_size}x{self.input_size}"
+
+
+# ---------------------------------------------------------------------------------------- layers
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's channel rounding for MobileNet-V2 (keeps its weights' shapes)."""
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+def mv1_layer_specs(width: float, num_classes: int, in_channels: int = 3) -> list[LayerSpec]:
+    c = lambda ch: max(1, int(ch * width))  # noqa: E731
+    specs = [LayerSpec(1, "conv3x3", in_channels, c(32), 2)]
+    plan = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+    plan += [(512, 512, 1)] * 5 + [(512, 1024, 2), (1024, 1024, 1)]
+    for number, (cin, cout, stride) in enumerate(plan, start=2):
+        specs.append(LayerSpec(number, "dws", c(cin), c(cout), stride))
+    specs.append(LayerSpec(15, "classifier", c(1024), num_classes, 1, spatial=False))
+    return specs
+
+
+MV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def mv2_layer_specs(width: float, num_classes: int, in_channels: int = 3) -> list[LayerSpec]:
+    cin = make_divisible(32 * width)
+    last = make_divisible(1280 * max(1.0, width))
+    specs = [LayerSpec(1, "conv3x3", in_channels, cin, 2)]
+    number = 2
+    for t, ch, n, s in MV2_SETTINGS:
+        cout = make_divisible(ch * width)
+        for i in range(n):
+            specs.append(LayerSpec(number, f"inverted_residual(t={t})", cin, cout, s if i == 0 else 1))
+            cin, number = cout, number + 1
+    specs.append(LayerSpec(19, "conv1x1", cin, last, 1))
+    specs.append(LayerSpec(20, "classifier", last, num_classes, 1, spatial=False))
+    return specs
+
+
+def layer_specs(config: ModelConfig) -> list[LayerSpec]:
+    fn = mv1_layer_specs if config.arch == "mv1" else mv2_layer_specs
+    return fn(config.width, config.num_classes, config.in_channels)

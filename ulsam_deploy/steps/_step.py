@@ -1,0 +1,195 @@
+"""The one step driver: every file-to-file command (export, fuse, convert, build-trt) runs through it.
+
+A step checks its output paths before any work, times its stages, finalizes an ONNX (IR version
+ORT reads, ``onnx.checker``), requires the judge's verdict to pass, and writes the artifact and its
+sidecar together, atomically, so a failure leaves neither. The sidecar gets a :class:`StepRecord` of
+what ran. One output is written by one process at a time (a lock per output path).
+
+Passes (:mod:`ulsam_deploy.passes`) know nothing of files; steps know nothing of graph internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulsam_deploy.artifacts import (OnnxSidecar, StepRecord, atomic_target, check_output, load_onnx, now,
+                                    sha256_file, sidecar_path, tool_versions)
+from ulsam_deploy.errors import ParityError, UserError
+from ulsam_deploy.events import SILENT, Events
+
+
+@dataclass
+class StepResult:
+    """What a step wrote: the artifact, its sidecar (typed for ONNX, a dict for engines) and the figures."""
+
+    path: Path
+    sidecar_path: Path
+    sidecar: Any
+    verdict: Any = None  # ulsam_deploy.backends.judge.Verdict
+    report: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_sidecar_matches(model, sidecar, path: Path) -> None:
+    """Refuse a sidecar whose inputs/outputs contradict the ONNX graph (names, ranks, fixed sizes)."""
+    from ulsam_deploy.passes.common import io_specs
+
+    inputs, outputs = io_specs(model)
+    for kind, declared, actual in (("input", sidecar.inputs, inputs), ("output", sidecar.outputs, outputs)):
+        if len(declared) != len(actual):
+            raise UserError(f"The sidecar of '{path}' lists {len(declared)} {kind}(s) but the ONNX has {len(actual)}; "
+                            "re-run the step that wrote it.")
+        for d, a in zip(declared, actual):
+            same = d.name == a["name"] and len(d.shape) == len(a["shape"]) and all(
+                not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(d.shape, a["shape"]))
+            if not same:
+                raise UserError(f"The sidecar of '{path}' says {kind} '{d.name}' is {d.shape} but the ONNX has "
+                                f"'{a['name']}' {a['shape']}; re-run the step that wrote it.")
+
+
+def load_with_sidecar(path: str | os.PathLike, *, required: bool = True):
+    """``(model, sidecar)``: the ONNX and its validated sidecar (None when absent and not ``required``), which must
+    describe this very file and graph."""
+    from ulsam_deploy.artifacts import read_sidecar
+
+    model = load_onnx(path)
+    sidecar = read_sidecar(path, required=required)
+    if sidecar is not None:
+        check_sidecar_matches(model, sidecar, Path(path))
+    return model, sidecar
+
+
+def finalize_onnx(model, *, ours: bool = True):
+    """Lower the IR version to what ONNX Runtime reads and run ``onnx.checker``'s full check."""
+    from ulsam_deploy.passes.common import check_model, fit_ir_version
+
+    model = fit_ir_version(model)
+    check_model(model, ours=ours)
+    return model
+
+
+def serialize_onnx(model) -> bytes:
+    return model.SerializeToString()
+
+
+_LOCK_DIR = Path(tempfile.gettempdir()) / "ulsam-deploy-locks"
+
+
+@contextlib.contextmanager
+def output_lock(path: Path):
+    """Hold an exclusive lock on ``path`` for the whole step: a second writer fails at once with one sentence."""
+    _LOCK_DIR.mkdir(mode=0o777, exist_ok=True)
+    key = hashlib.sha256(str(Path(os.path.abspath(path))).encode()).hexdigest()[:32]
+    fd = os.open(_LOCK_DIR / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"Another ulsam-deploy process is writing '{path}' right now; wait for it to finish or "
+                            "choose another output path.") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class Step:
+    """One run of a file-to-file step; use as a context manager (it holds the output's lock)."""
+
+    def __init__(self, name: str, output: str | os.PathLike, *, force: bool, inputs=(), events: Events = SILENT,
+                 options: dict | None = None, sidecar: bool = True):
+        self.name = name
+        self.output = check_output(output, force=force, what=f"{name} output", inputs=tuple(inputs))
+        self.sidecar_file = sidecar_path(self.output) if sidecar else None
+        if self.sidecar_file is not None:
+            check_output(self.sidecar_file, force=True, what="sidecar", inputs=tuple(inputs))
+        self.inputs = [Path(p) for p in inputs]
+        self.events = events
+        self.options = dict(options or {})
+        self.seconds: dict[str, float] = {}
+        self._lock = output_lock(self.output)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> "Step":
+        self._lock.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    @contextlib.contextmanager
+    def stage(self, title: str, key: str | None = None):
+        """A stage shown to the user; its duration is recorded under ``key``."""
+        t0 = time.perf_counter()
+        with self.events.stage(title):
+            yield
+        if key:
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+    def finalize(self, model):
+        with self.stage("Checking with onnx.checker", "check"):
+            return finalize_onnx(model)
+
+    def require(self, verdict, what: str, fix: str) -> None:
+        """Raise ParityError (nothing written) unless the judge passed ``verdict``."""
+        if not verdict.passed:
+            raise ParityError(f"{what}: {verdict.sentence()}; nothing was written ({fix}).")
+
+    def record(self, *, source: Path | None = None, report: dict | None = None, verdict=None,
+               versions=("onnx", "onnxruntime")) -> StepRecord:
+        src = None
+        if source is not None:
+            src = {"path": str(Path(source).resolve()), "sha256": sha256_file(source)}
+        return StepRecord(step=self.name, created=now(), source=src, options=_jsonable(self.options),
+                          report=_jsonable(report or {}), verdict=verdict.to_dict() if verdict is not None else None,
+                          seconds={k: round(v, 3) for k, v in self.seconds.items()}, versions=tool_versions(*versions))
+
+    def write(self, payload: bytes, sidecar_text: str | None) -> None:
+        """Write the artifact and its sidecar: both appear, or neither does (the new sidecar is removed
+        again if the artifact's rename fails after it)."""
+        wrote_sidecar = False
+        with self.stage(f"Writing {self.output}"):
+            try:
+                with atomic_target(self.output) as tmp:
+                    Path(tmp).write_bytes(payload)
+                    if self.sidecar_file is not None and sidecar_text is not None:
+                        with atomic_target(self.sidecar_file) as side:
+                            Path(side).write_text(sidecar_text, encoding="utf-8")
+                        wrote_sidecar = True
+            except BaseException:
+                if wrote_sidecar:
+                    self.sidecar_file.unlink(missing_ok=True)
+                raise
+        self.seconds["total"] = time.perf_counter() - self._started
+
+    def write_onnx(self, model, sidecar: OnnxSidecar, record: StepRecord, *, verdict=None,
+                   report: dict | None = None) -> StepResult:
+        """Serialize ``model``, stamp its sha256 and graph facts into ``sidecar`` and write both."""
+        from ulsam_deploy.passes.common import graph_facts
+
+        payload = serialize_onnx(model)
+        sidecar = sidecar.model_copy(deep=True)
+        sidecar.onnx = self.output.name
+        sidecar.sha256 = hashlib.sha256(payload).hexdigest()
+        sidecar.graph = graph_facts(model)
+        sidecar.steps.append(record)
+        self.write(payload, sidecar.to_json())
+        return StepResult(self.output, self.sidecar_file, sidecar, verdict, report or {}, dict(self.seconds))
+
+
+def _jsonable(data):
+    import json
+
+    from ulsam_deploy.artifacts import json_default
+
+    return json.loads(json.dumps(data, default=json_default))
+
+
+__all__ = ["Step", "StepResult", "check_sidecar_matches", "finalize_onnx", "load_onnx", "load_with_sidecar", "output_lock"]

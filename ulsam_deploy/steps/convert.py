@@ -1,0 +1,234 @@
+"""``convert``: fp32 ONNX -> fp16 or int8 ONNX, verified on real images the way the artifact will run.
+
+The precision lives in the ONNX file itself (TensorRT 11 builds strongly typed networks only; TensorRT 10
+supports the same mode): see :mod:`ulsam_deploy.passes.fp16` and :mod:`ulsam_deploy.passes.int8`.
+
+Verification runs the fp32 source and the converted model on ONNX Runtime CPU over real images, each
+through the runner that runs it everywhere else (an int8 model for TensorRT as exact Q/DQ, one for ONNX
+Runtime in a default session), and asks the one judge with the precision's tolerances
+(:func:`ulsam_deploy.backends.judge.tolerances_for`; ``--min-agreement`` and ``--max-drop`` override
+them). Nothing is written when the verdict fails.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ulsam_deploy.errors import UserError
+from ulsam_deploy.events import SILENT, Events
+from ulsam_deploy.steps._step import Step, StepResult, load_with_sidecar
+
+PRECISIONS = ("fp16", "int8")
+MIN_CALIB_IMAGES = 300
+DEFAULT_CALIB_METHOD = {"tensorrt": "percentile", "ort": "minmax"}
+
+
+@dataclass
+class ConvertOptions:
+    precision: str = "fp16"
+    target: str = "tensorrt"  # int8: the runtime the model is made for ("tensorrt" or "ort")
+    io: str = "fp32"  # fp16: graph inputs/outputs stay fp32 unless "fp16"
+    fuse: bool = False  # fuse ULSAM blocks into SubspaceAttention (after quantizing, for int8)
+    force: bool = False
+    min_agreement: float = 0.995  # fp16 gate: top-1 agreement with fp32
+    max_drop: float = 1.0  # int8 gate: top-1 accuracy points lost against fp32
+    calib_method: str | None = None  # default per target: percentile (tensorrt), minmax (ort)
+    calib_limit: int = 512
+    verify_limit: int | None = None
+    reduce_range: bool | None = None  # int8 --target ort: None = what the CPU needs
+    batch: int = 32  # images per ONNX Runtime call (calibration and verification)
+    threads: int | None = None
+    keep_ulsam_fp32: bool = True
+
+    def __post_init__(self) -> None:
+        from ulsam_deploy.passes.int8 import CALIB_METHODS, TARGETS
+
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be fp16 or int8, not '{self.precision}'.")
+        if self.target not in TARGETS:
+            raise UserError(f"--target must be one of {', '.join(TARGETS)}, not '{self.target}'.")
+        if self.io not in ("fp32", "fp16"):
+            raise UserError(f"--io must be fp32 or fp16, not '{self.io}'.")
+        if self.precision == "int8" and self.io == "fp16":
+            raise UserError("--io fp16 applies to --precision fp16; int8 Q/DQ models keep fp32 I/O.")
+        if self.calib_method is not None and self.calib_method not in CALIB_METHODS:
+            raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, not '{self.calib_method}'.")
+        if self.precision == "int8" and self.target == "tensorrt" and self.reduce_range:
+            raise UserError("--reduce-range applies to --target ort; TensorRT's int8 is symmetric 8-bit, so drop it.")
+        if not (np.isfinite(self.min_agreement) and 0 < self.min_agreement <= 1):
+            raise UserError(f"--min-agreement must be in (0, 1], not {self.min_agreement}.")
+        if not (np.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise UserError(f"--max-drop must be between 0 and 100 accuracy points, not {self.max_drop}.")
+        for value, flag in ((self.calib_limit, "--calib-limit"), (self.verify_limit, "--verify-limit")):
+            if value is not None and int(value) < 1:
+                raise UserError(f"{flag} must be a positive number of images, not {value}.")
+        if int(self.batch) < 1:
+            raise UserError(f"The batch size must be positive, not {self.batch}.")
+
+    @property
+    def method(self) -> str:
+        return self.calib_method or DEFAULT_CALIB_METHOD[self.target]
+
+    def tolerance_overrides(self) -> dict:
+        """The gate flags as overrides of the one judge's tolerances."""
+        return {"fp16": {"min_top1_agreement": self.min_agreement}, "int8": {"max_top1_drop": self.max_drop / 100.0}}
+
+
+def default_output(source: Path, options: ConvertOptions) -> Path:
+    tag = options.precision if options.precision == "fp16" or options.target == "tensorrt" else "int8-ort"
+    return source.with_name(f"{source.stem}.{tag}.onnx")
+
+
+def _images(data, preprocess, split: str, limit, sidecar, what: str, events: Events):
+    from ulsam_deploy.data.sources import ImageSet, default_verify_set, load_images
+
+    if isinstance(data, ImageSet):
+        return data
+    num_classes = sidecar.num_classes
+    class_names = sidecar.model.class_names if sidecar.model is not None else None
+    if data is None:
+        with events.stage(f"Reading the default {what} images"):
+            images = default_verify_set(num_classes, preprocess, limit)
+        if images is None:
+            raise UserError(f"No default {what} images fit this model (they exist for 1-channel 10-class and "
+                            f"3-channel 1000-class classifiers); pass --verify-data DIR with real images.")
+        return images
+    with events.stage(f"Reading {what} images from {data}"):
+        images = load_images(data, preprocess, split=split, limit=limit, class_names=class_names,
+                             num_classes=num_classes)
+    for warning in images.warnings:
+        events.warn(f"{what} images: {warning}")
+    return images
+
+
+def verify(reference, candidate, images, precision: str, overrides: dict, *, batch: int = 32, threads=None,
+           events: Events = SILENT):
+    """The judge's verdict on ``candidate`` against ``reference`` (ModelProtos) over ``images``, each run by the
+    ONNX Runtime runner that runs it everywhere else."""
+    from ulsam_deploy.backends.base import infer_in_chunks
+    from ulsam_deploy.backends.judge import judge, tolerances_for
+    from ulsam_deploy.backends.onnxrt.runner import OrtRunner
+
+    total = len(images)
+    outputs = []
+    for k, model in enumerate((reference, candidate)):
+        with OrtRunner(model.SerializeToString(), threads=threads) as runner:
+            done = lambda d, n, k=k: events.progress("Verifying", k * n + d, 2 * n)  # noqa: E731
+            outputs.append(infer_in_chunks(runner, images.images, batch, progress=done)[0])
+            mode = runner.mode
+    verdict = judge(outputs[0], outputs[1], tolerances_for(precision, overrides),
+                    labels=images.labels if images.labelled else None)
+    return verdict, {"images": images.describe(), "samples": total, "reference": "fp32 ONNX on onnxruntime CPU",
+                     "candidate": f"{precision} ONNX on onnxruntime CPU" + (f" ({mode})" if mode else "")}
+
+
+def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, options: ConvertOptions, *,
+                 calib_data=None, verify_data=None, events: Events = SILENT) -> StepResult:
+    """``ulsam-deploy convert``: check the paths, read the data, run the pass, verify, write (see module doc).
+
+    ``calib_data`` / ``verify_data``: a path (ImageFolder, flat folder, idx folder) or an ImageSet. The
+    verification default is real labelled images that fit the model (Fashion-MNIST test set for 1-channel
+    10-class models, foolbox's ImageNet photos for 3-channel 1000-class ones).
+    """
+    from ulsam_deploy.artifacts import TensorSpec
+    from ulsam_deploy.data.sources import ImageSet, is_idx_dir, preprocess_of
+    from ulsam_deploy.passes.common import fused_nodes, io_specs, precision_of
+
+    source = Path(source)
+    output = Path(output) if output is not None else default_output(source, options)
+    precision = options.precision
+    if precision == "fp16" and calib_data is not None:
+        raise UserError("--calib-data is for --precision int8; fp16 needs no calibration.")
+    if precision == "int8" and calib_data is None:
+        raise UserError("int8 needs real calibration images: pass --calib-data DIR (an ImageFolder, a flat folder of "
+                        f"images, or a folder of idx files); {MIN_CALIB_IMAGES} or more are recommended.")
+    with Step("convert", output, force=options.force, inputs=[source], events=events,
+              options={k: v for k, v in asdict(options).items() if k not in ("force", "threads")}) as step:
+        with step.stage(f"Loading {source}"):
+            model, sidecar = load_with_sidecar(source)
+            current = precision_of(model)
+            if current != "fp32":
+                raise UserError(f"'{source}' is already {current}; convert the fp32 ONNX from 'ulsam-deploy export' "
+                                "instead.")
+            if not sidecar.is_classifier:
+                raise UserError(f"'{source}' is not a classifier (outputs {', '.join(o.name for o in sidecar.outputs)}); "
+                                "convert verifies on top-1 agreement and accuracy, so convert the classifier export.")
+            if precision == "int8" and fused_nodes(model):
+                raise UserError(f"'{source}' is already fused; int8 calibrates the unfused graph (softmax/attention "
+                                "kept out of int8), so pass the unfused ONNX from 'ulsam-deploy export' and add --fuse.")
+        preprocess = preprocess_of(sidecar)
+        verify_set = _images(verify_data, preprocess, "test", options.verify_limit, sidecar, "verification", events)
+        report: dict = {}
+        if precision == "fp16":
+            from ulsam_deploy.passes.fp16 import to_fp16
+
+            work = model
+            if options.fuse and not fused_nodes(model):
+                from ulsam_deploy.passes.fuse import fuse_model
+
+                with step.stage("Fusing ULSAM blocks into SubspaceAttention", "fuse"):
+                    work, report["fusion"] = fuse_model(model)
+            with step.stage("Converting to fp16 (Softmax, reductions and unfused ULSAM kept fp32)", "convert"):
+                converted, report["kept_fp32"] = to_fp16(work, io_fp16=options.io == "fp16",
+                                                         keep_ulsam_fp32=options.keep_ulsam_fp32)
+        else:
+            from ulsam_deploy.passes.int8 import to_int8
+
+            if not isinstance(calib_data, ImageSet) and not isinstance(verify_data, (ImageSet, type(None))) \
+                    and Path(calib_data).resolve() == Path(verify_data).resolve() and not is_idx_dir(Path(calib_data)):
+                events.warn("Calibration and verification read the same folder, so the int8 figures are optimistic; "
+                            "give --verify-data images that were not used for calibration.")
+            calib = _images(calib_data, preprocess, "train", options.calib_limit, sidecar, "calibration", events)
+            if len(calib) < MIN_CALIB_IMAGES:
+                events.warn(f"Calibrating on {len(calib)} images; {MIN_CALIB_IMAGES} or more give steadier int8 ranges.")
+            how = ("symmetric, per-channel, for TensorRT" if options.target == "tensorrt"
+                   else "U8S8, per-channel, for ONNX Runtime's CPU kernels")
+            reduce_range = False
+            if options.target == "ort":
+                from ulsam_deploy.backends.onnxrt.cpu import int8_capabilities, ort_int8_recipe
+
+                caps = int8_capabilities()
+                recipe = ort_int8_recipe(caps, options.reduce_range)
+                reduce_range = recipe.reduce_range
+                report["cpu"], report["recipe"] = caps.to_dict(), recipe.to_dict()
+                how += f", {'reduce_range' if reduce_range else 'full range'} ({caps.summary()})"
+            with step.stage(f"Calibrating and quantizing to int8 ({len(calib)} images, {options.method}, {how})",
+                            "quantize"):
+                converted, facts = to_int8(model, calib.images, target=options.target, calib_method=options.method,
+                                           batch=options.batch, keep_ulsam_fp32=options.keep_ulsam_fp32,
+                                           reduce_range=reduce_range)
+            report["int8"] = facts
+            report["calibration"] = {**calib.describe(), "method": options.method,
+                                     "enough": len(calib) >= MIN_CALIB_IMAGES, "graph": "unfused"}
+            if options.fuse:
+                from ulsam_deploy.passes.fuse import fuse_model
+
+                with step.stage("Fusing ULSAM blocks into SubspaceAttention", "fuse"):
+                    converted, report["fusion"] = fuse_model(converted)
+        converted = step.finalize(converted)
+        with step.stage(f"Verifying {precision} against fp32 on ONNX Runtime ({len(verify_set)} real images)",
+                        "verify"):
+            verdict, report["verification"] = verify(model, converted, verify_set, precision,
+                                                     options.tolerance_overrides(), batch=options.batch,
+                                                     threads=options.threads, events=events)
+        step.require(verdict, f"{precision} misses its gate on {len(verify_set)} real images",
+                     "try more calibration images, another --calib-method, --target ort for ONNX Runtime, or "
+                     "labelled --verify-data" if precision == "int8" else
+                     "keep more ops in fp32, or lower --min-agreement if that is acceptable")
+        new = sidecar.model_copy(deep=True)
+        new.precision = precision
+        new.int8_target = options.target if precision == "int8" else None
+        new.fused_blocks = sidecar.fused_blocks + int((report.get("fusion") or {}).get("fused", 0))
+        inputs, outputs = io_specs(converted)
+        new.inputs = [TensorSpec(**{**old.model_dump(), "dtype": spec["dtype"]}) for old, spec in zip(new.inputs, inputs)]
+        new.outputs = [TensorSpec(**{**old.model_dump(), "dtype": spec["dtype"]})
+                       for old, spec in zip(new.outputs, outputs)]
+        record = step.record(source=source, report=report, verdict=verdict)
+        return step.write_onnx(converted, new, record, verdict=verdict, report=report)
+
+
+__all__ = ["ConvertOptions", "convert_file", "default_output", "verify"]
