@@ -232,6 +232,7 @@ struct DeviceInfo
 
 struct LoadedKernel
 {
+    CUmodule module{nullptr};
     CUfunction fn{nullptr};
     int numWarps{0};
     int sharedBytes{0};
@@ -341,6 +342,7 @@ bool loadImage(Driver& d, void const* image, int kernelIdx, LoadedKernel* out, s
         d.cuModuleUnload(mod);
         return false;
     }
+    out->module = mod;
     out->fn = fn;
     out->numWarps = k.numWarps;
     out->sharedBytes = k.sharedBytes;
@@ -572,7 +574,11 @@ int ulsam_sa_prepare(int dtype)
     LoadedKernel loaded[kNumVariants];
     for (int v = 0; v < kNumVariants; ++v)
         if ((st = loadKernel(d, info.cc, dtype, v, &loaded[v])) != ULSAM_SA_OK)
+        {
+            for (int u = 0; u < v; ++u) // all variants or none
+                d.cuModuleUnload(loaded[u].module);
             return st;
+        }
     std::lock_guard<std::mutex> lock(gMutex);
     ContextState& cs = gContexts[key];
     cs.info = info;
