@@ -8,7 +8,7 @@ from ulsam_deploy.cli import app
 from ulsam_deploy.doctor import run_doctor
 
 EXPECTED = {"python", "torch", "onnx", "onnxsim", "onnxruntime", "onnxruntime-extensions", "onnxconverter-common",
-            "tensorrt", "cuda-driver", "gpu", "triton", "plugin-library", "python-plugin"}
+            "tensorrt", "cuda-driver", "gpu", "kernel-images", "triton", "plugin-library", "python-plugin"}
 
 
 def test_report_covers_every_component():
@@ -74,3 +74,23 @@ def test_cli_table_and_json(cli_runner):
     names = {c["name"] for c in data["checks"]}
     assert EXPECTED <= names and "fashion-mnist" in names
     assert set(data["summary"]["ok"]) | set(data["summary"]["missing"]) == names
+
+
+def test_kernel_images_against_driver_and_gpu():
+    """doctor says what the launcher will load: native cubin, PTX JIT, or nothing (old driver/GPU)."""
+    from ulsam_deploy.backends.trt.cuda_driver import CudaDriverInfo, GpuInfo
+    from ulsam_deploy.doctor import check_kernel_images
+
+    def info(version, cc):
+        return CudaDriverInfo(True, version, [GpuInfo(0, "Test GPU", cc, 8 << 30, False)], "libcuda.so.1")
+
+    orin = check_kernel_images(info("12.6", "8.7"))
+    assert orin.ok and "cubin native" in orin.detail and "PTX ISA 8.0" in orin.version
+    blackwell = check_kernel_images(info("12.8", "12.0"))
+    assert blackwell.ok and "PTX JIT" in blackwell.detail
+    r520 = check_kernel_images(info("11.8", "8.6"))
+    assert not r520.ok and "will not load" in r520.detail and "R525" in r520.fix and r520.disables
+    xavier = check_kernel_images(info("12.2", "7.2"))
+    assert not xavier.ok and "sm_72" in xavier.detail and "7.5" in xavier.fix
+    none = check_kernel_images(CudaDriverInfo(False, error="no NVIDIA driver"))
+    assert none.ok and "cannot tell" in none.detail

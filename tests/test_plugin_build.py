@@ -1,6 +1,7 @@
 """C++ side: build the launcher + self-test with CMake here (no GPU, no TensorRT needed) and check
-it against the Python side (variant table, planner, embedded PTX, CPU reference); build the
-TensorRT plugin and run its host-side self-test when TENSORRT_INCLUDE_DIR is set."""
+it against the Python side (variant table, planner, embedded images, CPU reference), drive it
+through the stub driver (prepare/launch logic, argument packing, no device work after prepare);
+build the TensorRT plugin and run its host-side self-tests when TENSORRT_INCLUDE_DIR is set."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def _run(exe, *args, stdin=None):
 def test_build_produces_launcher_and_selftest(built):
     assert built.launcher_library.is_file()
     assert built.selftest is not None and built.plugin_library is None
-    assert (built.build_dir / "ptx_table.cpp").is_file()
+    assert (built.build_dir / "image_table.cpp").is_file()
+    assert built.cuda_stub is not None and built.cuda_stub_no_ctx_id is not None
 
 
 @needs_toolchain
@@ -83,12 +85,58 @@ def test_variant_table_matches_python(built):
 
 
 @needs_toolchain
-def test_embedded_ptx_table_matches_manifest(built):
+def test_embedded_image_table_matches_manifest(built):
     man = aot.load_manifest()
     rows = [tuple(map(int, line.split())) for line in _run(built.selftest, "--kernels").stdout.splitlines()]
     want = [(k["arch"], P.DTYPE_CODES[k["dtype"]], k["variant"], k["num_warps"], k["shared_bytes"],
-             k["ptx_bytes"]) for k in man["kernels"]]
+             k["ptx_target"], k["ptx_bytes"], k["cubin_bytes"]) for k in man["kernels"]]
     assert rows == want
+    lib = ctypes.CDLL(str(built.launcher_library))
+    assert lib.ulsam_sa_num_ptx_images() == len(man["ptx_files"]) < len(man["kernels"])  # PTX stored once
+
+
+@needs_toolchain
+@pytest.mark.parametrize("stub", ["cuda_stub", "cuda_stub_no_ctx_id"])
+def test_launcher_logic_through_the_stub_driver(built, stub):
+    """Host-only: which image loads per GPU/driver, argument packing, no driver work but
+    cuLaunchKernel after prepare, context re-creation (with and without cuCtxGetId)."""
+    path = getattr(built, stub)
+    assert path is not None and path.is_file()
+    res = _run(built.selftest, "--stub", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[-1] == "PASS: 0 failure(s)" and not any(line.startswith("FAIL") for line in lines)
+    assert sum(line.startswith("PASS launch N=") for line in lines) == 5
+    assert any("no driver call but cuCtxGetCurrent" in line for line in lines)
+    if stub == "cuda_stub":
+        assert any("unique ID differs" in line for line in lines)
+    else:
+        assert any("falls back to the context pointer" in line for line in lines)
+
+
+def _configure(tmp_path, *extra):
+    cuda = PB.find_cuda_include()
+    return subprocess.run(["cmake", "-S", str(PB.plugin_source_dir()), "-B", str(tmp_path / "b"),
+                           "-DULSAM_WITH_TENSORRT=OFF", f"-DULSAM_CUDA_INCLUDE_DIR={cuda}", *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_toolchain
+def test_cmake_needs_the_image_dir(tmp_path):
+    res = _configure(tmp_path)
+    assert res.returncode != 0 and "ULSAM_KERNEL_IMAGE_DIR" in res.stderr
+
+
+@needs_toolchain
+def test_cmake_refuses_an_edited_image(tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(aot.IMAGE_DIR, images)
+    cub = images / aot.load_manifest()["kernels"][0]["cubin"]
+    data = bytearray(cub.read_bytes())
+    data[-1] ^= 0xFF
+    cub.write_bytes(bytes(data))
+    res = _configure(tmp_path, f"-DULSAM_KERNEL_IMAGE_DIR={images}")
+    assert res.returncode != 0 and "does not match its manifest SHA-256" in res.stderr
 
 
 def _plan_cases():
@@ -234,5 +282,10 @@ def test_plugin_builds_and_passes_host_selftest(tmp_path):
     out = _run(res.plugin_selftest, str(res.plugin_library))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FAIL" not in out.stdout
+    # the runtime lifecycle against the stub driver: attachToContext uploads, onShapeChange loads,
+    # enqueue only launches, failures are logged sentences
+    out = _run(res.plugin_selftest, str(res.plugin_library), "--stub", str(res.cuda_stub))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "FAIL" not in out.stdout and "enqueue (fp16) x3: three launches, no allocation" in out.stdout
     info = json.dumps({"tensorrt": res.tensorrt.version})
     assert res.tensorrt.major in (10, 11), info

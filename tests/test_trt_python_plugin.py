@@ -138,10 +138,10 @@ def test_aot_impl_returns_stripped_ptx_launch_and_scalars(fake_trt, dtype, w, dy
     name, ptx, launch, extra = aot_fn(x, None, None, None, None, 4, 1, 0, None, 0)
     assert name == MANIFEST["entry"].encode()
     text = ptx.decode()
-    assert aot.ptx_header(text) == ("8.5", "sm_87")
     _, params = aot.parse_ptx_entry(text)
     assert len(params) == len(aot.expected_ptx_params()) - 2  # no hidden scratch params
     rec = aot.find_kernel(MANIFEST, 87, "fp16" if dtype == "float16" else "fp32", variant)
+    assert aot.ptx_header(text) == (MANIFEST["ptx_version"], f"sm_{rec['ptx_target']}")
     assert rec["variant"] == variant == P.select_variant(24, 16 if dyn_w else w)
     assert launch.grid_x == FakeExpr(12, False)  # N * groups, symbolic in N
     assert launch.block_x == rec["threads"] and launch.shared_mem == rec["shared_bytes"]
@@ -178,7 +178,7 @@ def test_old_tensorrt_without_aot_is_refused(monkeypatch):
 
 def test_strip_hidden_params_keeps_a_valid_module(tmp_path):
     rec = aot.find_kernel(MANIFEST, 87, "fp32", 2)
-    ptx = (aot.PTX_DIR / rec["file"]).read_text()
+    ptx = (aot.IMAGE_DIR / rec["file"]).read_text()
     stripped = Q.strip_hidden_params(ptx)
     entry, params = aot.parse_ptx_entry(stripped)
     assert entry == rec["entry"] and params == aot.expected_ptx_params()[:-2]

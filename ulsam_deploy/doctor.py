@@ -147,6 +147,39 @@ def check_cuda_driver() -> tuple[Check, Check]:
     return drv, gpu
 
 
+def check_kernel_images(driver=None) -> Check:
+    """The shipped kernel images against this driver and GPU: which one the launcher will load
+    (native cubin / PTX JIT) or why none will (driver older than the PTX ISA needs, GPU too old)."""
+    from ulsam_deploy.kernels import aot
+
+    try:
+        manifest = aot.load_manifest()
+    except Exception as exc:  # noqa: BLE001 - a broken install raises anything
+        return Check("kernel-images", False, None, _first_line(exc), "the fused kernel (C++ and Python TensorRT plugins)",
+                     "python -m ulsam_deploy.kernels.aot (no GPU needed), or reinstall ulsam-deploy")
+    archs = manifest.get("archs", [])
+    version = (f"PTX ISA {manifest.get('ptx_version')} (driver >= CUDA {manifest.get('ptx_min_driver')}), "
+               f"cubins sm_{min(archs)}..sm_{max(archs)}" if archs else None)
+    if driver is None:
+        from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+
+        driver = probe_cuda_driver()
+    if not driver.available or not driver.gpus:
+        _, sentence = aot.image_plan(manifest, None, None)
+        return Check("kernel-images", True, version, sentence)
+    verdicts = []
+    for gpu in driver.gpus:
+        cc = int(gpu.compute_capability.replace(".", ""))
+        verdicts.append((gpu, *aot.image_plan(manifest, cc, driver.driver_version)))
+    detail = "; ".join(f"GPU {g.index} {g.name} ({g.sm}): {sentence}" for g, _, sentence in verdicts)
+    if any(kind == "none" for _, kind, _ in verdicts):
+        old_driver = any("driver" in s for _, kind, s in verdicts if kind == "none")
+        return Check("kernel-images", False, version, detail, "the fused kernel (C++ and Python TensorRT plugins)",
+                     "update the NVIDIA driver to R525 (CUDA 12.0) or newer" if old_driver
+                     else "a GPU of compute capability 7.5 or newer (Triton's oldest target)")
+    return Check("kernel-images", True, version, detail)
+
+
 def check_triton() -> Check:
     version = _dist_version("triton")
     if version is None or importlib.util.find_spec("triton") is None:
@@ -226,6 +259,7 @@ def run_doctor(include_data: bool = True) -> Report:
     trt = check_tensorrt()
     report.checks.append(trt)
     report.checks.extend(check_cuda_driver())
+    report.checks.append(check_kernel_images())
     report.checks.append(check_triton())
     report.checks.append(check_plugin_library())
     report.checks.append(check_python_plugin(trt))

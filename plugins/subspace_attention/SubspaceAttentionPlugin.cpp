@@ -145,7 +145,7 @@ SubspaceAttentionPlugin::SubspaceAttentionPlugin(SubspaceAttentionPlugin const& 
     , IPluginV3OneRuntime()
     , mParams(other.mParams)
 {
-    // device constants are per instance: a clone uploads its own (attachToContext / enqueue)
+    // device constants are per instance: a clone uploads its own (attachToContext / onShapeChange)
 }
 
 SubspaceAttentionPlugin::~SubspaceAttentionPlugin()
@@ -268,10 +268,22 @@ int32_t SubspaceAttentionPlugin::onShapeChange(
 {
     if (in == nullptr || out == nullptr || nbInputs != 1 || nbOutputs != 1)
         return -1;
-    return checkDims(in[0].dims, "onShapeChange") ? 0 : -1;
+    if (!checkDims(in[0].dims, "onShapeChange"))
+        return -1;
+    if (uploadConstants("onShapeChange") != 0)
+        return -1;
+    int const dtype = dtypeCode(in[0].type);
+    int const st = ulsam_sa_prepare(dtype); // no-op once this context holds the modules
+    if (st != ULSAM_SA_OK)
+    {
+        logError(std::string("onShapeChange: loading the ") + (dtype == ULSAM_SA_FP16 ? "fp16" : "fp32")
+            + " kernel failed: " + ulsam_sa_status_string(st) + ": " + ulsam_sa_last_error());
+        return -1;
+    }
+    return 0;
 }
 
-int32_t SubspaceAttentionPlugin::ensureConstants() noexcept
+int32_t SubspaceAttentionPlugin::uploadConstants(char const* where) noexcept
 {
     if (mConstants)
         return 0;
@@ -279,7 +291,7 @@ int32_t SubspaceAttentionPlugin::ensureConstants() noexcept
         mParams.dwShift.data(), mParams.pwWeight.data(), mParams.pwBias.data(), &mConstants);
     if (st != ULSAM_SA_OK)
     {
-        logError(std::string("uploading the constants failed: ") + ulsam_sa_last_error());
+        logError(std::string(where) + ": uploading the folded constants to the GPU failed: " + ulsam_sa_last_error());
         return -1;
     }
     return 0;
@@ -293,20 +305,24 @@ int32_t SubspaceAttentionPlugin::enqueue(PluginTensorDesc const* inputDesc, Plug
     Dims const& d = inputDesc[0].dims;
     if (!checkDims(d, "enqueue"))
         return -1;
-    if (ensureConstants() != 0) // normally done in attachToContext, outside any graph capture
-        return -1;
     int const dtype = dtypeCode(inputDesc[0].type);
     int const n = static_cast<int>(d.d[0]), c = static_cast<int>(d.d[1]), h = static_cast<int>(d.d[2]),
               w = static_cast<int>(d.d[3]);
     if (n == 0 || h == 0 || w == 0)
         return 0; // empty tensor: nothing to do
+    if (mConstants == nullptr)
+    {
+        logError("enqueue: the folded constants are not on the GPU (their upload in attachToContext/onShapeChange "
+                 "failed, see the earlier message); nothing was launched");
+        return -1;
+    }
     // TensorRT allocated getWorkspaceSize(profile max); this shape's size is <= that (monotone).
     size_t const wsBytes = ulsam_sa_workspace_size(dtype, n, c, h, w, mParams.groups);
     int const st = ulsam_sa_launch_with_constants(inputs[0], outputs[0], dtype, n, c, h, w, mConstants, mParams.reluDw,
         mParams.reluPw, workspace, wsBytes, reinterpret_cast<ulsam_sa_stream_t>(stream));
     if (st != ULSAM_SA_OK)
     {
-        logError(std::string("launch failed: ") + ulsam_sa_status_string(st) + ": " + ulsam_sa_last_error());
+        logError(std::string("enqueue: launch failed: ") + ulsam_sa_status_string(st) + ": " + ulsam_sa_last_error());
         return -1;
     }
     return 0;
@@ -315,8 +331,8 @@ int32_t SubspaceAttentionPlugin::enqueue(PluginTensorDesc const* inputDesc, Plug
 IPluginV3* SubspaceAttentionPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
 {
     auto* cloned = static_cast<SubspaceAttentionPlugin*>(clone());
-    if (cloned != nullptr && cloned->ensureConstants() != 0)
-        logMessage(ILogger::Severity::kWARNING, "constants not uploaded at attachToContext; retrying at enqueue");
+    if (cloned != nullptr && cloned->uploadConstants("attachToContext") != 0)
+        logMessage(ILogger::Severity::kWARNING, "attachToContext: constants not uploaded; onShapeChange retries");
     return cloned;
 }
 

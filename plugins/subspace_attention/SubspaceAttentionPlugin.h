@@ -8,7 +8,14 @@
 // Fields (= ONNX node attributes; the ONNX parser maps INT -> kINT32, FLOATS -> kFLOAT32):
 //   groups (INT32), relu_dw (INT32 0/1), relu_pw (INT32 0/1),
 //   dw_scale, dw_shift, pw_weight (FLOAT32 x C), pw_bias (FLOAT32 x groups)
-// One input and one output: [N, C, H, W] fp32 or fp16, linear (NCHW); dynamic N, H, W.
+// One input and one output: [N, C, H, W] fp32 or fp16 (same type in and out), linear (NCHW);
+// dynamic N, H, W. fp16 tensors run the fp16 kernel, which loads/stores fp16 and does all
+// arithmetic (logits, softmax max/sum, 1 + A) in fp32.
+//
+// Device work happens outside enqueue: attachToContext uploads the constants, onShapeChange
+// (called before any enqueue, at build time for tactic timing and at run time) retries that upload
+// if needed and loads the kernel modules of the tensor's dtype (ulsam_sa_prepare). enqueue only
+// launches; missing constants or modules are an error with a logged sentence, never a fix-up.
 #ifndef ULSAM_SUBSPACE_ATTENTION_PLUGIN_H
 #define ULSAM_SUBSPACE_ATTENTION_PLUGIN_H
 
@@ -90,7 +97,8 @@ public:
 
 private:
     bool checkDims(nvinfer1::Dims const& d, char const* where) const noexcept;
-    int32_t ensureConstants() noexcept;
+    // Uploads the constants into the current CUDA context unless already there; logs why not.
+    int32_t uploadConstants(char const* where) noexcept;
 
     SubspaceAttentionParams mParams;
     ulsam_sa_constants_t* mConstants{nullptr};

@@ -1,15 +1,17 @@
-// ULSAM fused subspace-attention launcher: embedded Triton PTX + CUDA driver API via dlopen.
+// ULSAM fused subspace-attention launcher: embedded kernel images + CUDA driver API via dlopen.
 // See launcher.h for the contract and docs/kernel.md for the design.
 #include "launcher.h"
-#include "ptx_table.h"
+#include "image_table.h"
 
 #include <cuda.h>
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -123,8 +125,10 @@ struct Driver
     CUresult (*cuDriverGetVersion)(int*){nullptr};
     CUresult (*cuCtxGetCurrent)(CUcontext*){nullptr};
     CUresult (*cuCtxGetDevice)(CUdevice*){nullptr};
+    CUresult (*cuCtxGetId)(CUcontext, unsigned long long*){nullptr}; // optional: CUDA >= 12.0
     CUresult (*cuDeviceGetAttribute)(int*, CUdevice_attribute, CUdevice){nullptr};
     CUresult (*cuModuleLoadDataEx)(CUmodule*, void const*, unsigned int, CUjit_option*, void**){nullptr};
+    CUresult (*cuModuleUnload)(CUmodule){nullptr};
     CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, char const*){nullptr};
     CUresult (*cuFuncSetAttribute)(CUfunction, CUfunction_attribute, int){nullptr};
     CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
@@ -142,24 +146,27 @@ struct Driver
     CUresult (*cuStreamSynchronize)(CUstream){nullptr};
 };
 
-std::mutex gMutex;
-
 Driver& driver()
 {
     static Driver d;
     static std::once_flag once;
     std::call_once(once, [] {
-        char const* names[] = {"libcuda.so.1", "libcuda.so"};
+        char const* override = std::getenv("ULSAM_SA_CUDA_DRIVER");
+        char const* defaults[] = {"libcuda.so.1", "libcuda.so"};
+        char const* only[] = {override};
+        bool const useOverride = override && *override;
+        char const* const* names = useOverride ? only : defaults;
+        int const count = useOverride ? 1 : 2;
         void* h = nullptr;
         std::string firstError;
-        for (char const* n : names)
+        for (int i = 0; i < count && !h; ++i)
         {
-            h = dlopen(n, RTLD_NOW | RTLD_LOCAL);
-            if (h)
-                break;
-            char const* e = dlerror();
-            if (firstError.empty())
+            h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+            if (!h && firstError.empty())
+            {
+                char const* e = dlerror();
                 firstError = e ? e : "unknown error";
+            }
         }
         if (!h)
         {
@@ -167,9 +174,9 @@ Driver& driver()
             return;
         }
         bool ok = true;
-        auto sym = [&](auto& fn, char const* name) {
+        auto sym = [&](auto& fn, char const* name, bool required = true) {
             fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
-            if (!fn)
+            if (!fn && required)
             {
                 ok = false;
                 d.error = std::string("CUDA driver lacks symbol ") + name;
@@ -179,8 +186,10 @@ Driver& driver()
         sym(d.cuDriverGetVersion, "cuDriverGetVersion");
         sym(d.cuCtxGetCurrent, "cuCtxGetCurrent");
         sym(d.cuCtxGetDevice, "cuCtxGetDevice");
+        sym(d.cuCtxGetId, "cuCtxGetId", false);
         sym(d.cuDeviceGetAttribute, "cuDeviceGetAttribute");
         sym(d.cuModuleLoadDataEx, "cuModuleLoadDataEx");
+        sym(d.cuModuleUnload, "cuModuleUnload");
         sym(d.cuModuleGetFunction, "cuModuleGetFunction");
         sym(d.cuFuncSetAttribute, "cuFuncSetAttribute");
         sym(d.cuLaunchKernel, "cuLaunchKernel");
@@ -213,6 +222,7 @@ char const* cuErr(Driver& d, CUresult r)
     return "unknown CUDA error";
 }
 
+// ------------------------------------------------------------------ per-context state
 struct DeviceInfo
 {
     int cc{0};
@@ -222,102 +232,186 @@ struct DeviceInfo
 
 struct LoadedKernel
 {
+    CUmodule module{nullptr};
     CUfunction fn{nullptr};
     int numWarps{0};
     int sharedBytes{0};
-    int arch{0};
+    int arch{0};  // architecture of the loaded image (cubin arch or PTX .target)
+    int image{ULSAM_SA_IMAGE_NONE};
 };
 
-std::map<CUcontext, DeviceInfo> gDevices;
-std::map<std::pair<CUcontext, int>, LoadedKernel> gKernels; // key: (context, table index)
+struct ContextState
+{
+    DeviceInfo info;
+    bool prepared[2]{false, false};
+    LoadedKernel kernels[2][kNumVariants];
+};
 
-int currentDevice(Driver& d, CUcontext* ctxOut, DeviceInfo* info)
+std::mutex gMutex;         // guards gContexts (held only for look-ups and inserts)
+std::mutex gPrepareMutex;  // serializes module loading
+std::map<uint64_t, ContextState> gContexts; // key: ctxKey(); modules live as long as their context
+std::atomic<int> gImagePolicy{ULSAM_SA_IMAGES_AUTO};
+
+// The current context and its cache key: the unique context ID when the driver has cuCtxGetId,
+// else the CUcontext pointer (a context re-created at the same address would then reuse stale state).
+int currentContext(Driver& d, CUcontext* ctxOut, uint64_t* key)
 {
     CUcontext ctx = nullptr;
     CUresult r = d.cuCtxGetCurrent(&ctx);
     if (r != CUDA_SUCCESS || ctx == nullptr)
         return fail(ULSAM_SA_ERR_NO_CONTEXT,
             "no CUDA context is current on this thread (create one first, e.g. cudaSetDevice + cudaFree(0))");
-    *ctxOut = ctx;
-    std::lock_guard<std::mutex> lock(gMutex);
-    auto it = gDevices.find(ctx);
-    if (it != gDevices.end())
+    if (d.cuCtxGetId)
     {
-        *info = it->second;
-        return ULSAM_SA_OK;
+        unsigned long long id = 0;
+        if ((r = d.cuCtxGetId(ctx, &id)) != CUDA_SUCCESS)
+            return fail(ULSAM_SA_ERR_CUDA, "cuCtxGetId: %s", cuErr(d, r));
+        *key = id;
     }
+    else
+        *key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ctx));
+    if (ctxOut)
+        *ctxOut = ctx;
+    return ULSAM_SA_OK;
+}
+
+int queryDevice(Driver& d, DeviceInfo* info)
+{
     CUdevice dev;
-    if ((r = d.cuCtxGetDevice(&dev)) != CUDA_SUCCESS)
+    CUresult r = d.cuCtxGetDevice(&dev);
+    if (r != CUDA_SUCCESS)
         return fail(ULSAM_SA_ERR_CUDA, "cuCtxGetDevice: %s", cuErr(d, r));
     int major = 0, minor = 0, sms = 0, l2 = 0;
     d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
     d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
     d.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
     d.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev);
-    DeviceInfo di{major * 10 + minor, sms, l2};
-    gDevices[ctx] = di;
-    *info = di;
+    *info = DeviceInfo{major * 10 + minor, sms, l2};
     return ULSAM_SA_OK;
 }
 
-// Highest embedded arch <= device arch for (dtype, variant): PTX JIT-compiles forward.
-int pickKernel(int cc, int dtype, int variant)
+// Image choice (twin of aot.find_cubin / aot.find_kernel): the cubin of the same arch, else of
+// the highest lower minor of the same major (SASS is binary compatible upwards within a major);
+// the PTX of the highest arch <= the device's (PTX JIT-compiles forward).
+void selectImages(int cc, int dtype, int variant, int* cubinIdx, int* ptxIdx)
 {
-    int best = -1;
-    for (int i = 0; i < ulsam_ptx::kNumKernels; ++i)
+    *cubinIdx = -1;
+    *ptxIdx = -1;
+    for (int i = 0; i < ulsam_images::kNumKernels; ++i)
     {
-        auto const& k = ulsam_ptx::kKernels[i];
-        if (k.dtype == dtype && k.variant == variant && k.arch <= cc && (best < 0 || k.arch > ulsam_ptx::kKernels[best].arch))
-            best = i;
+        auto const& k = ulsam_images::kKernels[i];
+        if (k.dtype != dtype || k.variant != variant || k.arch > cc)
+            continue;
+        if (*ptxIdx < 0 || k.arch > ulsam_images::kKernels[*ptxIdx].arch)
+            *ptxIdx = i;
+        if (k.cubin && k.arch / 10 == cc / 10 && (*cubinIdx < 0 || k.arch > ulsam_images::kKernels[*cubinIdx].arch))
+            *cubinIdx = i;
     }
-    return best;
 }
 
-int getKernel(Driver& d, CUcontext ctx, int cc, int dtype, int variant, LoadedKernel* out)
+// cuModuleLoadDataEx + cuModuleGetFunction for one image; on failure fills `why`.
+bool loadImage(Driver& d, void const* image, int kernelIdx, LoadedKernel* out, std::string* why)
 {
-    int const idx = pickKernel(cc, dtype, variant);
-    if (idx < 0)
-        return fail(ULSAM_SA_ERR_NO_KERNEL,
-            "no embedded PTX for compute capability %d.%d (dtype %d, variant %d); the oldest shipped target is sm_75",
-            cc / 10, cc % 10, dtype, variant);
-    std::lock_guard<std::mutex> lock(gMutex);
-    auto key = std::make_pair(ctx, idx);
-    auto it = gKernels.find(key);
-    if (it != gKernels.end())
-    {
-        *out = it->second;
-        return ULSAM_SA_OK;
-    }
-    auto const& k = ulsam_ptx::kKernels[idx];
+    auto const& k = ulsam_images::kKernels[kernelIdx];
     char errLog[4096] = {0};
     CUjit_option opts[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
     void* vals[] = {errLog, reinterpret_cast<void*>(static_cast<uintptr_t>(sizeof(errLog)))};
     CUmodule mod = nullptr;
-    CUresult r = d.cuModuleLoadDataEx(&mod, k.ptx, 2, opts, vals);
+    CUresult r = d.cuModuleLoadDataEx(&mod, image, 2, opts, vals);
+    char buf[4608];
     if (r != CUDA_SUCCESS)
     {
-        int drv = 0;
-        d.cuDriverGetVersion(&drv);
-        return fail(ULSAM_SA_ERR_MODULE_LOAD,
-            "cuModuleLoadDataEx(sm_%d PTX) failed: %s (driver CUDA %d.%d; the PTX needs ISA 8.5 = CUDA >= 12.5): %s",
-            k.arch, cuErr(d, r), drv / 1000, (drv % 1000) / 10, errLog);
+        std::snprintf(buf, sizeof(buf), "cuModuleLoadDataEx: %s%s%s", cuErr(d, r), errLog[0] ? ": " : "", errLog);
+        *why = buf;
+        return false;
     }
-    LoadedKernel lk;
-    if ((r = d.cuModuleGetFunction(&lk.fn, mod, ulsam_ptx::kEntryName)) != CUDA_SUCCESS)
-        return fail(ULSAM_SA_ERR_MODULE_LOAD, "cuModuleGetFunction(%s): %s", ulsam_ptx::kEntryName, cuErr(d, r));
-    if (k.sharedBytes > 48 * 1024)
+    CUfunction fn = nullptr;
+    if ((r = d.cuModuleGetFunction(&fn, mod, ulsam_images::kEntryName)) != CUDA_SUCCESS)
     {
-        r = d.cuFuncSetAttribute(lk.fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.sharedBytes);
-        if (r != CUDA_SUCCESS)
-            return fail(ULSAM_SA_ERR_MODULE_LOAD, "cuFuncSetAttribute(shared=%d): %s", k.sharedBytes, cuErr(d, r));
+        std::snprintf(buf, sizeof(buf), "cuModuleGetFunction(%s): %s", ulsam_images::kEntryName, cuErr(d, r));
+        *why = buf;
+        d.cuModuleUnload(mod);
+        return false;
     }
-    lk.numWarps = k.numWarps;
-    lk.sharedBytes = k.sharedBytes;
-    lk.arch = k.arch;
-    gKernels[key] = lk; // modules live as long as their context (never unloaded explicitly)
-    *out = lk;
+    if (k.sharedBytes > 48 * 1024
+        && (r = d.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.sharedBytes))
+            != CUDA_SUCCESS)
+    {
+        std::snprintf(buf, sizeof(buf), "cuFuncSetAttribute(shared=%d): %s", k.sharedBytes, cuErr(d, r));
+        *why = buf;
+        d.cuModuleUnload(mod);
+        return false;
+    }
+    out->module = mod;
+    out->fn = fn;
+    out->numWarps = k.numWarps;
+    out->sharedBytes = k.sharedBytes;
+    return true;
+}
+
+int loadKernel(Driver& d, int cc, int dtype, int variant, LoadedKernel* out)
+{
+    int cubinIdx, ptxIdx;
+    selectImages(cc, dtype, variant, &cubinIdx, &ptxIdx);
+    int const policy = gImagePolicy.load();
+    std::string cubinWhy, ptxWhy;
+    if (policy != ULSAM_SA_IMAGES_PTX_ONLY && cubinIdx >= 0)
+    {
+        if (loadImage(d, ulsam_images::kKernels[cubinIdx].cubin, cubinIdx, out, &cubinWhy))
+        {
+            out->arch = ulsam_images::kKernels[cubinIdx].arch;
+            out->image = ULSAM_SA_IMAGE_CUBIN;
+            return ULSAM_SA_OK;
+        }
+    }
+    else if (policy == ULSAM_SA_IMAGES_CUBIN_ONLY)
+        return fail(ULSAM_SA_ERR_NO_KERNEL, "no embedded cubin for sm_%d (dtype %d, variant %d) and PTX JIT is disabled",
+            cc, dtype, variant);
+    if (policy == ULSAM_SA_IMAGES_CUBIN_ONLY)
+        return fail(ULSAM_SA_ERR_MODULE_LOAD, "the sm_%d cubin did not load (%s) and PTX JIT is disabled",
+            ulsam_images::kKernels[cubinIdx].arch, cubinWhy.c_str());
+    if (ptxIdx < 0)
+        return fail(ULSAM_SA_ERR_NO_KERNEL,
+            "no embedded image for compute capability %d.%d (dtype %d, variant %d); the oldest shipped target is "
+            "sm_%d",
+            cc / 10, cc % 10, dtype, variant, ulsam_images::kKernels[0].arch);
+    auto const& px = ulsam_images::kPtx[ulsam_images::kKernels[ptxIdx].ptx];
+    if (loadImage(d, px.text, ptxIdx, out, &ptxWhy))
+    {
+        out->arch = px.target;
+        out->image = ULSAM_SA_IMAGE_PTX;
+        return ULSAM_SA_OK;
+    }
+    int drv = 0;
+    d.cuDriverGetVersion(&drv);
+    return fail(ULSAM_SA_ERR_MODULE_LOAD,
+        "the kernel did not load on sm_%d under driver CUDA %d.%d (the PTX needs ISA %s = CUDA >= 12.0): "
+        "PTX: %s%s%s",
+        cc, drv / 1000, (drv % 1000) / 10, ulsam_images::kPtxVersion, ptxWhy.c_str(),
+        cubinWhy.empty() ? "" : "; cubin: ", cubinWhy.c_str());
+}
+
+// Looks up the prepared state of the current context (no driver call besides the key).
+int preparedState(Driver& d, int dtype, uint64_t* key, DeviceInfo* info, LoadedKernel* kernels)
+{
+    int const st = currentContext(d, nullptr, key);
+    if (st != ULSAM_SA_OK)
+        return st;
+    std::lock_guard<std::mutex> lock(gMutex);
+    auto it = gContexts.find(*key);
+    if (it == gContexts.end() || !it->second.prepared[dtype])
+        return fail(ULSAM_SA_ERR_NOT_PREPARED,
+            "the %s kernels are not loaded in this CUDA context (id %llu): call ulsam_sa_prepare(%d) first, "
+            "outside enqueue and stream capture",
+            dtype == ULSAM_SA_FP16 ? "fp16" : "fp32", static_cast<unsigned long long>(*key), dtype);
+    *info = it->second.info;
+    std::copy(it->second.kernels[dtype], it->second.kernels[dtype] + kNumVariants, kernels);
     return ULSAM_SA_OK;
 }
+
+int launchPrepared(Driver& d, DeviceInfo const& info, LoadedKernel const* kernels, void const* x, void* y, int dtype,
+    int N, int C, int H, int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight,
+    float const* pwBias, int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream);
 
 } // namespace
 
@@ -325,8 +419,73 @@ struct ulsam_sa_constants
 {
     int channels{0};
     int groups{0};
+    uint64_t context{0};   // ctxKey() of the context the buffer lives in
     CUdeviceptr buffer{0}; // [dw_scale C | dw_shift C | pw_weight C | pw_bias groups] fp32
 };
+
+namespace
+{
+
+bool validLaunchArgs(void const* x, void* y, int dtype, int N, int C, int H, int W, int groups, void const* p0,
+    void const* p1, void const* p2, void const* p3, void* workspace, size_t workspaceBytes_, int* status)
+{
+    if (!validShape(dtype, N, C, H, W, groups))
+        *status = fail(ULSAM_SA_ERR_ARGUMENT, "bad shape/dtype: dtype=%d N=%d C=%d H=%d W=%d groups=%d", dtype, N, C,
+            H, W, groups);
+    else if (!x || !y || !p0 || !p1 || !p2 || !p3)
+        *status = fail(ULSAM_SA_ERR_ARGUMENT, "null tensor or constant pointer");
+    else if (x == y)
+        *status = fail(ULSAM_SA_ERR_ARGUMENT, "y must not alias x (pass C re-reads x after y rows were written)");
+    else if (reinterpret_cast<uintptr_t>(x) % static_cast<uintptr_t>(elemBytes(dtype))
+        || reinterpret_cast<uintptr_t>(y) % static_cast<uintptr_t>(elemBytes(dtype))
+        || reinterpret_cast<uintptr_t>(workspace) % 4)
+        *status = fail(ULSAM_SA_ERR_ARGUMENT, "misaligned x/y/workspace pointer");
+    else if (!workspace || workspaceBytes_ < static_cast<size_t>(static_cast<int64_t>(H) * W * 4))
+        *status = fail(ULSAM_SA_ERR_WORKSPACE, "workspace must hold at least H*W*4 = %lld bytes (got %zu)",
+            static_cast<long long>(H) * W * 4, workspaceBytes_);
+    else
+        return true;
+    return false;
+}
+
+int launchPrepared(Driver& d, DeviceInfo const& info, LoadedKernel const* kernels, void const* x, void* y, int dtype,
+    int N, int C, int H, int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight,
+    float const* pwBias, int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream)
+{
+    ulsam_sa_plan_t plan;
+    int st = ulsam_sa_plan(dtype, N, C, H, W, groups, info.smCount, info.l2Bytes, workspaceBytes_, &plan);
+    if (st != ULSAM_SA_OK)
+        return st;
+    LoadedKernel const& lk = kernels[plan.variant];
+    if (!lk.fn)
+        return fail(ULSAM_SA_ERR_NOT_PREPARED, "variant %d is not loaded", plan.variant);
+    if (lk.numWarps != plan.num_warps)
+        return fail(ULSAM_SA_ERR_NO_KERNEL,
+            "embedded image (num_warps=%d) does not match variant %d (num_warps=%d); regenerate the images and rebuild",
+            lk.numWarps, plan.variant, plan.num_warps);
+
+    // Parameter order = <image dir>/manifest.json "params": 5 input pointers, 9 int32, 2 output
+    // pointers (y, workspace), then Triton's two hidden scratch pointers (no scratch: NULL).
+    CUdeviceptr px = reinterpret_cast<CUdeviceptr>(x), py = reinterpret_cast<CUdeviceptr>(y);
+    CUdeviceptr ps = reinterpret_cast<CUdeviceptr>(dwScale), pt = reinterpret_cast<CUdeviceptr>(dwShift);
+    CUdeviceptr pw = reinterpret_cast<CUdeviceptr>(pwWeight), pb = reinterpret_cast<CUdeviceptr>(pwBias);
+    CUdeviceptr pws = reinterpret_cast<CUdeviceptr>(workspace);
+    int32_t G = C / groups, h = H, w = W, grp = groups, nItems = plan.items, split = plan.split, chunk = plan.chunk;
+    int32_t rd = reluDw ? 1 : 0, rp = reluPw ? 1 : 0;
+    CUdeviceptr globalScratch = 0, profileScratch = 0;
+    void* args[] = {&px, &ps, &pt, &pw, &pb, &G, &h, &w, &grp, &nItems, &split, &chunk, &rd, &rp, &py, &pws,
+        &globalScratch, &profileScratch};
+    static_assert(sizeof(args) / sizeof(args[0]) == 18, "kernel parameter count");
+    CUresult r = d.cuLaunchKernel(lk.fn, static_cast<unsigned>(plan.grid), 1, 1,
+        static_cast<unsigned>(32 * lk.numWarps), 1, 1, static_cast<unsigned>(lk.sharedBytes),
+        reinterpret_cast<CUstream>(stream), args, nullptr);
+    if (r != CUDA_SUCCESS)
+        return fail(ULSAM_SA_ERR_LAUNCH, "cuLaunchKernel(grid=%d, threads=%d, shared=%d): %s", plan.grid,
+            32 * lk.numWarps, lk.sharedBytes, cuErr(d, r));
+    return ULSAM_SA_OK;
+}
+
+} // namespace
 
 extern "C" {
 
@@ -392,17 +551,70 @@ int ulsam_sa_prepare(int dtype)
     Driver& d = driver();
     if (!d.loaded)
         return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
-    CUcontext ctx;
-    DeviceInfo info;
-    int st = currentDevice(d, &ctx, &info);
+    uint64_t key = 0;
+    int st = currentContext(d, nullptr, &key);
     if (st != ULSAM_SA_OK)
         return st;
-    for (int v = 0; v < kNumVariants; ++v)
+    std::lock_guard<std::mutex> prepareLock(gPrepareMutex);
+    DeviceInfo info;
+    bool known = false;
     {
-        LoadedKernel lk;
-        if ((st = getKernel(d, ctx, info.cc, dtype, v, &lk)) != ULSAM_SA_OK)
-            return st;
+        std::lock_guard<std::mutex> lock(gMutex);
+        auto it = gContexts.find(key);
+        if (it != gContexts.end())
+        {
+            if (it->second.prepared[dtype])
+                return ULSAM_SA_OK;
+            info = it->second.info;
+            known = true;
+        }
     }
+    if (!known && (st = queryDevice(d, &info)) != ULSAM_SA_OK)
+        return st;
+    LoadedKernel loaded[kNumVariants];
+    for (int v = 0; v < kNumVariants; ++v)
+        if ((st = loadKernel(d, info.cc, dtype, v, &loaded[v])) != ULSAM_SA_OK)
+        {
+            for (int u = 0; u < v; ++u) // all variants or none
+                d.cuModuleUnload(loaded[u].module);
+            return st;
+        }
+    std::lock_guard<std::mutex> lock(gMutex);
+    ContextState& cs = gContexts[key];
+    cs.info = info;
+    std::copy(loaded, loaded + kNumVariants, cs.kernels[dtype]);
+    cs.prepared[dtype] = true;
+    return ULSAM_SA_OK;
+}
+
+int ulsam_sa_set_image_policy(int policy)
+{
+    if (policy != ULSAM_SA_IMAGES_AUTO && policy != ULSAM_SA_IMAGES_CUBIN_ONLY && policy != ULSAM_SA_IMAGES_PTX_ONLY)
+        return fail(ULSAM_SA_ERR_ARGUMENT, "bad image policy %d", policy);
+    gImagePolicy.store(policy);
+    return ULSAM_SA_OK;
+}
+
+int ulsam_sa_loaded_image(int dtype, int variant, int* kind, int* arch)
+{
+    if ((dtype != ULSAM_SA_FP32 && dtype != ULSAM_SA_FP16) || variant < 0 || variant >= kNumVariants)
+        return fail(ULSAM_SA_ERR_ARGUMENT, "bad dtype %d / variant %d", dtype, variant);
+    Driver& d = driver();
+    if (!d.loaded)
+        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
+    uint64_t key = 0;
+    int const st = currentContext(d, nullptr, &key);
+    if (st != ULSAM_SA_OK)
+        return st;
+    std::lock_guard<std::mutex> lock(gMutex);
+    auto it = gContexts.find(key);
+    LoadedKernel const none;
+    LoadedKernel const& lk
+        = (it != gContexts.end() && it->second.prepared[dtype]) ? it->second.kernels[dtype][variant] : none;
+    if (kind)
+        *kind = lk.image;
+    if (arch)
+        *arch = lk.arch;
     return ULSAM_SA_OK;
 }
 
@@ -410,59 +622,20 @@ int ulsam_sa_launch(void const* x, void* y, int dtype, int N, int C, int H, int 
     float const* dwScale, float const* dwShift, float const* pwWeight, float const* pwBias, int reluDw, int reluPw,
     void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream)
 {
-    if (!validShape(dtype, N, C, H, W, groups))
-        return fail(ULSAM_SA_ERR_ARGUMENT, "bad shape/dtype: dtype=%d N=%d C=%d H=%d W=%d groups=%d", dtype, N, C,
-            H, W, groups);
-    if (!x || !y || !dwScale || !dwShift || !pwWeight || !pwBias)
-        return fail(ULSAM_SA_ERR_ARGUMENT, "null tensor or constant pointer");
-    if (x == y)
-        return fail(ULSAM_SA_ERR_ARGUMENT, "y must not alias x (pass C re-reads x after y rows were written)");
-    uintptr_t const ea = static_cast<uintptr_t>(elemBytes(dtype));
-    if (reinterpret_cast<uintptr_t>(x) % ea || reinterpret_cast<uintptr_t>(y) % ea
-        || reinterpret_cast<uintptr_t>(workspace) % 4)
-        return fail(ULSAM_SA_ERR_ARGUMENT, "misaligned x/y/workspace pointer");
-    int64_t const hw = static_cast<int64_t>(H) * W;
-    if (!workspace || workspaceBytes_ < static_cast<size_t>(hw * 4))
-        return fail(ULSAM_SA_ERR_WORKSPACE, "workspace must hold at least H*W*4 = %lld bytes (got %zu)",
-            static_cast<long long>(hw * 4), workspaceBytes_);
+    int st = ULSAM_SA_OK;
+    if (!validLaunchArgs(x, y, dtype, N, C, H, W, groups, dwScale, dwShift, pwWeight, pwBias, workspace,
+            workspaceBytes_, &st))
+        return st;
     Driver& d = driver();
     if (!d.loaded)
         return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
-    CUcontext ctx;
+    uint64_t key = 0;
     DeviceInfo info;
-    int st = currentDevice(d, &ctx, &info);
-    if (st != ULSAM_SA_OK)
+    LoadedKernel kernels[kNumVariants];
+    if ((st = preparedState(d, dtype, &key, &info, kernels)) != ULSAM_SA_OK)
         return st;
-    ulsam_sa_plan_t plan;
-    st = ulsam_sa_plan(dtype, N, C, H, W, groups, info.smCount, info.l2Bytes, workspaceBytes_, &plan);
-    if (st != ULSAM_SA_OK)
-        return st;
-    LoadedKernel lk;
-    if ((st = getKernel(d, ctx, info.cc, dtype, plan.variant, &lk)) != ULSAM_SA_OK)
-        return st;
-    if (lk.numWarps != plan.num_warps)
-        return fail(ULSAM_SA_ERR_NO_KERNEL, "embedded PTX (num_warps=%d) does not match variant %d (num_warps=%d); "
-            "regenerate the PTX and rebuild", lk.numWarps, plan.variant, plan.num_warps);
-
-    // Parameter order = ulsam_deploy/kernels/ptx/manifest.json "params": 5 input pointers,
-    // 9 int32, 2 output pointers (y, workspace), then Triton's two hidden scratch pointers (this
-    // kernel needs no scratch: NULL).
-    CUdeviceptr px = reinterpret_cast<CUdeviceptr>(x), py = reinterpret_cast<CUdeviceptr>(y);
-    CUdeviceptr ps = reinterpret_cast<CUdeviceptr>(dwScale), pt = reinterpret_cast<CUdeviceptr>(dwShift);
-    CUdeviceptr pw = reinterpret_cast<CUdeviceptr>(pwWeight), pb = reinterpret_cast<CUdeviceptr>(pwBias);
-    CUdeviceptr pws = reinterpret_cast<CUdeviceptr>(workspace);
-    int32_t G = C / groups, h = H, w = W, grp = groups, nItems = plan.items, split = plan.split, chunk = plan.chunk;
-    int32_t rd = reluDw ? 1 : 0, rp = reluPw ? 1 : 0;
-    CUdeviceptr globalScratch = 0, profileScratch = 0;
-    void* args[] = {&px, &ps, &pt, &pw, &pb, &G, &h, &w, &grp, &nItems, &split, &chunk, &rd, &rp, &py, &pws,
-        &globalScratch, &profileScratch};
-    CUresult r = d.cuLaunchKernel(lk.fn, static_cast<unsigned>(plan.grid), 1, 1,
-        static_cast<unsigned>(32 * lk.numWarps), 1, 1, static_cast<unsigned>(lk.sharedBytes),
-        reinterpret_cast<CUstream>(stream), args, nullptr);
-    if (r != CUDA_SUCCESS)
-        return fail(ULSAM_SA_ERR_LAUNCH, "cuLaunchKernel(grid=%d, threads=%d, shared=%d): %s", plan.grid,
-            32 * lk.numWarps, lk.sharedBytes, cuErr(d, r));
-    return ULSAM_SA_OK;
+    return launchPrepared(d, info, kernels, x, y, dtype, N, C, H, W, groups, dwScale, dwShift, pwWeight, pwBias,
+        reluDw, reluPw, workspace, workspaceBytes_, stream);
 }
 
 int ulsam_sa_constants_create(int C, int groups, float const* dwScale, float const* dwShift, float const* pwWeight,
@@ -474,9 +647,10 @@ int ulsam_sa_constants_create(int C, int groups, float const* dwScale, float con
     Driver& d = driver();
     if (!d.loaded)
         return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
-    CUcontext ctx = nullptr;
-    if (d.cuCtxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx)
-        return fail(ULSAM_SA_ERR_NO_CONTEXT, "no CUDA context is current on this thread");
+    uint64_t key = 0;
+    int const st = currentContext(d, nullptr, &key);
+    if (st != ULSAM_SA_OK)
+        return st;
     size_t const n = static_cast<size_t>(3) * C + groups;
     std::string host(n * sizeof(float), '\0');
     float* h = reinterpret_cast<float*>(&host[0]);
@@ -487,6 +661,7 @@ int ulsam_sa_constants_create(int C, int groups, float const* dwScale, float con
     auto* k = new ulsam_sa_constants;
     k->channels = C;
     k->groups = groups;
+    k->context = key;
     CUresult r = d.cuMemAlloc(&k->buffer, n * sizeof(float));
     if (r != CUDA_SUCCESS)
     {
@@ -528,12 +703,27 @@ int ulsam_sa_launch_with_constants(void const* x, void* y, int dtype, int N, int
     ulsam_sa_stream_t stream)
 {
     if (!k || !k->buffer)
-        return fail(ULSAM_SA_ERR_ARGUMENT, "constants not uploaded");
+        return fail(ULSAM_SA_ERR_NOT_PREPARED, "the constants are not uploaded (ulsam_sa_constants_create)");
     if (k->channels != C)
         return fail(ULSAM_SA_ERR_ARGUMENT, "input has %d channels, constants were made for %d", C, k->channels);
     float const* base = reinterpret_cast<float const*>(k->buffer);
-    return ulsam_sa_launch(x, y, dtype, N, C, H, W, k->groups, base, base + C, base + 2 * C, base + 3 * C, reluDw,
-        reluPw, workspace, workspaceBytes_, stream);
+    int st = ULSAM_SA_OK;
+    if (!validLaunchArgs(x, y, dtype, N, C, H, W, k->groups, base, base, base, base, workspace, workspaceBytes_, &st))
+        return st;
+    Driver& d = driver();
+    if (!d.loaded)
+        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
+    uint64_t key = 0;
+    DeviceInfo info;
+    LoadedKernel kernels[kNumVariants];
+    if ((st = preparedState(d, dtype, &key, &info, kernels)) != ULSAM_SA_OK)
+        return st;
+    if (key != k->context)
+        return fail(ULSAM_SA_ERR_NOT_PREPARED,
+            "the constants were uploaded in CUDA context %llu, the current one is %llu",
+            static_cast<unsigned long long>(k->context), static_cast<unsigned long long>(key));
+    return launchPrepared(d, info, kernels, x, y, dtype, N, C, H, W, k->groups, base, base + C, base + 2 * C,
+        base + 3 * C, reluDw, reluPw, workspace, workspaceBytes_, stream);
 }
 
 int ulsam_sa_use_device(int ordinal)
@@ -556,10 +746,10 @@ int ulsam_sa_device_properties(int* cc, int* smCount, long long* l2Bytes, char* 
     Driver& d = driver();
     if (!d.loaded)
         return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
-    CUcontext ctx;
+    uint64_t key = 0;
+    int st = currentContext(d, nullptr, &key);
     DeviceInfo info;
-    int st = currentDevice(d, &ctx, &info);
-    if (st != ULSAM_SA_OK)
+    if (st != ULSAM_SA_OK || (st = queryDevice(d, &info)) != ULSAM_SA_OK)
         return st;
     if (cc) *cc = info.cc;
     if (smCount) *smCount = info.smCount;
@@ -585,6 +775,13 @@ int ulsam_sa_device_properties(int* cc, int* smCount, long long* l2Bytes, char* 
             return fail(ULSAM_SA_ERR_CUDA, "%s: %s", what, cuErr(d_, r_));                                             \
         return ULSAM_SA_OK;                                                                                            \
     } while (0)
+
+int ulsam_sa_driver_version(int* version)
+{
+    if (!version)
+        return fail(ULSAM_SA_ERR_ARGUMENT, "null output pointer");
+    ULSAM_DRV_CALL(d_.cuDriverGetVersion(version), "cuDriverGetVersion");
+}
 
 int ulsam_sa_malloc(void** ptr, size_t bytes)
 {
@@ -623,10 +820,11 @@ char const* ulsam_sa_status_string(int status)
     case ULSAM_SA_ERR_NO_DRIVER: return "CUDA driver unavailable";
     case ULSAM_SA_ERR_NO_CONTEXT: return "no current CUDA context";
     case ULSAM_SA_ERR_NO_KERNEL: return "no kernel for this GPU";
-    case ULSAM_SA_ERR_MODULE_LOAD: return "PTX module load failed";
+    case ULSAM_SA_ERR_MODULE_LOAD: return "kernel image load failed";
     case ULSAM_SA_ERR_LAUNCH: return "kernel launch failed";
     case ULSAM_SA_ERR_WORKSPACE: return "workspace too small";
     case ULSAM_SA_ERR_CUDA: return "CUDA driver call failed";
+    case ULSAM_SA_ERR_NOT_PREPARED: return "not prepared in this CUDA context";
     default: return "unknown status";
     }
 }
@@ -638,21 +836,29 @@ char const* ulsam_sa_last_error(void)
 
 int ulsam_sa_num_kernels(void)
 {
-    return ulsam_ptx::kNumKernels;
+    return ulsam_images::kNumKernels;
+}
+
+int ulsam_sa_num_ptx_images(void)
+{
+    return ulsam_images::kNumPtx;
 }
 
 int ulsam_sa_kernel_info(int index, int* arch, int* dtype, int* variant, int* numWarps, int* sharedBytes,
-    size_t* ptxBytes)
+    int* ptxTarget, size_t* ptxBytes, size_t* cubinBytes)
 {
-    if (index < 0 || index >= ulsam_ptx::kNumKernels)
+    if (index < 0 || index >= ulsam_images::kNumKernels)
         return fail(ULSAM_SA_ERR_ARGUMENT, "kernel index %d out of range", index);
-    auto const& k = ulsam_ptx::kKernels[index];
+    auto const& k = ulsam_images::kKernels[index];
+    auto const& p = ulsam_images::kPtx[k.ptx];
     if (arch) *arch = k.arch;
     if (dtype) *dtype = k.dtype;
     if (variant) *variant = k.variant;
     if (numWarps) *numWarps = k.numWarps;
     if (sharedBytes) *sharedBytes = k.sharedBytes;
-    if (ptxBytes) *ptxBytes = std::strlen(k.ptx);
+    if (ptxTarget) *ptxTarget = p.target;
+    if (ptxBytes) *ptxBytes = p.bytes;
+    if (cubinBytes) *cubinBytes = k.cubin ? k.cubinBytes : 0;
     return ULSAM_SA_OK;
 }
 

@@ -2,10 +2,13 @@
 // dlopen()s the plugin like IPluginRegistry::loadLibrary / trtexec --dynamicPlugins do, calls
 // setLoggerFinder + getCreators, and drives the creator and plugin through the IPluginV3 calls
 // TensorRT makes while parsing ONNX (INT -> kINT32, FLOATS -> kFLOAT32 fields), building
-// (formats, shapes, workspace), serializing (fields round trip) and enqueueing (which must fail
-// cleanly without a GPU, or run when one is present).
+// (formats, shapes, workspace), serializing (fields round trip) and running.
 //
-//   ulsam_sa_plugin_selftest <path/to/libulsam_subspace_attention_plugin.so>
+//   ulsam_sa_plugin_selftest <plugin.so>                     without a driver: enqueue fails cleanly
+//   ulsam_sa_plugin_selftest <plugin.so> --stub <stub.so>    the runtime lifecycle against the stub
+//                                                            driver (driver_stub.cpp): attachToContext
+//                                                            uploads, onShapeChange loads, enqueue
+//                                                            only launches, failures are logged
 // Prints one line per check; exit 0 when all pass.
 #include "NvInferRuntime.h"
 #include "launcher.h"
@@ -13,8 +16,10 @@
 #include <dlfcn.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace nvinfer1;
@@ -44,6 +49,14 @@ public:
     {
         for (auto const& m : messages)
             if (m.find(needle) != std::string::npos)
+                return true;
+        return false;
+    }
+    // Like saw(), but only among messages logged after index `from`.
+    bool sawSince(size_t from, char const* needle) const
+    {
+        for (size_t i = from; i < messages.size(); ++i)
+            if (messages[i].find(needle) != std::string::npos)
                 return true;
         return false;
     }
@@ -126,12 +139,117 @@ Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
 
 } // namespace
 
+struct StubDriver
+{
+    void (*setDevice)(int, int, int){nullptr};
+    void (*setDriverVersion)(int){nullptr};
+    void (*setContext)(void*, unsigned long long){nullptr};
+    void (*setFailures)(int, int){nullptr};
+    long (*count)(char const*){nullptr};
+    void (*lastModule)(int*, int*){nullptr};
+
+    bool load(char const* path)
+    {
+        void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!h)
+            return false;
+        auto get = [&](auto& fn, char const* name) {
+            fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+            return fn != nullptr;
+        };
+        return get(setDevice, "ulsam_stub_set_device") && get(setDriverVersion, "ulsam_stub_set_driver_version")
+            && get(setContext, "ulsam_stub_set_context") && get(setFailures, "ulsam_stub_set_failures")
+            && get(count, "ulsam_stub_count") && get(lastModule, "ulsam_stub_last_module");
+    }
+    long deviceWork() const
+    {
+        return count("cuModuleLoadDataEx") + count("cuModuleGetFunction") + count("cuMemAlloc_v2")
+            + count("cuMemcpyHtoD_v2") + count("cuMemFree_v2");
+    }
+};
+
+// attachToContext / onShapeChange / enqueue against the stub driver (an sm_87 GPU, CUDA 12.6).
+void stubLifecycle(StubDriver& s, IPluginV3* plugin, CaptureLogger& logger)
+{
+    s.setDevice(87, 16, 4 << 20);
+    s.setDriverVersion(12060);
+    s.setContext(reinterpret_cast<void*>(0x1000), 7);
+    s.setFailures(0, 0);
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    long const alloc0 = s.count("cuMemAlloc_v2"), copy0 = s.count("cuMemcpyHtoD_v2");
+    IPluginV3* attached = runtime->attachToContext(nullptr);
+    check(attached != nullptr && s.count("cuMemAlloc_v2") == alloc0 + 1 && s.count("cuMemcpyHtoD_v2") == copy0 + 1,
+        "attachToContext uploads the constants: one allocation, one copy");
+    if (!attached)
+        return;
+    auto* rt = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginTensorDesc in{}, out{};
+    in.type = out.type = DataType::kHALF;
+    in.format = out.format = TensorFormat::kLINEAR;
+    in.dims = out.dims = dims4(2, 12, 7, 7);
+    long const loads0 = s.count("cuModuleLoadDataEx");
+    int kind = 0, arch = 0;
+    int32_t rc = rt->onShapeChange(&in, 1, &out, 1);
+    s.lastModule(&kind, &arch);
+    check(rc == 0 && s.count("cuModuleLoadDataEx") == loads0 + ulsam_sa_num_variants() && kind == 1 && arch == 87
+            && s.count("cuMemAlloc_v2") == alloc0 + 1,
+        "onShapeChange(fp16) loads the fp16 modules (native sm_87 cubins), allocates nothing more");
+    in.dims = out.dims = dims4(8, 12, 56, 56);
+    long const work0 = s.deviceWork();
+    rc = rt->onShapeChange(&in, 1, &out, 1);
+    check(rc == 0 && s.deviceWork() == work0, "a second onShapeChange does no device work");
+    void const* ins[] = {reinterpret_cast<void const*>(0x100000)};
+    void* outs[] = {reinterpret_cast<void*>(0x200000)};
+    void* ws = reinterpret_cast<void*>(0x300000);
+    long const launches0 = s.count("cuLaunchKernel");
+    bool allOk = true;
+    for (int i = 0; i < 3; ++i)
+        allOk = allOk && rt->enqueue(&in, &out, ins, outs, ws, reinterpret_cast<cudaStream_t>(0x77)) == 0;
+    check(allOk && s.count("cuLaunchKernel") == launches0 + 3 && s.deviceWork() == work0,
+        "enqueue (fp16) x3: three launches, no allocation, copy or module load");
+    in.type = out.type = DataType::kFLOAT;
+    size_t mark = logger.messages.size();
+    rc = rt->enqueue(&in, &out, ins, outs, ws, nullptr);
+    check(rc != 0 && s.deviceWork() == work0 && logger.sawSince(mark, "not loaded in this CUDA context"),
+        "enqueue(fp32) without onShapeChange(fp32): error + logged sentence, nothing loaded in enqueue");
+    delete attached;
+
+    s.setContext(reinterpret_cast<void*>(0x2000), 8);
+    s.setFailures(0, 1); // the device is out of memory
+    mark = logger.messages.size();
+    IPluginV3* starved = runtime->attachToContext(nullptr);
+    check(starved != nullptr && logger.sawSince(mark, "attachToContext: uploading the folded constants"),
+        "attachToContext with no device memory: returns the clone, logs why");
+    if (!starved)
+        return;
+    auto* rt2 = static_cast<IPluginV3OneRuntime*>(starved->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    in.type = out.type = DataType::kHALF;
+    mark = logger.messages.size();
+    check(rt2->onShapeChange(&in, 1, &out, 1) != 0 && logger.sawSince(mark, "onShapeChange: uploading"),
+        "onShapeChange retries the upload and fails with a logged sentence");
+    long const allocs = s.count("cuMemAlloc_v2"), work1 = s.deviceWork();
+    mark = logger.messages.size();
+    rc = rt2->enqueue(&in, &out, ins, outs, ws, nullptr);
+    check(rc != 0 && s.count("cuMemAlloc_v2") == allocs && s.deviceWork() == work1
+            && logger.sawSince(mark, "constants are not on the GPU"),
+        "enqueue without constants: error + logged sentence, no allocation attempted");
+    s.setFailures(0, 0);
+    delete starved;
+}
+
 int main(int argc, char** argv)
 {
-    if (argc != 2)
+    bool const withStub = argc == 4 && std::string(argv[2]) == "--stub";
+    if (argc != 2 && !withStub)
     {
-        std::fprintf(stderr, "usage: %s <plugin.so>\n", argv[0]);
+        std::fprintf(stderr, "usage: %s <plugin.so> [--stub <libulsam_cuda_stub.so>]\n", argv[0]);
         return 2;
+    }
+    StubDriver stub;
+    if (withStub)
+    {
+        setenv("ULSAM_SA_CUDA_DRIVER", argv[3], 1); // before the plugin's launcher first needs the driver
+        check(stub.load(argv[3]), std::string("stub driver ") + argv[3]);
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     check(lib != nullptr, std::string("dlopen plugin: ") + (lib ? "ok" : dlerror()));
@@ -264,26 +382,32 @@ int main(int argc, char** argv)
     rin.type = rout.type = DataType::kFLOAT;
     rin.format = rout.format = TensorFormat::kLINEAR;
     rin.dims = rout.dims = dims4(2, 12, 7, 7);
-    check(runtime->onShapeChange(&rin, 1, &rout, 1) == 0, "onShapeChange");
-    void* ctx0 = nullptr;
-    bool const haveGpu = ulsam_sa_use_device(0) == ULSAM_SA_OK;
-    if (!haveGpu)
+    PluginTensorDesc badIn = rin;
+    badIn.dims.d[1] = 16;
+    check(runtime->onShapeChange(&badIn, 1, &rout, 1) != 0, "onShapeChange rejects a channel mismatch");
+    if (withStub)
+        stubLifecycle(stub, plugin, logger);
+    else if (ulsam_sa_use_device(0) != ULSAM_SA_OK)
     {
+        size_t const mark = logger.messages.size();
         IPluginV3* attached = runtime->attachToContext(nullptr);
-        check(attached != nullptr, "attachToContext without a GPU still returns a clone (upload retried later)");
+        check(attached != nullptr && logger.sawSince(mark, "CUDA driver"),
+            "attachToContext without a GPU still returns a clone and logs why the upload failed");
+        auto* rt = attached ? static_cast<IPluginV3OneRuntime*>(
+                       attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+                            : nullptr;
+        check(rt && rt->onShapeChange(&rin, 1, &rout, 1) != 0, "onShapeChange without a GPU fails (upload retried)");
+        void const* ins[] = {reinterpret_cast<void const*>(0x10000)};
+        void* outs[] = {reinterpret_cast<void*>(0x20000)};
+        int32_t const rc = rt ? rt->enqueue(&rin, &rout, ins, outs, reinterpret_cast<void*>(0x30000), nullptr) : 0;
+        check(rc != 0 && logger.saw("constants are not on the GPU"),
+            "enqueue without a GPU returns an error and logs the reason");
         delete attached;
-        float const* fakeIn = reinterpret_cast<float const*>(0x10000);
-        float* fakeOut = reinterpret_cast<float*>(0x20000);
-        void const* ins[] = {fakeIn};
-        void* outs[] = {fakeOut};
-        int32_t const rc = runtime->enqueue(&rin, &rout, ins, outs, reinterpret_cast<void*>(0x30000), nullptr);
-        check(rc != 0 && logger.saw("CUDA driver"), "enqueue without a GPU returns an error and logs the reason");
     }
     else
     {
         std::printf("INFO GPU present: run ulsam_sa_selftest for the numeric check\n");
     }
-    (void) ctx0;
     delete plugin;
     std::printf("%s: %d failure(s)\n", gFailures ? "FAIL" : "PASS", gFailures);
     return gFailures ? 1 : 0;

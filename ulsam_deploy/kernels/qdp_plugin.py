@@ -1,6 +1,7 @@
 """The fused kernel as a TensorRT Python plugin (``tensorrt.plugin``, "QDP") with an AOT
 implementation: the engine embeds the shipped Triton PTX and runs without Python (also under
-trtexec). Needs ``tensorrt`` >= 10.9 (``tensorrt.plugin.aot_impl``; still marked experimental in
+trtexec). QDP AOT takes PTX only (no cubin), so this route always JIT-compiles; the shipped PTX is
+ISA 8.0, which every CUDA 12.0+ driver (what TensorRT 10.x cu12 needs anyway) accepts. Needs ``tensorrt`` >= 10.9 (``tensorrt.plugin.aot_impl``; still marked experimental in
 TensorRT 11). Without it, :func:`register_qdp_plugin` raises :class:`BackendUnavailable`.
 
 Plugin id ``ulsam::SubspaceAttentionAOT`` (namespace ``ulsam`` like the C++ plugin; a distinct
@@ -113,7 +114,7 @@ def select_qdp_kernel(dtype: str, channels: int, groups: int, width: "int | None
         raise ValueError(f"channels ({channels}) must be a positive multiple of groups ({groups})")
     if dtype not in _plan.DTYPES:
         raise ValueError(f"dtype must be one of {_plan.DTYPES}")
-    pdir = Path(ptx_dir) if ptx_dir else _aot.PTX_DIR
+    pdir = Path(ptx_dir) if ptx_dir else _aot.IMAGE_DIR
     man = _aot.load_manifest(pdir)
     variant = _plan.select_variant(channels // groups, width if width else 16)
     cc = arch if arch else (probe_compute_capability() or min(man["archs"]))

@@ -5,8 +5,9 @@ the path of ``libulsam_subspace_attention_plugin.so`` - load it with
 ``trtexec --dynamicPlugins=<path>`` or ``trt.get_plugin_registry().load_library(<path>)``.
 
 What the build needs: cmake >= 3.19, a C++17 compiler, the CUDA headers (``cuda.h``; nothing
-from CUDA is linked and nvcc is *not* needed - the kernel is the shipped Triton PTX, embedded
-into the library) and the TensorRT headers (``NvInfer.h``, TensorRT >= 10; libnvinfer is not
+from CUDA is linked and nvcc is *not* needed - the kernel images shipped in
+``ulsam_deploy/kernels/images`` (cubins + PTX) are embedded into the library, their folder passed
+as ``-DULSAM_KERNEL_IMAGE_DIR``) and the TensorRT headers (``NvInfer.h``, TensorRT >= 10; libnvinfer is not
 linked either). Every missing piece is reported as one :class:`UserError` sentence.
 
 TensorRT headers are looked up in: ``tensorrt_root`` (argument), ``$TensorRT_ROOT``,
@@ -63,6 +64,8 @@ class PluginBuildResult:
     tensorrt: TensorRTHeaders | None
     cuda_include: Path
     log: list[str] = field(default_factory=list)
+    cuda_stub: Path | None = None  # stand-in libcuda for the host-only self-tests (never installed)
+    cuda_stub_no_ctx_id: Path | None = None  # the same without cuCtxGetId (pre-CUDA-12.0 drivers)
 
     @property
     def library(self) -> Path | None:
@@ -81,12 +84,15 @@ def plugin_source_dir() -> Path:
                     "installation; build from a source checkout of ulsam-deploy.")
 
 
-def ptx_dir() -> Path:
-    d = _PKG_DIR / "kernels" / "ptx"
-    if not (d / "manifest.json").is_file():
-        raise UserError("The kernel PTX (ulsam_deploy/kernels/ptx/manifest.json) is missing; "
-                        "generate it with `python -m ulsam_deploy.kernels.aot` (no GPU needed).")
-    return d
+def image_dir() -> Path:
+    """The shipped kernel images (``ulsam_deploy/kernels/images``: manifest, PTX, cubins), passed to
+    CMake as ``ULSAM_KERNEL_IMAGE_DIR``."""
+    from ulsam_deploy.kernels.aot import IMAGE_DIR
+
+    if not (IMAGE_DIR / "manifest.json").is_file():
+        raise UserError(f"The kernel images ({IMAGE_DIR}/manifest.json) are missing; generate them with "
+                        "`python -m ulsam_deploy.kernels.aot` (no GPU needed).")
+    return IMAGE_DIR
 
 
 def find_cmake() -> str:
@@ -196,7 +202,7 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
     """
     cmake = find_cmake()
     src = plugin_source_dir()
-    ptx = ptx_dir()
+    images = image_dir()
     cuda_inc = find_cuda_include(cuda_home)
     trt = find_tensorrt(tensorrt_root) if use_tensorrt else None
     if trt is None and require_tensorrt and use_tensorrt:
@@ -212,7 +218,7 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
     bdir.mkdir(parents=True, exist_ok=True)
     cuda_root = cuda_inc.parent if cuda_inc.name == "include" else cuda_inc
     args = [cmake, "-S", str(src), "-B", str(bdir), f"-DCMAKE_BUILD_TYPE={build_type}",
-            f"-DULSAM_PTX_DIR={ptx}", f"-DCUDAToolkit_ROOT={cuda_root}",
+            f"-DULSAM_KERNEL_IMAGE_DIR={images}", f"-DCUDAToolkit_ROOT={cuda_root}",
             f"-DULSAM_CUDA_INCLUDE_DIR={cuda_inc}",
             f"-DULSAM_BUILD_SELFTEST={'ON' if selftests else 'OFF'}"]
     if trt is not None:
@@ -229,15 +235,20 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
         raise UserError(f"The build finished but {plugin} is missing; rerun with --clean.")
     selftest = bdir / "ulsam_sa_selftest"
     psel = bdir / "ulsam_sa_plugin_selftest"
+    stub, stub_noid = bdir / "libulsam_cuda_stub.so", bdir / "libulsam_cuda_stub_noctxid.so"
     return PluginBuildResult(bdir, plugin if plugin.is_file() else None, launcher,
                              selftest if selftest.is_file() else None,
-                             psel if psel.is_file() else None, trt, cuda_inc, logs)
+                             psel if psel.is_file() else None, trt, cuda_inc, logs,
+                             stub if stub.is_file() else None, stub_noid if stub_noid.is_file() else None)
 
 
-def run_selftest(result: PluginBuildResult, *, bench: bool = False,
+def run_selftest(result: PluginBuildResult, *, bench: bool = False, images: str = "auto",
                  timeout: float = 600.0) -> subprocess.CompletedProcess:
-    """Run the launcher self-test (GPU numeric check; exit 77 = skipped, no GPU)."""
+    """Run the launcher self-test (GPU numeric check; exit 77 = skipped, no GPU). ``images``:
+    ``auto`` (cubin for this GPU, else PTX), ``cubin`` or ``ptx`` (forces the JIT path)."""
     if result.selftest is None:
         raise UserError("The self-test was not built; rebuild with selftests enabled.")
-    cmd = [str(result.selftest)] + (["--bench"] if bench else [])
+    if images not in ("auto", "cubin", "ptx"):
+        raise UserError(f"images must be auto, cubin or ptx, not {images!r}")
+    cmd = [str(result.selftest), f"--images={images}"] + (["--bench"] if bench else [])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
