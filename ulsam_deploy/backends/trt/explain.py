@@ -100,5 +100,8 @@ def explain_build_failure(errors: list[str], trt_version: str, timing_cache: str
     if "cuda initialization failure" in text or "error: 35" in text or "insufficient driver" in text:
         return ("TensorRT could not initialise CUDA (no usable GPU, or a driver older than this TensorRT needs); "
                 "check 'nvidia-smi' and 'ulsam-deploy doctor'.")
+    if "factory function returned nullptr" in text:
+        return (f"TensorRT {trt_version} could not create a Builder (libnvinfer is missing or not a working TensorRT "
+                "library); check 'ulsam-deploy doctor'.")
     last = errors[-1].strip() if errors else "no error message was logged"
     return f"TensorRT {trt_version} could not build the engine: {last.splitlines()[0][:300]}"
