@@ -53,6 +53,14 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+@pytest.fixture
+def fresh_qdp(trt, monkeypatch):
+    """``tensorrt.plugin`` without our plugin's definition, registering into a recorder (see trt_fakes)."""
+    from trt_fakes import fresh_tensorrt_plugin
+
+    yield from fresh_tensorrt_plugin(trt, monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def trt():
     """TensorRT's real Python module (a matrix subprocess's bindings, or a real install); skips otherwise."""

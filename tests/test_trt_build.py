@@ -134,7 +134,6 @@ def test_probing_without_tensorrt_says_how_to_install():
 
 # ===================================================================================== build-trt
 
-import sys  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -326,7 +325,6 @@ def test_opset_above_20_is_refused_on_tensorrt10_only(tmp_path):
 # ------------------------------------------------- TensorRT's real API (tests/test_trt_bindings.py runs these)
 
 import trt_fakes as F  # noqa: E402
-from trt_fakes import fresh_qdp  # noqa: E402, F401 - fixture
 from ulsam_deploy.backends.trt.runtime import parse_version  # noqa: E402
 
 
@@ -634,7 +632,7 @@ def test_build_error_paths_on_the_real_api(trt, tmp_path, monkeypatch):
     model = tiny_onnx(tmp_path / "m.onnx", fused=True)
     lib = tmp_path / "lib.so"
     lib.write_bytes(b"x")
-    b = Build(trt, monkeypatch, registry=F.Registry(trt, {str(lib.resolve()): [PLUGIN_KEY]}), parse_errors=[
+    Build(trt, monkeypatch, registry=F.Registry(trt, {str(lib.resolve()): [PLUGIN_KEY]}), parse_errors=[
         ("UNSUPPORTED_NODE", "No importer registered for op: SubspaceAttention. Attempting to import as plugin.", 1,
          "sa", "SubspaceAttention"),
         ("UNSUPPORTED_NODE", "Plugin not found, are the plugin name, version, and namespace correct?", 1, "sa",

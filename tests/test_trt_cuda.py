@@ -131,3 +131,26 @@ def test_calls_need_the_primary_context_current(stub):
         assert memory.device_empty((4,), np.float32).nbytes == 16
     finally:
         memory.close()
+
+
+def test_another_thread_gets_the_context_made_current(stub):
+    import threading
+
+    path, _ = stub
+    memory = cuda.open_cuda_memory(0, [str(path)])
+    host = memory.host_empty((8,), np.float32)
+    dev = memory.device_empty((8,), np.float32)
+    errors = []
+
+    def copy():
+        try:
+            memory.h2d(dev, host)
+            memory.synchronize()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=copy)
+    worker.start()
+    worker.join()
+    memory.close()
+    assert errors == []

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import trt_fakes as F
-from trt_fakes import fresh_qdp  # noqa: F401 - fixture
 from ulsam_deploy.errors import BackendUnavailable
 from ulsam_deploy.backends.trt.runtime import parse_version
 from ulsam_deploy.kernels import aot

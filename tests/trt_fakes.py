@@ -23,8 +23,6 @@ import re
 import types
 from unittest import mock
 
-import pytest
-
 _LINE = re.compile(r"^\s*(?:\d+\.\s+)?(?P<name>\w+)\((?P<params>.*)\)\s*->\s*(?P<ret>.+?)\s*$")
 _IMPLS = "_ulsam_impls"
 
@@ -124,7 +122,7 @@ def _bind(params: list[Param], args, kwargs):
     bound, names = {}, [p.name for p in params]
     if len(args) > len(params):
         return None
-    for param, value in zip(params, args):
+    for param, value in zip(params, args):  # noqa: B905 - len(args) <= len(params) checked above
         bound[param.name] = value
     for key, value in kwargs.items():
         if key not in names or key in bound:
@@ -320,9 +318,9 @@ def install_factories(monkeypatch, trt, *, builder=None, parser=None, runtime=No
     return made
 
 
-@pytest.fixture
-def fresh_qdp(trt, monkeypatch):
-    """``tensorrt.plugin`` without our plugin's definition, registering into a recorder (``.recorder``).
+def fresh_tensorrt_plugin(trt, monkeypatch):
+    """(generator for a fixture) ``tensorrt.plugin`` without our plugin's definition, registering into a
+    recorder (``.recorder``).
 
     ``tensorrt.plugin`` keeps definitions for the life of the process and has no public way to drop
     one; tests that watch a registration start from a clean state (and leave one).

@@ -20,6 +20,7 @@ import ctypes
 import glob
 import os
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -276,12 +277,19 @@ class CudaMemory:
         self._events: list[int] = []
         self.stream = ctypes.c_void_p()
         self._closed = False
+        self._thread = None
         self.activate()
         self.driver.call("cuStreamCreate", ctypes.byref(self.stream), _STREAM_NON_BLOCKING)
 
     def activate(self) -> None:
         """Make this device's primary context current in the calling thread."""
         self.driver.call("cuCtxSetCurrent", self.context)
+        self._thread = threading.get_ident()
+
+    def _here(self) -> None:
+        """A context is current per thread: a call from another thread (a timing loop's) makes ours current there."""
+        if threading.get_ident() != self._thread:
+            self.activate()
 
     def device_empty(self, shape, dtype) -> DeviceBuffer:
         dtype = np.dtype(dtype)
@@ -309,20 +317,24 @@ class CudaMemory:
     def h2d(self, dev: DeviceBuffer, host: np.ndarray) -> None:
         if host.nbytes > dev.nbytes:
             raise ValueError(f"host array of {host.nbytes} bytes does not fit the {dev.nbytes}-byte device buffer")
+        self._here()
         self.driver.call("cuMemcpyHtoDAsync_v2", dev.ptr, host.ctypes.data, host.nbytes, self.stream)
 
     def d2h(self, host: np.ndarray, dev: DeviceBuffer) -> None:
         if host.nbytes > dev.nbytes:
             raise ValueError(f"host array of {host.nbytes} bytes is larger than the {dev.nbytes}-byte device buffer")
+        self._here()
         self.driver.call("cuMemcpyDtoHAsync_v2", host.ctypes.data, dev.ptr, host.nbytes, self.stream)
 
     def event(self) -> ctypes.c_void_p:
         event = ctypes.c_void_p()
+        self._here()
         self.driver.call("cuEventCreate", ctypes.byref(event), _EVENT_DEFAULT)
         self._events.append(event.value)
         return event
 
     def record(self, event) -> None:
+        self._here()
         self.driver.call("cuEventRecord", event, self.stream)
 
     def elapsed_ms(self, start, end) -> float:

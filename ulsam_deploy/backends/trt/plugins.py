@@ -3,9 +3,11 @@
 Routes (``build-trt --plugin``):
 
 - ``lib``: our IPluginV3 library (built by ``ulsam-deploy build-plugin``, see
-  :mod:`ulsam_deploy.backends.trt.plugin_build`), loaded with ``get_plugin_registry().load_library(path)`` (10.x
-  and 11.x; the library exports ``getCreators``/``setLoggerFinder``). The engine needs the same
-  library at run time (``trtexec --dynamicPlugins=PATH`` or ``load_library`` before deserializing).
+  :mod:`ulsam_deploy.backends.trt.plugin_build`), loaded with ``IPluginRegistry.load_library(path)`` (10.x
+  and 11.x; the library exports ``getCreators``/``setLoggerFinder``) by :func:`ensure_plugin_library`:
+  looked up first, loaded once, checked after. The engine needs the same library at run time
+  (``trtexec --dynamicPlugins=PATH`` or ``load_library`` before deserializing); embedding it with
+  ``--setPluginsToSerialize`` works for version-compatible engines only, which build-trt does not build.
 - ``python``: ``ulsam_deploy.kernels.qdp_plugin.register_qdp_plugin()`` registers
   ``ulsam::SubspaceAttentionAOT`` with ``tensorrt.plugin`` (QDP; ``aot_impl`` since TensorRT 10.9),
   and :func:`to_qdp_model` rewrites each fused node into that plugin's signature (constants as

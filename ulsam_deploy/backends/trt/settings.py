@@ -3,11 +3,11 @@
 :func:`plan_build` turns :class:`BuildOptions` + what the ONNX says (:class:`OnnxInfo`) + the
 TensorRT version into a :class:`BuildPlan` (plain data: flag names, pool sizes, profile shapes),
 refusing impossible combinations with one sentence each. :func:`apply_plan` then makes exactly
-these calls on TensorRT objects. Tests drive both without TensorRT (a fake module records the
-calls of :func:`apply_plan`); that checks our mapping only, never that an engine builds.
+these calls on TensorRT objects. The tests make these calls on fakes built from TensorRT's real
+classes (10.3.0, 10.16.1, 11.4.0 Python bindings: names, keywords, argument types and enum members
+are TensorRT's); that checks our mapping, never that an engine builds.
 
-TensorRT Python API used here, checked against the 10.3 and 11.1 bindings
-(NVIDIA/TensorRT python/src/infer/pyCore.cpp at tags v10.3.0 and v11.1):
+TensorRT Python API used here (same names in 10.3 and 11.x):
 
 - ``Builder.create_network(flags)``; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists in
   both (10.x: opt-in; 11.x: "deprecated: always enabled"); ``EXPLICIT_BATCH`` is deprecated and
@@ -18,7 +18,8 @@ TensorRT Python API used here, checked against the 10.3 and 11.1 bindings
   ``create_timing_cache(bytes)`` / ``set_timing_cache(cache, ignore_mismatch)`` /
   ``get_timing_cache()``, ``progress_monitor`` (10.0+): same names in 10.3 and 11.1.
 - ``BuilderFlag.FP16`` / ``INT8`` exist in 10.x only (removed in 11.0 with weak typing);
-  ``GPU_FALLBACK`` exists in both.
+  ``GPU_FALLBACK`` and ``TF32`` exist in both. ``TF32`` is on by default, so fp32 layers would run
+  TF32 math on Ampere and Orin: the plan clears it (``clear_flag``) unless ``--tf32``.
 - ``Builder.create_optimization_profile()`` + ``IOptimizationProfile.set_shape(name, min, opt, max)``;
   ``Builder.num_DLA_cores``.
 """
