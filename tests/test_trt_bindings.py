@@ -87,3 +87,18 @@ print(json.dumps(out))
                               "site-packages; recreate it with 'python3 -m venv --system-site-packages .venv'.")
     assert out["wrong-python"].startswith(f"JetPack's TensorRT bindings in {other} are for python3.8 and this is {here}")
     assert out["absent"].startswith("TensorRT's Python package is not installed; install it: ")
+
+
+@inside_matrix
+def test_unreachable_index_is_a_skip_reason_not_a_failure(tmp_path, monkeypatch):
+    """Without PyPI, preparing the bindings raises Unavailable (prepare() turns that into a skip with it)."""
+    from trt_bindings import Unavailable
+
+    monkeypatch.setenv("ULSAM_TRT_BINDINGS_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-links"))
+    with pytest.raises(Unavailable) as err:
+        install("10.3.0")
+    message = str(err.value)
+    assert message.startswith("could not install TensorRT 10.3.0's Python bindings from PyPI (tensorrt-cu12-bindings: ")
+    assert "tensorrt-cu13-bindings: " in message and not (tmp_path / "10.3.0").exists()
