@@ -9,6 +9,46 @@ import pytest
 os.environ.setdefault("COLUMNS", "160")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "trt_api(min=None, below=None): runs on TensorRT's real Python bindings, once "
+                                       "per version of the matrix in tests/test_trt_bindings.py (skipped elsewhere "
+                                       "without TensorRT); min/below: the TensorRT versions it applies to")
+
+
+def pytest_collection_modifyitems(config, items):
+    """In the bindings matrix, leave out trt_api tests written for other TensorRT versions (never skip them)."""
+    version = os.environ.get("ULSAM_TRT_BINDINGS")
+    if not version:
+        return
+    from ulsam_deploy.backends.trt.runtime import parse_version
+
+    here, keep, drop = parse_version(version), [], []
+    for item in items:
+        marker = item.get_closest_marker("trt_api")
+        low, high = (marker.kwargs.get("min"), marker.kwargs.get("below")) if marker else (None, None)
+        applies = (low is None or here >= parse_version(low)) and (high is None or here < parse_version(high))
+        (keep if applies else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def fresh_qdp(trt, monkeypatch):
+    """``tensorrt.plugin`` without our plugin's definition, registering into a recorder (see trt_fakes)."""
+    from trt_fakes import fresh_tensorrt_plugin
+
+    yield from fresh_tensorrt_plugin(trt, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def trt():
+    """TensorRT's real Python module (a matrix subprocess's bindings, or a real install); skips otherwise."""
+    from trt_bindings import real_tensorrt
+
+    return real_tensorrt()
+
+
 @pytest.fixture
 def cli_runner():
     from typer.testing import CliRunner

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+
+import pytest
 
 from ulsam_deploy.cli import app
 from ulsam_deploy.doctor import run_doctor
@@ -94,3 +98,16 @@ def test_kernel_images_against_driver_and_gpu():
     assert not xavier.ok and "sm_72" in xavier.detail and "7.5" in xavier.fix
     none = check_kernel_images(CudaDriverInfo(False, error="no NVIDIA driver"))
     assert none.ok and "cannot tell" in none.detail
+
+
+@pytest.mark.trt_api
+def test_doctor_says_which_tensorrt_and_from_where(trt):
+    """On the bindings matrix: a pip wheel installed with --target outside this environment."""
+    from ulsam_deploy.doctor import check_tensorrt
+
+    check = check_tensorrt()
+    assert check.ok and check.version == trt.__version__
+    assert check.detail.startswith(f"{trt.__file__} (")
+    if os.environ.get("ULSAM_TRT_BINDINGS"):
+        assert re.search(rf"; distribution tensorrt[-_]cu1\d[-_]bindings {re.escape(trt.__version__)}\)", check.detail)
+        assert "outside this environment" in check.detail

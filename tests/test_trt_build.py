@@ -1,8 +1,10 @@
-"""build-trt without TensorRT: engine sidecar compatibility logic, option mapping (fake builder), error paths.
+"""build-trt: engine sidecar compatibility logic, option planning, and our calls on TensorRT's real API.
 
-A fake ``tensorrt`` module here only checks OUR mapping from options to builder calls; it proves
-nothing about engines building. Real builds are in the ``tensorrt``-marked tests at the end, which
-skip (with the reason) where TensorRT or a GPU is absent.
+The ``trt_api`` tests run on TensorRT's real Python bindings (10.3, newest 10.x, newest 11.x; see
+tests/test_trt_bindings.py) with fakes made from TensorRT's own classes (tests/trt_fakes.py): a wrong
+method, keyword, argument type or enum member fails there. Only the builder's results (the
+"engine" bytes, parse results, timing-cache bytes) and the plugin registry are the tests'. No engine
+is built: the ``tensorrt``-marked tests at the end do that, and skip where TensorRT or a GPU is absent.
 """
 
 from __future__ import annotations
@@ -132,7 +134,6 @@ def test_probing_without_tensorrt_says_how_to_install():
 
 # ===================================================================================== build-trt
 
-import sys  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -275,207 +276,219 @@ def test_rebuild_command_reproduces_options(tmp_path):
     assert "--dla-core 0 --gpu-fallback" in cmd and "--weakly-typed --fp16" in cmd and cmd.endswith("--force")
 
 
-# ------------------------------------------------------------------- a fake tensorrt (mapping only)
 
 
-class _Member(int):
-    def __new__(cls, owner, name, value):
-        obj = int.__new__(cls, value)
-        obj.label = f"{owner}.{name}"
-        return obj
-
-    def __str__(self):
-        return self.label
-
-    __repr__ = __str__
+def test_tf32_is_cleared_unless_asked_for(tmp_path):
+    info = info_of(tiny_onnx(tmp_path / "m.onnx"))
+    plan = plan_build(BuildOptions(batch="1"), info, "10.3.0.30")
+    assert plan.clear_flags == ["TF32"] and not plan.tf32 and plan.precision == "fp32 (from the ONNX)"
+    allowed = plan_build(BuildOptions(batch="1", tf32=True), info, "11.4.0")
+    assert allowed.clear_flags == [] and allowed.tf32 and "TF32 allowed" in allowed.precision
+    assert rebuild_command("m.onnx", "m.engine", BuildOptions(batch="1", tf32=True)).endswith("--tf32 --force")
+    assert "--tf32" not in rebuild_command("m.onnx", "m.engine", BuildOptions(batch="1"))
 
 
-def _enum(owner, **members):
-    return types.SimpleNamespace(**{k: _Member(owner, k, v) for k, v in members.items()})
+def test_weakly_typed_qdq_build_sets_int8_by_itself(tmp_path):
+    qdq = info_of(tiny_onnx(tmp_path / "q.onnx", qdq=True))
+    plan = plan_build(BuildOptions(batch="1", weakly_typed=True), qdq, "10.3.0.30")
+    assert plan.builder_flags == ["INT8"] and "/int8" in plan.precision
+    fp16 = plan_build(BuildOptions(batch="1", weakly_typed=True, fp16=True), qdq, "10.16.1")
+    assert fp16.builder_flags == ["FP16", "INT8"]
+    plain = info_of(tiny_onnx(tmp_path / "m.onnx"))
+    assert plan_build(BuildOptions(batch="1", weakly_typed=True), plain, "10.3.0").builder_flags == []
+    assert plan_build(BuildOptions(batch="1"), qdq, "10.3.0").builder_flags == []  # strongly typed: from the ONNX
 
 
-def fake_tensorrt(version="10.3.0.30", parse_errors=(), build_fails_with=None, dla_cores=0):
-    """A stand-in for OUR mapping tests: records calls; its 'engine' is a marker, not an engine."""
-    calls = []
-    m = types.ModuleType("tensorrt")
-    m.__version__ = version
-    m.calls = calls
-    flags = {"STRONGLY_TYPED": 1} if version.startswith("10") else {"STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
-    m.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", **flags)
-    bflags = {"GPU_FALLBACK": 4, "DEBUG": 1}
-    if version.startswith("10"):
-        bflags.update(FP16=0, INT8=2)
-    m.BuilderFlag = _enum("BuilderFlag", **bflags)
-    m.MemoryPoolType = _enum("MemoryPoolType", WORKSPACE=0, DLA_MANAGED_SRAM=1)
-    m.DeviceType = _enum("DeviceType", GPU=0, DLA=1)
+def test_dla_with_plugin_needs_gpu_fallback_before_any_tensorrt_work():
+    for kwargs in ({"plugin": "lib"}, {"plugin_lib": "x.so"}, {"plugin": "python"}):
+        with pytest.raises(UserError) as err:
+            BuildOptions(dla_core=0, **kwargs)
+        assert str(err.value) == ("The SubspaceAttention plugin runs on the GPU only, so --dla-core with --plugin fails "
+                                  "without GPU fallback; add --gpu-fallback, or drop --dla-core.")
+    assert BuildOptions(dla_core=0, plugin="lib", gpu_fallback=True).gpu_fallback
 
-    class ILogger:
-        Severity = _enum("Severity", INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
 
-        def __init__(self):
-            pass
+def test_opset_above_20_is_refused_on_tensorrt10_only(tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    model.opset_import[0].version = 21
+    onnx.save(model, path)
+    info = info_of(path)
+    with pytest.raises(UserError) as err:
+        plan_build(BuildOptions(batch="1"), info, "10.16.1.11")
+    assert str(err.value) == ("'m.onnx' uses ONNX opset 21 and TensorRT 10.16.1.11's ONNX parser supports opsets 9 to "
+                              "20; re-export it with 'ulsam-deploy export --opset 20' (or build with TensorRT 11).")
+    assert plan_build(BuildOptions(batch="1"), info, "11.4.0").trt_major == 11
+    assert plan_build(BuildOptions(batch="1"), info, None).trt_major == 0  # unknown TensorRT: decided after import
 
-    class IProgressMonitor:
-        def __init__(self):
-            pass
 
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            calls.append(("profile.set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+# ------------------------------------------------- TensorRT's real API (tests/test_trt_bindings.py runs these)
 
-    class Cache:
-        def __init__(self, data):
-            self.data = bytes(data)
+import trt_fakes as F  # noqa: E402
+from ulsam_deploy.backends.trt.runtime import parse_version  # noqa: E402
 
-        def serialize(self):
-            return self.data + b"+tuned"
 
-    class Config:
-        def __setattr__(self, key, value):
-            calls.append(("config." + key, value))
-            object.__setattr__(self, key, value)
+def fused_tiny_onnx(path: Path, channels=4, groups=2, size=8) -> Path:
+    """Conv -> SubspaceAttention (every attribute the fusion pass writes) -> GlobalAveragePool -> Flatten."""
+    from ulsam_deploy import op_spec
 
-        def set_memory_pool_limit(self, pool, size):
-            calls.append(("config.set_memory_pool_limit", str(pool), size))
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
+    attrs = {op_spec.ATTR_GROUPS: groups, op_spec.ATTR_RELU_DW: 1, op_spec.ATTR_RELU_PW: 1,
+             op_spec.ATTR_DW_SCALE: rng.uniform(0.5, 1.5, channels).tolist(),
+             op_spec.ATTR_DW_SHIFT: rng.uniform(-0.1, 0.1, channels).tolist(),
+             op_spec.ATTR_PW_WEIGHT: rng.standard_normal(channels).tolist(),
+             op_spec.ATTR_PW_BIAS: rng.standard_normal(groups).tolist()}
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node(op_spec.OP_TYPE, ["c"], ["sa"], domain=op_spec.DOMAIN, name="sa", **attrs),
+             helper.make_node("GlobalAveragePool", ["sa"], ["g"]), helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, channels])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(op_spec.DOMAIN, 1)],
+                              ir_version=10)
+    onnx.save(model, path)
+    return path
 
-        def set_flag(self, flag):
-            calls.append(("config.set_flag", str(flag)))
 
-        def add_optimization_profile(self, profile):
-            calls.append(("config.add_optimization_profile",))
-            return 0
+class Build:
+    """Strict fakes for one build: TensorRT's real classes, only the builder's results given by the test."""
 
-        def create_timing_cache(self, data):
-            calls.append(("config.create_timing_cache", bytes(data)))
-            return Cache(data)
+    def __init__(self, trt, monkeypatch, *, dla_cores=None, parse_errors=(), log_on_build=None, registry=None):
+        self.trt = trt
+        self.log: list[str] = []
+        self.parsed: list[bytes] = []
+        self.builder = F.strict(F.real(trt, "Builder"), trt, **({"num_DLA_cores": dla_cores} if dla_cores is not None else {}))
+        self.network = F.strict(trt.INetworkDefinition, trt)
+        self.config = F.strict(trt.IBuilderConfig, trt)
+        self.profile = F.strict(trt.IOptimizationProfile, trt)
+        self.parser = F.strict(F.real(trt, "OnnxParser"), trt, num_errors=len(parse_errors))
+        self.registry = registry or F.Registry(trt)
+        self.builder.create_network.return_value = self.network
+        self.builder.create_builder_config.return_value = self.config
+        self.builder.create_optimization_profile.return_value = self.profile
+        self.builder.get_plugin_registry.return_value = self.registry.fake
+        self.config.add_optimization_profile.return_value = 0
+        self.cache = None
 
-        def set_timing_cache(self, cache, ignore_mismatch):
-            calls.append(("config.set_timing_cache", ignore_mismatch))
-            object.__setattr__(self, "_cache", cache)
-            return not cache.data.startswith(b"other-gpu")
-
-        def get_timing_cache(self):
-            return self._cache
-
-    class Registry:
-        def load_library(self, path):
-            calls.append(("registry.load_library", path))
-            return object()
-
-        def get_creator(self, name, version, namespace):
-            calls.append(("registry.get_creator", name, version, namespace))
-            return object()
-
-    class Builder:
-        num_DLA_cores = dla_cores
-
-        def __init__(self, logger):
-            self.logger = logger
-            calls.append(("Builder",))
-
-        def create_network(self, flags):
-            calls.append(("builder.create_network", flags))
-            return object()
-
-        def get_plugin_registry(self):
-            return Registry()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            monitor = getattr(config, "progress_monitor", None)
-            if monitor is not None:
-                monitor.phase_start("Building", None, 2)
-                monitor.step_complete("Building", 0)
-                monitor.step_complete("Building", 1)
-                monitor.phase_finish("Building")
-            if build_fails_with:
-                self.logger.log(ILogger.Severity.ERROR, build_fails_with)
-                return None
-            return b"NOT-AN-ENGINE: fake marker bytes"
-
-    class Err:
-        def __init__(self, code, desc, node, name, op):
-            self._v = (code, desc, node, name, op)
-
-        def code(self):
-            return f"ErrorCode.{self._v[0]}"
-
-        def desc(self):
-            return self._v[1]
-
-        def node(self):
-            return self._v[2]
-
-        def node_name(self):
-            return self._v[3]
-
-        def node_operator(self):
-            return self._v[4]
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.num_errors = len(parse_errors)
-
-        def parse(self, data, path=None):
-            calls.append(("parser.parse", len(data), path))
-            m.parsed.append(bytes(data))
+        def parse(model, path=None):
+            self.parsed.append(bytes(model))
             return not parse_errors
 
-        def get_error(self, i):
-            return Err(*parse_errors[i])
+        def error(index):
+            code, desc, node, name, op = parse_errors[index]
+            err = F.strict(trt.ParserError, trt)
+            err.code.return_value = getattr(trt.ErrorCode, code)  # a missing member fails here
+            err.desc.return_value, err.node.return_value = desc, node
+            err.node_name.return_value, err.node_operator.return_value = name, op
+            return err
 
-    m.parsed = []
-    m.ILogger, m.IProgressMonitor, m.Builder, m.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
-    return m
+        def create_timing_cache(serialized_timing_cache):
+            self.cache = F.strict(trt.ITimingCache, trt)
+            data = bytes(serialized_timing_cache)
+            F.on(self.cache, "serialize", lambda: data + b"+tuned")
+            return self.cache
+
+        def build(network, config):
+            assert network is self.network and config is self.config
+            monitor = config.progress_monitor
+            monitor.phase_start("Building", None, 2)
+            monitor.step_complete("Building", 0)
+            monitor.step_complete("Building", 1)
+            monitor.phase_finish("Building")
+            if log_on_build:
+                self.builder_logger.log(trt.ILogger.Severity.ERROR, log_on_build)
+                return None
+            return b"NOT-AN-ENGINE: marker bytes of the fake builder"
+
+        F.on(self.parser, "parse", parse)
+        F.on(self.parser, "get_error", error)
+        F.on(self.config, "create_timing_cache", create_timing_cache)
+        F.on(self.config, "set_timing_cache", lambda cache, ignore_mismatch: not bytes(
+            cache.serialize()).startswith(b"other-gpu"))
+        F.on(self.config, "get_timing_cache", lambda: self.cache)
+        F.on(self.builder, "build_serialized_network", build)
+        self.factories = F.install_factories(monkeypatch, trt, builder=self.builder, parser=self.parser)
+
+    @property
+    def builder_logger(self):
+        (args, _), = self.factories["Builder"].made
+        return args[0]
+
+    def calls(self, fake) -> list:
+        return [c for c in fake.method_calls]
 
 
-def test_apply_plan_maps_options_to_builder_calls(tmp_path):
-    trt = fake_tensorrt("10.3.0.30", dla_cores=2)
-    info = info_of(tiny_onnx(tmp_path / "m.onnx", qdq=True))
-    options = BuildOptions(batch="1:4:16", workspace_mib=64, opt_level=2, timing_cache=tmp_path / "c.cache",
-                           weakly_typed=True, int8=True)
-    plan = plan_build(options, info, trt.__version__)
-    assert network_creation_flags(trt, plan) == 0
-    applied = apply_plan(trt, trt.Builder(None), trt.Builder(None).create_builder_config(), plan, b"old")
-    assert ("config.set_memory_pool_limit", "MemoryPoolType.WORKSPACE", 64 << 20) in trt.calls
-    assert ("config.builder_optimization_level", 2) in trt.calls
-    assert ("config.set_flag", "BuilderFlag.INT8") in trt.calls
-    assert ("profile.set_shape", "input", (1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8)) in trt.calls
-    assert ("config.create_timing_cache", b"old") in trt.calls and ("config.set_timing_cache", False) in trt.calls
-    assert applied["builder_flags"] == ["INT8"] and applied["memory_pools"] == {"WORKSPACE": 64 << 20}
-    assert not any(c[0] == "config.default_device_type" for c in trt.calls)
-    with pytest.raises(UserError, match="made by another TensorRT version or GPU; delete it"):
-        apply_plan(trt, trt.Builder(None), trt.Builder(None).create_builder_config(), plan, b"other-gpu cache")
-
-    dla = fake_tensorrt("10.3.0.30", dla_cores=2)
-    plan = plan_build(BuildOptions(batch="2", dla_core=1, gpu_fallback=True, weakly_typed=True, fp16=True),
-                      info, dla.__version__, num_dla_cores=2)
-    assert network_creation_flags(dla, plan) == 0
-    apply_plan(dla, dla.Builder(None), dla.Builder(None).create_builder_config(), plan)
-    assert ("config.default_device_type", dla.DeviceType.DLA) in dla.calls and ("config.DLA_core", 1) in dla.calls
-    assert {("config.set_flag", "BuilderFlag.FP16"), ("config.set_flag", "BuilderFlag.GPU_FALLBACK")} <= set(dla.calls)
-
-
-def test_engine_precision_word():
-    from ulsam_deploy.backends.trt.build import engine_precision
-
-    assert engine_precision("fp32", []) == "fp32" and engine_precision("fp16", []) == "fp16"
-    assert engine_precision("int8", []) == "int8" and engine_precision("fp32", ["FP16"]) == "fp16"
-    assert engine_precision("int8", ["INT8"]) == "int8" and engine_precision("fp32", ["FP16", "INT8"]) == "int8"
+@pytest.mark.trt_api
+def test_apply_plan_maps_options_to_real_builder_calls(trt, tmp_path, monkeypatch):
+    if trt.__version__.startswith("11"):
+        plan = plan_build(BuildOptions(batch="1:4:16"), info_of(tiny_onnx(tmp_path / "m.onnx")), trt.__version__)
+        with pytest.raises(UserError, match="strongly typed networks only"):
+            plan_build(BuildOptions(batch="1", weakly_typed=True), info_of(tiny_onnx(tmp_path / "m.onnx")),
+                       trt.__version__)
+        expected_flags = []
+    else:
+        options = BuildOptions(batch="1:4:16", workspace_mib=64, opt_level=2, timing_cache=tmp_path / "c.cache",
+                               weakly_typed=True, int8=True)
+        plan = plan_build(options, info_of(tiny_onnx(tmp_path / "m.onnx", qdq=True)), trt.__version__)
+        expected_flags = [trt.BuilderFlag.INT8]
+    b = Build(trt, monkeypatch)
+    applied = apply_plan(trt, b.builder, b.config, plan, b"old")
+    calls = b.config.method_calls
+    assert [c.args[0] for c in calls if c[0] == "set_flag"] == expected_flags
+    assert [c.args[0] for c in calls if c[0] == "clear_flag"] == [trt.BuilderFlag.TF32]
+    assert b.profile.method_calls == [mock_call("set_shape", "input", (1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))]
+    assert applied["cleared_builder_flags"] == ["TF32"] and applied["profiles"] == 1
+    if expected_flags:
+        assert mock_call("set_memory_pool_limit", trt.MemoryPoolType.WORKSPACE, 64 << 20) in calls
+        assert b.config.builder_optimization_level == 2
+        assert mock_call("create_timing_cache", b"old") in calls and mock_call("set_timing_cache", b.cache, False) in calls
+        assert applied["builder_flags"] == ["INT8"] and applied["memory_pools"] == {"WORKSPACE": 64 << 20}
+        b.cache = None
+        with pytest.raises(UserError, match="made by another TensorRT version or GPU; delete it"):
+            apply_plan(trt, b.builder, b.config, plan, b"other-gpu cache")
+    with pytest.raises(AssertionError, match="never set"):
+        b.config.default_device_type  # noqa: B018 - no DLA was asked for, so it was never set
 
 
-def test_network_flags_strongly_typed_on_10_and_11(tmp_path):
+def mock_call(name, *args, **kwargs):
+    from unittest import mock
+
+    return getattr(mock.call, name)(*args, **kwargs)
+
+
+@pytest.mark.trt_api
+def test_dla_settings_on_the_real_config(trt, tmp_path, monkeypatch):
+    info = info_of(tiny_onnx(tmp_path / "m.onnx", batch=2))
+    plan = plan_build(BuildOptions(dla_core=1, gpu_fallback=True), info, trt.__version__, num_dla_cores=2)
+    b = Build(trt, monkeypatch, dla_cores=2)
+    apply_plan(trt, b.builder, b.config, plan)
+    assert b.config.default_device_type == trt.DeviceType.DLA and b.config.DLA_core == 1
+    assert mock_call("set_flag", trt.BuilderFlag.GPU_FALLBACK) in b.config.method_calls
+
+
+@pytest.mark.trt_api
+def test_network_flags_from_the_real_enum(trt, tmp_path):
     info = info_of(tiny_onnx(tmp_path / "m.onnx"))
-    trt10 = fake_tensorrt("10.3.0.30")
-    assert network_creation_flags(trt10, plan_build(BuildOptions(batch="1"), info, "10.3.0.30")) == 1 << 1
-    trt11 = fake_tensorrt("11.1.0.5")
-    del trt11.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # a future 11.x dropping the deprecated flag
-    assert network_creation_flags(trt11, plan_build(BuildOptions(batch="1"), info, "11.1.0.5")) == 0
+    plan = plan_build(BuildOptions(batch="1"), info, trt.__version__)
+    assert network_creation_flags(trt, plan) == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    fused = info_of(tiny_onnx(tmp_path / "f.onnx", fused=True))
+    aot = plan_build(BuildOptions(batch="1", plugin="python"), fused, trt.__version__, python_plugin=True)
+    if parse_version(trt.__version__) >= (10, 9):
+        flags = trt.NetworkDefinitionCreationFlag
+        assert network_creation_flags(trt, aot) == (1 << int(flags.STRONGLY_TYPED)) | (
+            1 << int(flags.PREFER_AOT_PYTHON_PLUGINS))
+    else:
+        assert aot.network_flags == ["STRONGLY_TYPED"]
+
+
+def test_a_future_tensorrt11_without_the_deprecated_flag(tmp_path):
+    """Hypothetical (no such release yet): 11.x dropping STRONGLY_TYPED, which 11.0 deprecated."""
+    info = info_of(tiny_onnx(tmp_path / "m.onnx"))
+    future = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace())
+    assert network_creation_flags(future, plan_build(BuildOptions(batch="1"), info, "11.9.0")) == 0
+    with pytest.raises(UserError, match="no NetworkDefinitionCreationFlag.STRONGLY_TYPED; upgrade TensorRT"):
+        network_creation_flags(future, plan_build(BuildOptions(batch="1"), info, "10.3.0"))
 
 
 # ------------------------------------------------------------------------------- error sentences
@@ -514,6 +527,14 @@ def test_build_failures_mapped_to_sentences(log, expect):
 
 # ------------------------------------------------------------------------------------ plugin routes
 
+PLUGIN_KEY = ("SubspaceAttention", "1", "ulsam")
+
+
+def P_sha(path):
+    from ulsam_deploy.passes.common import sha256_file
+
+    return sha256_file(path)
+
 
 def test_plugin_routes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -529,19 +550,56 @@ def test_plugin_routes(tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.PLUGIN_LIBRARY_ENV, str(lib))
     route = plugins.resolve_route("auto", "10.3.0")
     assert route.route == "lib" and route.library == lib
-    trt = fake_tensorrt()
-    info = plugins.activate(trt, trt.Builder(None).get_plugin_registry(), route)
-    assert info["library_sha256"] == P_sha(lib) and ("registry.load_library", str(lib)) in trt.calls
-    assert ("registry.get_creator", "SubspaceAttention", "1", "ulsam") in trt.calls
 
 
-def P_sha(path):
-    from ulsam_deploy.passes.common import sha256_file
+@pytest.mark.trt_api
+def test_plugin_library_is_looked_up_first_loaded_once_and_checked(trt, tmp_path):
+    lib = tmp_path / "libulsam.so"
+    lib.write_bytes(b"\x7fELF")
+    registry = F.Registry(trt, {str(lib.resolve()): [PLUGIN_KEY]})
+    route = plugins.PluginRoute("lib", lib)
+    info = plugins.activate(trt, registry.fake, route)
+    assert info["library_sha256"] == P_sha(lib) and info["library"] == str(lib.resolve())
+    assert registry.loads == [str(lib.resolve())] and PLUGIN_KEY in registry.creators
+    # a second build in the same process: the creator is there, so nothing is loaded (TensorRT would refuse it)
+    plugins.activate(trt, registry.fake, route)
+    assert registry.loads == [str(lib.resolve())]
+    assert [c[0] for c in registry.fake.method_calls] == ["get_creator", "load_library", "get_creator", "get_creator"]
 
-    return sha256_file(path)
+
+@pytest.mark.trt_api
+def test_plugin_library_that_registers_nothing_is_refused(trt, tmp_path):
+    from ulsam_deploy.backends.trt.plugin_build import TensorRTHeaders, write_build_record
+
+    lib = tmp_path / "libulsam.so"
+    lib.write_bytes(b"\x7fELF")
+    write_build_record(lib, TensorRTHeaders(tmp_path, "10.3"))
+    empty = F.Registry(trt, {str(lib.resolve()): [("OtherPlugin", "1", "")]})
+    with pytest.raises(UserError) as err:
+        plugins.ensure_plugin_library(empty.fake, lib, trt.__version__)
+    assert str(err.value) == (f"The plugin library '{lib}' loaded into TensorRT {trt.__version__} but registered no "
+                              "'SubspaceAttention' version 1 in namespace 'ulsam' (it was built against TensorRT 10.3 "
+                              "headers); rebuild it on this machine with 'ulsam-deploy build-plugin'.")
+    refused = F.Registry(trt)  # loadLibrary returns null (other TensorRT major, no getCreators)
+    (tmp_path / "libulsam.so.json").unlink()
+    with pytest.raises(UserError, match=r"could not load the plugin library .* \(built against an unrecorded TensorRT "
+                                        r"version \(no build record beside it\);"):
+        plugins.ensure_plugin_library(refused.fake, lib, trt.__version__)
+    with pytest.raises(BackendUnavailable, match="has no plugin registry here"):
+        plugins.ensure_plugin_library(None, lib, trt.__version__)  # what get_plugin_registry() gives without libnvinfer
 
 
-# ------------------------------------------------------------ build_engine: our side of the build
+def test_build_record_falls_back_to_the_cmake_cache(tmp_path):
+    from ulsam_deploy.backends.trt.plugin_build import read_build_record
+
+    include = tmp_path / "trt" / "include"
+    include.mkdir(parents=True)
+    (include / "NvInferVersion.h").write_text("#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 16\n")
+    (tmp_path / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={include}\n")
+    assert read_build_record(tmp_path / "libulsam.so")["tensorrt"] == "10.16"
+    (tmp_path / "CMakeCache.txt").unlink()
+    assert read_build_record(tmp_path / "libulsam.so") is None
+
 
 
 def _no_real_tensorrt() -> bool:
@@ -567,60 +625,118 @@ def test_build_without_tensorrt_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def test_build_error_paths_with_fake_tensorrt(tmp_path, monkeypatch):
+@pytest.mark.trt_api
+def test_build_error_paths_on_the_real_api(trt, tmp_path, monkeypatch):
     from ulsam_deploy.backends.trt.build import ParserFailed, build_engine
 
     model = tiny_onnx(tmp_path / "m.onnx", fused=True)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(parse_errors=[
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"x")
+    Build(trt, monkeypatch, registry=F.Registry(trt, {str(lib.resolve()): [PLUGIN_KEY]}), parse_errors=[
         ("UNSUPPORTED_NODE", "No importer registered for op: SubspaceAttention. Attempting to import as plugin.", 1,
          "sa", "SubspaceAttention"),
         ("UNSUPPORTED_NODE", "Plugin not found, are the plugin name, version, and namespace correct?", 1, "sa",
-         "SubspaceAttention")]))
-    lib = tmp_path / "lib.so"
-    lib.write_bytes(b"x")
+         "SubspaceAttention")])
     shown = []
     with pytest.raises(ParserFailed) as err:
         build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib), details=shown.append)
     assert "could not find the SubspaceAttention plugin" in str(err.value)
     assert "Plugin not found, are the plugin name" in err.value.details and "Plugin not found" in shown[0]
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(build_fails_with="out of memory while tuning"))
+    Build(trt, monkeypatch, log_on_build="Requested amount of GPU memory could not be allocated: out of memory")
     with pytest.raises(UserError, match="ran out of GPU memory"):
         build_engine(tiny_onnx(tmp_path / "p.onnx"), tmp_path / "m.engine", BuildOptions(batch="1"))
     assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version="11.1.0.5"))
-    with pytest.raises(UserError, match="strongly typed networks only"):
-        build_engine(tiny_onnx(tmp_path / "p.onnx"), tmp_path / "m.engine",
-                     BuildOptions(batch="1", weakly_typed=True, fp16=True))
 
 
-def test_file_handling_with_fake_tensorrt(tmp_path, monkeypatch):
-    """Our side only (sidecar, raw bytes written atomically, timing cache round trip, progress); the fake's
-    'engine' is a marker string, so this says nothing about TensorRT building engines."""
+@pytest.mark.trt_api
+def test_no_tensorrt_work_before_the_version_checks(trt, tmp_path, monkeypatch):
+    """Opset and weak-typing limits are refused right after import: the Builder is never constructed."""
+    from ulsam_deploy.backends.trt.build import build_engine
+
+    b = Build(trt, monkeypatch)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    model = onnx.load(path)
+    model.opset_import[0].version = 21
+    onnx.save(model, path)
+    if trt.__version__.startswith("10"):
+        with pytest.raises(UserError, match="supports opsets 9 to 20"):
+            build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1"))
+    else:
+        with pytest.raises(UserError, match="strongly typed networks only"):
+            build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", weakly_typed=True, fp16=True))
+    assert b.factories["Builder"].made == []
+
+
+@pytest.mark.trt_api
+def test_builder_factory_failure_is_one_sentence(trt, tmp_path):
+    """The real trt.Builder over the stub libnvinfer: 'factory function returned nullptr' becomes a sentence."""
+    import os
+
+    from trt_bindings import ACTIVE_ENV
+    from ulsam_deploy.backends.trt.build import build_engine
+
+    if not os.environ.get(ACTIVE_ENV):
+        pytest.skip("needs the stub libnvinfer of tests/test_trt_bindings.py (a real one builds)")
+    with pytest.raises(BackendUnavailable) as err:
+        build_engine(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildOptions(batch="1"))
+    assert str(err.value) == (f"TensorRT {trt.__version__} could not create a Builder (libnvinfer is missing or not a "
+                              "working TensorRT library); check 'ulsam-deploy doctor'.")
+    assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.trt_api
+def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
+    """Our side only (sidecar, raw bytes written atomically, timing cache round trip, progress, TF32); the
+    'engine' is the fake builder's marker bytes, so this says nothing about TensorRT building engines."""
     from ulsam_deploy.backends.trt.build import build_engine
     from ulsam_deploy.backends.trt.progress import BuildProgress
 
-    trt = fake_tensorrt("10.3.0.30")
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    b = Build(trt, monkeypatch)
     model = tiny_onnx(tmp_path / "m.onnx")
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"previous")
     progress = BuildProgress(live=False)
     result = build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1:2:4", timing_cache=cache),
                           progress=progress)
-    assert (tmp_path / "m.engine").read_bytes() == b"NOT-AN-ENGINE: fake marker bytes"
+    assert (tmp_path / "m.engine").read_bytes() == b"NOT-AN-ENGINE: marker bytes of the fake builder"
     assert cache.read_bytes() == b"previous+tuned"
     assert progress.phases == [("Building", None, 2)]
+    assert isinstance(b.config.progress_monitor, trt.IProgressMonitor)
+    assert mock_call("clear_flag", trt.BuilderFlag.TF32) in b.config.method_calls
+    assert b.builder.create_network.call_args == mock_call(
+        "create_network", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert b.parsed == [model.read_bytes()]
     data = json.loads((tmp_path / "m.engine.json").read_text())
     assert data == result.sidecar and data["format"] == ENGINE_SIDECAR_FORMAT
-    assert data["tensorrt"]["version"] == "10.3.0.30" and data["precision_details"]["strongly_typed"]
-    assert data["precision"] == "fp32"
+    assert data["tensorrt"]["version"] == trt.__version__ and data["precision_details"]["strongly_typed"]
+    assert data["precision"] == "fp32" and data["precision_details"]["tf32"] is False
+    assert data["build"]["tf32"] is False and data["build"]["cleared_builder_flags"] == ["TF32"]
     assert data["profiles"] == [{"input": "input", "min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8]}]
     assert data["onnx"]["sha256"] == P_sha(model) and data["engine_sha256"] == P_sha(tmp_path / "m.engine")
     assert data["build"]["timing_cache"] == {"path": str(cache), "loaded_bytes": 8, "saved_bytes": 14}
     assert data["rebuild_command"].startswith(f"ulsam-deploy build-trt {model} -o {tmp_path / 'm.engine'} --batch 1:2:4")
-    assert ("builder.create_network", 1 << 1) in trt.calls
     with pytest.raises(UserError, match="already exists; pass --force"):
         build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1:2:4"))
+    b2 = Build(trt, monkeypatch)
+    tf32 = build_engine(model, tmp_path / "t.engine", BuildOptions(batch="1:2:4", tf32=True))
+    assert not any(c[0] == "clear_flag" for c in b2.config.method_calls)
+    assert tf32.sidecar["precision_details"]["tf32"] is True and "--tf32" in tf32.sidecar["rebuild_command"]
+
+
+@pytest.mark.trt_api
+def test_weakly_typed_qdq_build_sets_int8_on_the_real_config(trt, tmp_path, monkeypatch):
+    from ulsam_deploy.backends.trt.build import build_engine
+
+    model = tiny_onnx(tmp_path / "q.onnx", qdq=True)
+    b = Build(trt, monkeypatch)
+    if trt.__version__.startswith("11"):
+        with pytest.raises(UserError, match="strongly typed networks only"):
+            build_engine(model, tmp_path / "q.engine", BuildOptions(batch="1", weakly_typed=True))
+        return
+    result = build_engine(model, tmp_path / "q.engine", BuildOptions(batch="1", weakly_typed=True))
+    assert mock_call("set_flag", trt.BuilderFlag.INT8) in b.config.method_calls
+    assert b.builder.create_network.call_args == mock_call("create_network", 0)
+    assert result.sidecar["precision"] == "int8" and result.sidecar["build"]["builder_flags"] == ["INT8"]
 
 
 # ---------------------------------------------------------------------------- real TensorRT (GPU)
@@ -693,12 +809,13 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.onnx"]
 
 
-def test_cli_build_trt_shows_parser_errors_in_full(cli_runner, tmp_path, monkeypatch):
+@pytest.mark.trt_api
+def test_cli_build_trt_shows_parser_errors_in_full(trt, cli_runner, tmp_path, monkeypatch):
     from ulsam_deploy.cli import app
 
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(parse_errors=[
+    Build(trt, monkeypatch, parse_errors=[
         ("UNSUPPORTED_NODE", "No importer registered for op: Foo. Attempting to import as plugin.", 2, "foo_1", "Foo"),
-        ("UNSUPPORTED_NODE", "creator for Foo version 1 not found", 2, "foo_1", "Foo")]))
+        ("UNSUPPORTED_NODE", "creator for Foo version 1 not found", 2, "foo_1", "Foo")])
     model = tiny_onnx(tmp_path / "m.onnx")
     result = cli_runner.invoke(app, ["build-trt", str(model), "--batch", "1"])
     assert result.exit_code == 2
@@ -707,15 +824,28 @@ def test_cli_build_trt_shows_parser_errors_in_full(cli_runner, tmp_path, monkeyp
     assert not (tmp_path / "m.engine").exists()
 
 
+@pytest.mark.trt_api
+def test_cli_build_trt_tf32_flag(trt, cli_runner, tmp_path, monkeypatch):
+    from ulsam_deploy.cli import app
+
+    b = Build(trt, monkeypatch)
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch", "1", "--tf32"])
+    assert result.exit_code == 0, result.output
+    assert not any(c[0] == "clear_flag" for c in b.config.method_calls)
+    assert json.loads((tmp_path / "m.engine.json").read_text())["build"]["tf32"] is True
+
+
 def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monkeypatch):
-    """fp16 Casts split a ULSAM block, so build-trt --plugin cannot fuse it: the sentence says to fuse first."""
+    """fp16 Casts split a ULSAM block, so build-trt --plugin cannot fuse it: refused before any TensorRT call
+    (the stand-in module has a version and nothing else, so any TensorRT use would fail here)."""
     pytest.importorskip("onnxruntime_extensions")
     from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
     from ulsam_deploy.passes.common import fit_ir_version
     from ulsam_deploy.passes.precision import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.backends.trt import build as trt_build
 
     import torch
 
@@ -727,9 +857,9 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     onnx.save(fit_ir_version(fp16), path)
     lib = tmp_path / "lib.so"
     lib.write_bytes(b"x")
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30"))
     with pytest.raises(UserError, match=r"cannot be fused as they are \(fp16 Casts split them\); fuse before converting"):
-        build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
+        trt_build.build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
     assert not (tmp_path / "m.engine").exists()
 
 
@@ -774,24 +904,34 @@ def test_qdp_rewrite_of_fused_nodes(fused_small):
     assert got["groups"] == attrs["groups"] and got["aot"] == 1 and got["plugin_namespace"] in (b"ulsam", "ulsam")
 
 
-def test_python_plugin_route_with_fake_tensorrt(fused_small, tmp_path, monkeypatch):
-    """Our mapping for --plugin python: QDP registration called, QDP nodes handed to the parser, AOT flag set."""
-    from ulsam_deploy.kernels import qdp_plugin as qdp
+@pytest.mark.trt_api(below="10.9")
+def test_python_plugin_route_is_refused_before_10_9(trt, tmp_path, monkeypatch):
     from ulsam_deploy.backends.trt.build import build_engine
 
-    registered = []
-    monkeypatch.setattr(qdp, "register_qdp_plugin", lambda *a, **k: registered.append(1) or qdp.QDP_PLUGIN_ID)
-    trt = fake_tensorrt("10.9.0.34")
-    trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", STRONGLY_TYPED=1,
-                                              PREFER_AOT_PYTHON_PLUGINS=2)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    result = build_engine(fused_small, tmp_path / "m.engine", BuildOptions(plugin="python"))
-    assert registered == [1]
-    parsed = onnx.load_from_string(trt.parsed[-1])
+    b = Build(trt, monkeypatch)
+    with pytest.raises(BackendUnavailable, match="needs TensorRT 10.9 or newer"):
+        build_engine(fused_tiny_onnx(tmp_path / "m.fused.onnx"), tmp_path / "m.engine", BuildOptions(plugin="python"))
+    assert b.factories["Builder"].made == []
+
+
+@pytest.mark.trt_api(min="10.9")
+def test_python_plugin_route_on_the_real_api(trt, fresh_qdp, tmp_path, monkeypatch):
+    """--plugin python: the QDP plugin registers with the real tensorrt.plugin (registry replaced by a recorder),
+    QDP nodes go to the parser, the network prefers AOT plugins. On 10.3 (no aot_impl) it is refused."""
+    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.kernels import qdp_plugin as qdp
+
+    model = fused_tiny_onnx(tmp_path / "m.fused.onnx")
+    b = Build(trt, monkeypatch)
+    recorder = fresh_qdp.recorder  # what tensorrt.plugin registers with
+    result = build_engine(model, tmp_path / "m.engine", BuildOptions(plugin="python"))
+    parsed = onnx.load_from_string(b.parsed[-1])
     assert [n.op_type for n in parsed.graph.node].count(qdp.QDP_NAME) == 1
-    assert ("builder.create_network", (1 << 1) | (1 << 2)) in trt.calls
+    flags = trt.NetworkDefinitionCreationFlag
+    assert b.builder.create_network.call_args == mock_call(
+        "create_network", (1 << int(flags.STRONGLY_TYPED)) | (1 << int(flags.PREFER_AOT_PYTHON_PLUGINS)))
+    assert ("SubspaceAttentionAOT", "1", "ulsam") in recorder.creators
     plugin = result.sidecar["plugin"]
     assert plugin["route"] == "python" and plugin["plugin_id"] == qdp.QDP_PLUGIN_ID and plugin["library"] is None
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0.30"))
-    with pytest.raises(UserError, match="needs TensorRT 10.9 or newer"):
-        build_engine(fused_small, tmp_path / "n.engine", BuildOptions(plugin="python"))
+    again = build_engine(model, tmp_path / "n.engine", BuildOptions(plugin="python"))  # same process: harmless
+    assert again.sidecar["plugin"]["plugin_id"] == qdp.QDP_PLUGIN_ID

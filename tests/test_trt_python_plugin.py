@@ -1,178 +1,194 @@
-"""tensorrt.plugin (QDP) glue: our logic around TensorRT, tested with a fake ``tensorrt`` module
-(TensorRT itself cannot be installed here). The kernel's numerics under the QDP launch
-configuration are checked in test_kernel_triton.py::test_qdp_launch_configuration."""
+"""The Python (QDP) plugin on TensorRT's real ``tensorrt.plugin`` (10.16 and 11.4; refused on 10.3).
+
+``trt_api`` tests run on TensorRT's real Python bindings (tests/test_trt_bindings.py). Only the C++
+boundary is replaced: the plugin registry by a recorder (tests/trt_fakes.Registry), and the shape
+expressions (``IExprBuilder`` / ``IDimensionExpr``) by strict fakes that compute with integers.
+``tensorrt.plugin`` itself - validation, creator, AOT plugin class - is TensorRT's code. The kernel's
+numerics under the QDP launch are checked in test_kernel_triton.py::test_qdp_launch_configuration.
+"""
 
 from __future__ import annotations
 
-import inspect
 import sys
-import types
-import typing
 
+import numpy as np
 import pytest
 
+import trt_fakes as F
 from ulsam_deploy.errors import BackendUnavailable
+from ulsam_deploy.backends.trt.runtime import parse_version
 from ulsam_deploy.kernels import aot
 from ulsam_deploy.kernels import plan as P
 from ulsam_deploy.kernels import qdp_plugin as Q
 
 MANIFEST = aot.load_manifest()
+AOT_KEY = ("SubspaceAttentionAOT", "1", "ulsam")
 
 
-class FakeExpr:
-    """Stands in for tensorrt.plugin ShapeExpr: value + whether it is a build-time constant."""
-
-    def __init__(self, value, constant=True):
-        self.value, self.is_constant = value, constant
-
-    def constant_value(self):
-        assert self.is_constant, "constant_value() on a dynamic dimension"
-        return self.value
-
-    def _op(self, other, fn):
-        ov, oc = (other.value, other.is_constant) if isinstance(other, FakeExpr) else (other, True)
-        return FakeExpr(fn(self.value, ov), self.is_constant and oc)
-
-    def __mul__(self, other):
-        return self._op(other, lambda a, b: a * b)
-
-    __rmul__ = __mul__
-
-    def __eq__(self, other):
-        return isinstance(other, FakeExpr) and (self.value, self.is_constant) == (other.value, other.is_constant)
-
-
-def make_fake_tensorrt(version="10.9.0", with_aot=True):
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.float32, trt.float16 = "float32", "float16"
-    trtp = types.ModuleType("tensorrt.plugin")
-    trtp.registry = {}
-
-    class TensorDesc:
-        def __init__(self, shape, dtype):
-            self.shape_expr, self.dtype = list(shape), dtype
-
-        def like(self):
-            return TensorDesc(self.shape_expr, self.dtype)
-
-    def decorator(kind):
-        def outer(plugin_id):
-            def inner(fn):
-                trtp.registry.setdefault(plugin_id, {})[kind] = fn
-                return fn
-            return inner
-        return outer
-
-    class KernelLaunchParams:
-        grid_x = grid_y = grid_z = block_x = block_y = block_z = 1
-        shared_mem = 0
-
-    class SymInt32:
-        def __init__(self, value):
-            self.value = value
-
-    class SymIntExprs(list):
-        @classmethod
-        def from_tuple(cls, items):
-            return cls(items)
-
-    trtp.TensorDesc = TensorDesc
-    trtp.register = decorator("desc")
-    trtp.autotune = decorator("autotune")
-    trtp.impl = decorator("impl")
-    if with_aot:
-        trtp.aot_impl = decorator("aot")
-    trtp.from_shape_expr = lambda shape, dtype: TensorDesc(shape, dtype)
-    trtp.AutoTuneCombination = lambda *a: ("combo",) + a
-    trtp.KernelLaunchParams = KernelLaunchParams
-    trtp.SymInt32 = SymInt32
-    trtp.SymIntExprs = SymIntExprs
-    trt.plugin = trtp
-    return trt, trtp
+def _needs_qdp(trt) -> bool:
+    return parse_version(trt.__version__) >= (10, 9)
 
 
 @pytest.fixture
-def fake_trt(monkeypatch):
-    trt, trtp = make_fake_tensorrt()
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
+def trtp(trt, fresh_qdp):
+    if not _needs_qdp(trt):
+        pytest.skip(f"TensorRT {trt.__version__} has no tensorrt.plugin aot_impl")
+    return fresh_qdp
+
+
+class Exprs:
+    """IExprBuilder / IDimensionExpr as strict fakes over integers (a dimension: value + whether constant)."""
+
+    def __init__(self, trt):
+        self.trt, self.values = trt, {}
+        ops = trt.DimensionOperation
+        self.ops = {ops.SUM: lambda a, b: a + b, ops.PROD: lambda a, b: a * b, ops.SUB: lambda a, b: a - b,
+                    ops.FLOOR_DIV: lambda a, b: a // b, ops.MAX: max, ops.MIN: min}
+        self.builder = F.strict(trt.IExprBuilder, trt)
+        F.on(self.builder, "constant", lambda arg0: self.dim(int(arg0)))
+        F.on(self.builder, "operation", self.operation)
+
+    def dim(self, value, constant=True):
+        d = F.strict(self.trt.IDimensionExpr, self.trt)
+        self.values[id(d)] = (value, constant)
+        F.on(d, "is_constant", lambda: self.values[id(d)][1])
+        F.on(d, "get_constant_value", lambda: self.values[id(d)][0])
+        F.on(d, "is_size_tensor", lambda: False)
+        return d
+
+    def operation(self, arg0, arg1, arg2):
+        (a, ca), (b, cb) = self.values[id(arg1)], self.values[id(arg2)]
+        return self.dim(self.ops[arg0](a, b), ca and cb)
+
+    def of(self, sym):
+        """(value, constant) of a tensorrt.plugin symbolic expression built on these dimensions."""
+        return self.values[id(sym._expr)]
+
+
+_KEEP = []  # a PluginField points into its array without owning it: keep the arrays alive
+
+
+def _parser_fields(trt, **ints):
+    """The fields TensorRT's ONNX parser passes for INT node attributes (kINT32)."""
+    arrays = {name: np.array([value], np.int32) for name, value in ints.items()}
+    _KEEP.append(arrays)
+    return trt.PluginFieldCollection([trt.PluginField(name, data, trt.PluginFieldType.INT32)
+                                      for name, data in arrays.items()])
+
+
+def _tensor_desc(trt, shape, dtype):
+    desc = trt.DynamicPluginTensorDesc()
+    desc.desc.dims, desc.desc.type, desc.desc.format = trt.Dims(shape), dtype, trt.TensorFormat.LINEAR
+    desc.min = desc.opt = desc.max = trt.Dims(shape)
+    return desc
+
+
+@pytest.mark.trt_api(below="10.9")
+def test_old_tensorrt_is_refused_in_one_sentence(trt, monkeypatch):
     monkeypatch.setattr(Q, "_registered", set())
-    return trt, trtp
+    if _needs_qdp(trt):
+        pytest.skip(f"TensorRT {trt.__version__} has aot_impl")
+    with pytest.raises(BackendUnavailable) as err:
+        Q.register_qdp_plugin()
+    assert str(err.value) == (f"tensorrt {trt.__version__} has no tensorrt.plugin module; the Python (QDP) plugin "
+                              "needs tensorrt >= 10.9.")
 
 
-def _x(trtp, n=3, c=96, h=14, w=14, dtype="float32", dyn=(0,)):
-    dims = [FakeExpr(v, i not in dyn) for i, v in enumerate((n, c, h, w))]
-    return trtp.TensorDesc(dims, dtype)
+@pytest.mark.trt_api(min="10.9")
+def test_registration_failure_is_one_sentence_and_a_retry_works(trt, trtp, monkeypatch):
+    monkeypatch.setattr(trt, "get_plugin_registry", lambda: None)  # what the stub libnvinfer gives
+    with pytest.raises(BackendUnavailable) as err:
+        Q.register_qdp_plugin(arch=87)
+    message = str(err.value)
+    assert message.startswith(f"TensorRT {trt.__version__} refused the Python plugin ulsam::SubspaceAttentionAOT "
+                              "(AttributeError: ")
+    assert message.endswith("; use the C++ plugin instead: 'ulsam-deploy build-plugin', then --plugin lib.")
+    assert "\n" not in message
+    monkeypatch.setattr(trt, "get_plugin_registry", lambda: trtp.recorder.fake)
+    assert Q.register_qdp_plugin(arch=87) == Q.QDP_PLUGIN_ID
+    assert Q.register_qdp_plugin(arch=87) == Q.QDP_PLUGIN_ID  # twice in one process is harmless
+    Q._registered.clear()  # even when our own bookkeeping is lost, tensorrt.plugin's definition is reused
+    assert Q.register_qdp_plugin(arch=87) == Q.QDP_PLUGIN_ID
+    assert list(trtp.recorder.creators) == [AOT_KEY]
 
 
-def test_register_declares_inputs_attrs_and_outputs(fake_trt):
-    trt, trtp = fake_trt
-    assert Q.register_qdp_plugin(arch=87) == "ulsam::SubspaceAttentionAOT"
-    assert Q.register_qdp_plugin(arch=87) == Q.QDP_PLUGIN_ID  # idempotent
-    fns = trtp.registry[Q.QDP_PLUGIN_ID]
-    assert set(fns) == {"desc", "autotune", "aot"}
-    sig = inspect.signature(fns["desc"])  # what tensorrt.plugin validates: real types, in order
-    anns = [p.annotation for p in sig.parameters.values()]
-    assert list(sig.parameters)[:5] == list(Q.INPUT_NAMES)
-    assert all(a is trtp.TensorDesc for a in anns[:5]) and anns[5:] == [int, int, int]
-    assert typing.get_args(sig.return_annotation) == (trtp.TensorDesc, trtp.TensorDesc)
-    x = _x(trtp)
-    consts = [trtp.TensorDesc([FakeExpr(96)], "float32")] * 3 + [trtp.TensorDesc([FakeExpr(4)], "float32")]
-    y, ws = fns["desc"](x, *consts, 4, 1, 1)
-    assert y.shape_expr == x.shape_expr and y.dtype == "float32"
-    assert ws.dtype == "float32"
-    assert ws.shape_expr[0] == FakeExpr(12, False) and ws.shape_expr[1] == FakeExpr(196)
-    combos = fns["autotune"](x, *consts, (y, ws))
-    assert combos[0][1].split(", ") == ["FP32|FP16", "FP32", "FP32", "FP32", "FP32", "FP32|FP16", "FP32"]
-
-
-@pytest.mark.parametrize("dtype,w,dyn_w,variant", [("float32", 14, False, 2), ("float16", 7, False, 0),
-                                                    ("float32", 7, True, 2), ("float16", 14, False, 2)])
-def test_aot_impl_returns_stripped_ptx_launch_and_scalars(fake_trt, dtype, w, dyn_w, variant):
-    trt, trtp = fake_trt
+@pytest.mark.trt_api(min="10.9")
+def test_recorded_creator_serves_the_fused_node_with_an_aot_plugin(trt, trtp, monkeypatch):
     Q.register_qdp_plugin(arch=87)
-    aot_fn = trtp.registry[Q.QDP_PLUGIN_ID]["aot"]
-    dyn = (0, 3) if dyn_w else (0,)
-    x = _x(trtp, n=3, c=96, h=14, w=w, dtype=dtype, dyn=dyn)
-    name, ptx, launch, extra = aot_fn(x, None, None, None, None, 4, 1, 0, None, 0)
-    assert name == MANIFEST["entry"].encode()
-    text = ptx.decode()
-    _, params = aot.parse_ptx_entry(text)
-    assert len(params) == len(aot.expected_ptx_params()) - 2  # no hidden scratch params
-    rec = aot.find_kernel(MANIFEST, 87, "fp16" if dtype == "float16" else "fp32", variant)
-    assert aot.ptx_header(text) == (MANIFEST["ptx_version"], f"sm_{rec['ptx_target']}")
-    assert rec["variant"] == variant == P.select_variant(24, 16 if dyn_w else w)
-    assert launch.grid_x == FakeExpr(12, False)  # N * groups, symbolic in N
-    assert launch.block_x == rec["threads"] and launch.shared_mem == rec["shared_bytes"]
-    vals = [a.value for a in extra]
-    assert [v.value if isinstance(v, FakeExpr) else v for v in vals] == [24, 14, w, 4, 12, 1, 24, 1, 0]
-    # scalars line up with the kernel's int32 parameters
+    creator = trtp.recorder.creators[AOT_KEY]
+    node = Q.make_qdp_onnx_node(["x", "s", "t", "w", "b"], ["y", "ws"], groups=4, relu_dw=True, relu_pw=False)
+    node_attrs = {a.name: a.i for a in node.attribute if a.name not in ("plugin_namespace", "aot")}
+    assert sorted(f.name for f in creator.field_names) == sorted(node_attrs)
+    assert [a.s for a in node.attribute if a.name == "plugin_namespace"] == [b"ulsam"]
+    # aot=1 on the node: TensorRT asks the creator for the AOT implementation; there is no JIT one
+    plugin = creator.create_plugin(AOT_KEY[0], AOT_KEY[2], _parser_fields(trt, **node_attrs), trt.TensorRTPhase.BUILD,
+                                   trt.QuickPluginCreationRequest.STRICT_AOT)
+    assert isinstance(plugin, trt.IPluginV3QuickAOTBuild)
+    assert {k: v.tolist() for k, v in plugin.attrs.items()} == {"groups": [4], "relu_dw": [1], "relu_pw": [0]}
+    assert [f.type for f in creator.field_names] == [trt.PluginFieldType.INT32] * 3  # what the parser passes
+    with pytest.raises(ValueError, match="JIT implementation requested, but not defined"):
+        creator.create_plugin(AOT_KEY[0], AOT_KEY[2], _parser_fields(trt, **node_attrs), trt.TensorRTPhase.BUILD,
+                              trt.QuickPluginCreationRequest.STRICT_JIT)
+    assert plugin.get_output_data_types([trt.float32] * 5, [4, 1, 1, 1, 1]) == [trt.float32, trt.float32]
+
+    exprs = Exprs(trt)
+    n, c, h, w = 3, 96, 14, 14
+    inputs = [[exprs.dim(n, constant=False), exprs.dim(c), exprs.dim(h), exprs.dim(w)],
+              [exprs.dim(c)], [exprs.dim(c)], [exprs.dim(c)], [exprs.dim(4)]]
+    monkeypatch.setattr(trt, "DimsExprs", lambda length: [None] * length)  # a C++ container of IDimensionExpr
+    y, ws = plugin.get_output_shapes(inputs, [], exprs.builder)
+    assert [exprs.values[id(d)] for d in y] == [(n, False), (c, True), (h, True), (w, True)]
+    assert [exprs.values[id(d)] for d in ws] == [(n * 4, False), (h * w, True)]
+
+    in_out = [_tensor_desc(trt, (n, c, h, w), trt.float32)] + [_tensor_desc(trt, (c,), trt.float32)] * 3 + [
+        _tensor_desc(trt, (4,), trt.float32), _tensor_desc(trt, (n, c, h, w), trt.float32),
+        _tensor_desc(trt, (n * 4, h * w), trt.float32)]
+    returned = []
+    impl = plugin.aot_impl_function
+    plugin.aot_impl_function = lambda *args: returned.append(impl(*args)) or returned[-1]
+    plugin.set_tactic(0)
+    # TensorRT checks our results' types, then hands the expressions to C++ (ISymExpr): there the fake world ends
+    with pytest.raises(TypeError, match="ISymExpr"):
+        plugin.get_launch_params(inputs, in_out, 5, F.strict(trt.KernelLaunchParams, trt),
+                                 F.strict(trt.ISymExprs, trt), exprs.builder)
+    (name, ptx, launch, extra), = returned
+    rec = aot.find_kernel(MANIFEST, 87, "fp32", P.select_variant(c // 4, w))
+    assert name == rec["entry"].encode()
+    assert aot.ptx_header(ptx.decode()) == (MANIFEST["ptx_version"], f"sm_{rec['ptx_target']}")
+    assert aot.parse_ptx_entry(ptx.decode())[1] == aot.expected_ptx_params()[:-2]  # hidden scratch params stripped
+    assert exprs.of(launch.grid_x) == (n * 4, False)  # one program per (batch, group), symbolic in N
+    assert exprs.of(launch.block_x) == (rec["threads"], True) and exprs.of(launch.shared_mem) == (rec["shared_bytes"], True)
+    assert [exprs.of(e)[0] for e in extra] == [24, h, w, 4, n * 4, 1, 24, 1, 0]
+    assert isinstance(extra, trtp.SymIntExprs) and all(isinstance(e, trtp.SymInt32) for e in extra)
     from ulsam_deploy.kernels.triton_kernel import PARAM_ORDER
-    assert len(vals) == sum(1 for _, k in PARAM_ORDER if k == "i32")
+
+    assert len(extra) == sum(1 for _, k in PARAM_ORDER if k == "i32")
 
 
-def test_aot_impl_needs_static_channels(fake_trt):
-    trt, trtp = fake_trt
+@pytest.mark.trt_api(min="10.9")
+def test_aot_impl_needs_static_channels(trt, trtp, monkeypatch):
     Q.register_qdp_plugin(arch=87)
+    creator = trtp.recorder.creators[AOT_KEY]
+    plugin = creator.create_plugin(AOT_KEY[0], AOT_KEY[2], _parser_fields(trt, groups=4, relu_dw=1, relu_pw=1),
+                                   trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.STRICT_AOT)
+    plugin.get_output_data_types([trt.float16] * 5, [4, 1, 1, 1, 1])
+    exprs = Exprs(trt)
+    inputs = [[exprs.dim(2, False), exprs.dim(96, False), exprs.dim(7), exprs.dim(7)]] + [[exprs.dim(96)]] * 3 + [
+        [exprs.dim(4)]]
+    monkeypatch.setattr(trt, "DimsExprs", lambda length: [None] * length)
+    plugin.get_output_shapes(inputs, [], exprs.builder)
+    in_out = [_tensor_desc(trt, (2, 96, 7, 7), trt.float16)] + [_tensor_desc(trt, (96,), trt.float32)] * 4 + [
+        _tensor_desc(trt, (2, 96, 7, 7), trt.float16), _tensor_desc(trt, (8, 49), trt.float32)]
+    plugin.set_tactic(0)
     with pytest.raises(ValueError, match="static channel"):
-        trtp.registry[Q.QDP_PLUGIN_ID]["aot"](_x(trtp, dyn=(0, 1)), None, None, None, None, 4, 1, 1,
-                                               None, 0)
+        plugin.get_launch_params(inputs, in_out, 5, F.strict(trt.KernelLaunchParams, trt), F.strict(trt.ISymExprs, trt),
+                                 exprs.builder)
 
 
 def test_missing_tensorrt_is_backend_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setattr(Q, "_registered", set())
     with pytest.raises(BackendUnavailable, match="not installed"):
-        Q.register_qdp_plugin()
-
-
-def test_old_tensorrt_without_aot_is_refused(monkeypatch):
-    trt, trtp = make_fake_tensorrt(version="10.8.0", with_aot=False)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
-    monkeypatch.setattr(Q, "_registered", set())
-    with pytest.raises(BackendUnavailable, match="10.9"):
         Q.register_qdp_plugin()
 
 

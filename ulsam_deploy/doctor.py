@@ -104,7 +104,8 @@ def check_onnxruntime() -> Check:
 
 
 def check_tensorrt() -> Check:
-    from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, install_hint
+    """Which TensorRT was found, from where (a pip wheel in the venv, or the system's apt package)."""
+    from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, install_hint, tensorrt_origin
 
     try:
         trt = import_tensorrt()
@@ -113,7 +114,11 @@ def check_tensorrt() -> Check:
                      "build-trt, the trt bench backend, engine checks", install_hint())
     version = getattr(trt, "__version__", "?")
     major = int(str(version).split(".")[0] or 0)
-    notes = ["strongly typed only (11.x)" if major >= 11 else "strongly typed + weakly typed (10.x)"]
+    origin = tensorrt_origin(trt)
+    dist = origin["distribution"]
+    notes = [f"{origin['module']} ({origin['where']}"
+             + (f"; distribution {dist['name']} {dist['version']})" if dist else "; no pip distribution)")]
+    notes.append("strongly typed only (11.x)" if major >= 11 else "strongly typed + weakly typed (10.x)")
     if hasattr(trt, "IProgressMonitor"):
         notes.append("progress monitor")
     try:
@@ -125,7 +130,7 @@ def check_tensorrt() -> Check:
 
 
 def check_cuda_driver() -> tuple[Check, Check]:
-    from ulsam_deploy.backends.trt.cuda_driver import cuda_runtime_version, is_jetson, jetson_release, probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda import cuda_runtime_version, is_jetson, jetson_release, probe_cuda_driver
 
     driver = probe_cuda_driver()
     jetson = is_jetson()

@@ -3,7 +3,9 @@
 // IPluginV3 (IPluginV3OneCore / OneBuild / OneRuntime) + IPluginCreatorV3One, TensorRT 10.x and
 // 11.x. The library exports getCreators() / setLoggerFinder() so it loads with
 // `trtexec --dynamicPlugins=libulsam_subspace_attention_plugin.so` and
-// `trt.get_plugin_registry().load_library(path)`; `--setPluginsToSerialize` embeds it in engines.
+// `trt.get_plugin_registry().load_library(path)`. Engines need the library at run time too:
+// `--setPluginsToSerialize` (IBuilderConfig::setPluginsToSerialize) embeds it only in
+// version-compatible engines (`--versionCompatible`), which build-trt does not make.
 //
 // Fields (= ONNX node attributes; the ONNX parser maps INT -> kINT32, FLOATS -> kFLOAT32):
 //   groups (INT32), relu_dw (INT32 0/1), relu_pw (INT32 0/1),

@@ -28,6 +28,7 @@ def build_trt(
     weakly_typed: bool = typer.Option(False, "--weakly-typed", help="TensorRT 10 only: let the builder pick precisions (with --fp16/--int8)."),
     fp16: bool = typer.Option(False, "--fp16", help="With --weakly-typed: allow fp16 kernels (BuilderFlag.FP16)."),
     int8: bool = typer.Option(False, "--int8", help="With --weakly-typed: allow int8 kernels for a Q/DQ ONNX (BuilderFlag.INT8)."),
+    tf32: bool = typer.Option(False, "--tf32", help="Let fp32 layers use TF32 math (TensorRT's default; off here so fp32 means fp32)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show all of TensorRT's log."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing engine."),
 ) -> None:
@@ -39,7 +40,7 @@ def build_trt(
 
     options = BuildOptions(batch=batch_profile, workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
-                           weakly_typed=weakly_typed, fp16=fp16, int8=int8, force=force, verbose=verbose)
+                           weakly_typed=weakly_typed, fp16=fp16, int8=int8, tf32=tf32, force=force, verbose=verbose)
     output = output or model.with_suffix(".engine")
     result = build_engine(model, output, options, stage=stage, warn=print_warning,
                           details=lambda text: err_console.print(text, markup=False, highlight=False, soft_wrap=True),

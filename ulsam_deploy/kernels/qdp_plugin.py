@@ -30,11 +30,13 @@ ONNX node for the parser (:func:`make_qdp_onnx_node`)::
 
 # No `from __future__ import annotations` here: tensorrt.plugin.register reads the annotations
 # of the registered function with inspect.signature() and needs real types, not strings.
-import ctypes
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
 
 from ulsam_deploy.errors import BackendUnavailable
 
@@ -77,21 +79,9 @@ def strip_hidden_params(ptx: str, n_hidden: int = len(_aot.HIDDEN_PARAMS)) -> st
 
 def probe_compute_capability() -> "int | None":
     """Compute capability of GPU 0 via the driver (e.g. 87), or None without one."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    try:
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-            return None
-        if cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0:  # CC major
-            return None
-        if cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0:  # CC minor
-            return None
-    except AttributeError:
-        return None
-    return major.value * 10 + minor.value
+    from ulsam_deploy.backends.trt.cuda import compute_capability
+
+    return compute_capability(0)
 
 
 @dataclass(frozen=True)
@@ -173,37 +163,76 @@ def _import_tensorrt_plugin():
     return trt, trtp
 
 
-def register_qdp_plugin(arch: "int | None" = None) -> str:
-    """Register ``ulsam::SubspaceAttentionAOT`` with TensorRT (idempotent); returns its id.
+def _definition(trtp):
+    """The ``tensorrt.plugin`` definition of our plugin in this process, or None."""
+    namespace = getattr(trtp, "op", None)
+    try:
+        return getattr(getattr(namespace, QDP_NAMESPACE), QDP_NAME)
+    except AttributeError:
+        return None
 
-    ``arch`` forces the PTX target (default: the visible GPU's compute capability)."""
+
+# what register_qdp_plugin was last asked for (aot_impl reads it: tensorrt.plugin keeps the first definition)
+_settings = {"arch": None}
+
+
+def register_qdp_plugin(arch: "int | None" = None) -> str:
+    """Register ``ulsam::SubspaceAttentionAOT`` with ``tensorrt.plugin``; returns its id.
+
+    Calling it again in one process is harmless: ``tensorrt.plugin`` cannot forget a definition,
+    so a definition already there is completed (a previous attempt may have stopped half-way)
+    rather than repeated. ``arch`` forces the PTX target (default: the visible GPU's compute
+    capability). Every failure is a :class:`BackendUnavailable` with one sentence.
+    """
+    _settings["arch"] = arch
     if QDP_PLUGIN_ID in _registered:
         return QDP_PLUGIN_ID
     trt, trtp = _import_tensorrt_plugin()
+    try:
+        _define(trt, trtp)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tensorrt.plugin validates with ValueError/TypeError/AssertionError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+        raise BackendUnavailable(f"TensorRT {trt.__version__} refused the Python plugin {QDP_PLUGIN_ID} "
+                                 f"({type(exc).__name__}: {first}); use the C++ plugin instead: "
+                                 "'ulsam-deploy build-plugin', then --plugin lib.") from exc
+    _registered.add(QDP_PLUGIN_ID)
+    return QDP_PLUGIN_ID
 
-    @trtp.register(QDP_PLUGIN_ID)
+
+def _int(value) -> int:
+    """An int attribute as ``tensorrt.plugin`` hands it over: a 1-element int32 array (or an int)."""
+    return int(np.asarray(value).reshape(-1)[0])
+
+
+def _define(trt, trtp) -> None:
+    # int attributes are declared as int32 arrays: the ONNX parser passes INT attributes as 1-element kINT32
+    # fields, and TensorRT 10.16's tensorrt.plugin turns such a field into a Python int with int(ndarray),
+    # which NumPy 2 refuses; an NDArray[int32] attribute is taken as it comes, in 10.9 ... 11.4 alike.
     def _desc(x: trtp.TensorDesc, dw_scale: trtp.TensorDesc, dw_shift: trtp.TensorDesc,
-              pw_weight: trtp.TensorDesc, pw_bias: trtp.TensorDesc, groups: int, relu_dw: int,
-              relu_pw: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+              pw_weight: trtp.TensorDesc, pw_bias: trtp.TensorDesc, groups: npt.NDArray[np.int32],
+              relu_dw: npt.NDArray[np.int32],
+              relu_pw: npt.NDArray[np.int32]) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
         shp = x.shape_expr
-        ws = trtp.from_shape_expr((shp[0] * groups, shp[2] * shp[3]), dtype=trt.float32)
+        ws = trtp.from_shape_expr((shp[0] * _int(groups), shp[2] * shp[3]), dtype=trt.float32)
         return x.like(), ws
 
-    @trtp.autotune(QDP_PLUGIN_ID)
     def _autotune(x, dw_scale, dw_shift, pw_weight, pw_bias, outputs):
         return [trtp.AutoTuneCombination("FP32|FP16, FP32, FP32, FP32, FP32, FP32|FP16, FP32",
                                          "LINEAR")]
 
-    @trtp.aot_impl(QDP_PLUGIN_ID)
     def _aot_impl(x, dw_scale, dw_shift, pw_weight, pw_bias, groups, relu_dw, relu_pw, outputs,
-                  tactic):
+                  tactic) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams,
+                                   trtp.SymExprs]:
+        groups, relu_dw, relu_pw = _int(groups), _int(relu_dw), _int(relu_pw)
         shp = x.shape_expr
         if not shp[1].is_constant:
             raise ValueError("SubspaceAttentionAOT needs a static channel dimension")
         channels = shp[1].constant_value()
         width = shp[3].constant_value() if shp[3].is_constant else None
         dtype = "fp16" if x.dtype == trt.float16 else "fp32"
-        k = select_qdp_kernel(dtype, channels, groups, width, arch)
+        k = select_qdp_kernel(dtype, channels, groups, width, _settings["arch"])
         n_items = shp[0] * groups
         launch = trtp.KernelLaunchParams()
         launch.grid_x = n_items
@@ -214,5 +243,14 @@ def register_qdp_plugin(arch: "int | None" = None) -> str:
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in scalars])
         return k.entry.encode(), k.ptx.encode(), launch, extra
 
-    _registered.add(QDP_PLUGIN_ID)
-    return QDP_PLUGIN_ID
+    definition = _definition(trtp)
+    if definition is None:
+        trtp.register(QDP_PLUGIN_ID)(_desc)
+        definition = _definition(trtp)
+    elif getattr(getattr(definition, "register_func", None), "__module__", __name__) != __name__:
+        raise BackendUnavailable(f"Another module already defined the Python plugin {QDP_PLUGIN_ID} in this "
+                                 "process; use --plugin lib, or a fresh process.")
+    if getattr(definition, "autotune_func", None) is None:
+        trtp.autotune(QDP_PLUGIN_ID)(_autotune)
+    if getattr(definition, "aot_impl_func", None) is None:
+        trtp.aot_impl(QDP_PLUGIN_ID)(_aot_impl)

@@ -1,6 +1,7 @@
 """``build-trt``: ONNX -> raw TensorRT engine (trtexec-readable) + ``<engine>.json`` sidecar.
 
-Flow (TensorRT Python API 10.x and 11.x; calls verified against the 10.3.0 and 11.1 bindings):
+Flow (TensorRT Python API 10.x and 11.x; the calls are checked by the tests against the real Python bindings of
+10.3.0, 10.16.1 and 11.4.0 - see tests/test_trt_bindings.py - but no engine is built there):
 ``trt.Builder(logger)`` -> ``builder.create_network(flags)`` (STRONGLY_TYPED unless --weakly-typed on
 10.x) -> ``trt.OnnxParser(network, logger).parse(bytes, path)`` -> ``builder.create_builder_config()``
 configured by :func:`ulsam_deploy.backends.trt.settings.apply_plan` -> ``config.progress_monitor`` ->
@@ -28,7 +29,7 @@ from ulsam_deploy.artifacts import sha256_file
 from ulsam_deploy.artifacts import write_bytes as write_bytes_atomic
 from ulsam_deploy.artifacts import load_onnx
 from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, engine_sidecar_path
-from ulsam_deploy.backends.trt.cuda_driver import cuda_runtime_version, jetson_release, probe_cuda_driver
+from ulsam_deploy.backends.trt.cuda import cuda_runtime_version, jetson_release, probe_cuda_driver
 from ulsam_deploy.backends.trt.explain import explain_build_failure, explain_parser_errors, format_parser_errors, read_parser_errors
 from ulsam_deploy.backends.trt.plugins import PluginRoute, activate, resolve_route
 from ulsam_deploy.backends.trt.progress import BuildProgress, make_progress_monitor
@@ -136,6 +137,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
 
     trt = import_tensorrt()
     trt_version = version_of(trt)
+    plan_build(options, info, trt_version)  # version limits (opset, weak typing) before any TensorRT work
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
@@ -304,12 +306,14 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
         "precision": engine_precision(info.precision, plan.builder_flags),
         "precision_details": {"mode": plan.precision, "strongly_typed": plan.strongly_typed, "onnx": info.precision,
                               "builder_flags": [f for f in plan.builder_flags if f in ("FP16", "INT8")],
+                              "tf32": plan.tf32,
                               "onnx_verification": verification},
         "profiles": profiles,
         "plugin": ({**plugin_info, "fused_blocks": (fusion or {}).get("fused", info.fused_nodes)}
                    if plugin_info else None),
         "build": {"options": options.to_dict(), "network_flags": plan.network_flags,
-                  "builder_flags": plan.builder_flags, "applied": applied, "timing_cache": cache_record,
+                  "builder_flags": plan.builder_flags, "cleared_builder_flags": plan.clear_flags, "tf32": plan.tf32,
+                  "applied": applied, "timing_cache": cache_record,
                   "default_device": plan.default_device, "dla_core": plan.dla_core,
                   "version_compatible": False, "hardware_compatibility_level": "NONE",
                   "seconds": round(seconds, 3), "warnings": warnings},

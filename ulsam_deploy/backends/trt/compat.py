@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.backends.trt.cuda_driver import GpuInfo, probe_cuda_driver
+from ulsam_deploy.backends.trt.cuda import GpuInfo, probe_cuda_driver
 from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, parse_version, version_of
 
 ENGINE_SIDECAR_FORMAT = "ulsam-deploy-engine/1"

@@ -2,7 +2,8 @@
 
 The full parser errors are always shown too (``format_parser_errors``); the sentence says what to do.
 ``ParserError`` methods used: ``code()``, ``desc()``, ``node()``, ``node_name()``, ``node_operator()``
-(identical in the 10.3 and 11.1 bindings, python/src/parsers/pyOnnx.cpp).
+(present in the 10.3.0, 10.16.1 and 11.4.0 Python bindings; the tests call them on fakes made from
+``trt.ParserError`` itself).
 """
 
 from __future__ import annotations
@@ -100,5 +101,8 @@ def explain_build_failure(errors: list[str], trt_version: str, timing_cache: str
     if "cuda initialization failure" in text or "error: 35" in text or "insufficient driver" in text:
         return ("TensorRT could not initialise CUDA (no usable GPU, or a driver older than this TensorRT needs); "
                 "check 'nvidia-smi' and 'ulsam-deploy doctor'.")
+    if "factory function returned nullptr" in text:
+        return (f"TensorRT {trt_version} could not create a Builder (libnvinfer is missing or not a working TensorRT "
+                "library); check 'ulsam-deploy doctor'.")
     last = errors[-1].strip() if errors else "no error message was logged"
     return f"TensorRT {trt_version} could not build the engine: {last.splitlines()[0][:300]}"

@@ -233,6 +233,8 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
     launcher = bdir / LAUNCHER_LIBRARY
     if trt is not None and not plugin.is_file():
         raise UserError(f"The build finished but {plugin} is missing; rerun with --clean.")
+    if trt is not None:
+        write_build_record(plugin, trt)
     selftest = bdir / "ulsam_sa_selftest"
     psel = bdir / "ulsam_sa_plugin_selftest"
     stub, stub_noid = bdir / "libulsam_cuda_stub.so", bdir / "libulsam_cuda_stub_noctxid.so"
@@ -240,6 +242,44 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
                              selftest if selftest.is_file() else None,
                              psel if psel.is_file() else None, trt, cuda_inc, logs,
                              stub if stub.is_file() else None, stub_noid if stub_noid.is_file() else None)
+
+
+def build_record_path(library: str | os.PathLike) -> Path:
+    return Path(str(library) + ".json")
+
+
+def write_build_record(library: Path, headers: TensorRTHeaders) -> Path:
+    """``<library>.json``: which TensorRT headers built the library (read when TensorRT refuses it)."""
+    import json
+
+    path = build_record_path(library)
+    path.write_text(json.dumps({"library": library.name, "tensorrt": headers.version,
+                                "tensorrt_include_dir": str(headers.include_dir)}, indent=2) + "\n")
+    return path
+
+
+def read_build_record(library: str | os.PathLike) -> dict | None:
+    """The build record beside ``library``, else the TensorRT headers named in the CMake cache beside it."""
+    import json
+
+    path = build_record_path(library)
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    cache = Path(library).parent / "CMakeCache.txt"
+    try:
+        text = cache.read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^TensorRT_INCLUDE_DIR:\w+=(.+)$", text, re.M)
+    if not m:
+        return None
+    include = Path(m.group(1).strip())
+    return {"library": Path(library).name, "tensorrt": _parse_trt_version(include) or None,
+            "tensorrt_include_dir": str(include)}
 
 
 def run_selftest(result: PluginBuildResult, *, bench: bool = False, images: str = "auto",

@@ -2,9 +2,8 @@
 
 Written against the name-based I/O tensor API (``num_io_tensors``, ``get_tensor_name``,
 ``get_tensor_mode``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), which is
-the only one TensorRT 10 and 11 have. Device memory, streams and events come from whichever of
-``torch.cuda``, cuda-python (``cuda.bindings.runtime`` or the older ``cuda.cudart``) or CuPy is
-importable, in that order.
+the only one TensorRT 10 and 11 have. Device memory, the stream and the events come from the CUDA
+driver through ctypes (:mod:`ulsam_deploy.backends.trt.cuda`): no torch, CuPy or cuda-python.
 
 Timing follows trtexec: one inference = H2D copy, ``execute_async_v3``, D2H copy, stream sync;
 CUDA events between the stages give "H2D Latency", "GPU Compute Time" and "D2H Latency"; the
@@ -13,15 +12,14 @@ host wall time of the whole call is the "Latency".
 Before TensorRT sees the file, the engine sidecar (``model.engine.json``, written by
 ``build-trt``) is checked against the running TensorRT and GPU (:func:`ulsam_deploy.backends.trt.compat.
 check_engine_compat`: one sentence and the rebuild command on a mismatch), and the plugin
-library it names is loaded, so deserializing never fails on a missing ``SubspaceAttention`` plugin.
-Where TensorRT, a GPU or a CUDA memory library is missing, :meth:`TrtRunner.load` raises
+library it names is loaded and checked (:func:`ulsam_deploy.backends.trt.plugins.ensure_plugin_library`),
+so deserializing never fails on a missing ``SubspaceAttention`` plugin.
+Where TensorRT, a GPU or the CUDA driver is missing, :meth:`TrtRunner.load` raises
 :class:`RunnerUnavailable` with the reason; nothing crashes.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -30,228 +28,8 @@ import numpy as np
 
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.backends.base import Runner, RunnerUnavailable
+from ulsam_deploy.backends.trt.cuda import CudaMemory, open_cuda_memory
 
-CUDA_LIBRARIES = ("torch", "cuda-python", "cupy")
-
-
-# ------------------------------------------------------------------------------ CUDA memory
-
-class CudaMemory:
-    """Device buffers, pinned host buffers, one stream and timing events (the minimum a runner needs)."""
-
-    library = "none"
-
-    def device_empty(self, shape, dtype) -> object: ...
-    def device_ptr(self, buf) -> int: ...
-    def host_empty(self, shape, dtype) -> np.ndarray: ...
-    def h2d(self, dev, host: np.ndarray) -> None: ...
-    def d2h(self, host: np.ndarray, dev) -> None: ...
-    def event(self) -> object: ...
-    def record(self, event) -> None: ...
-    def elapsed_ms(self, start, end) -> float: ...
-    def synchronize(self) -> None: ...
-
-    @property
-    def stream_handle(self) -> int: ...
-
-    def close(self) -> None:
-        pass
-
-
-class TorchCudaMemory(CudaMemory):
-    library = "torch"
-
-    def __init__(self, device: int = 0):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda sees no GPU")
-        self.torch = torch
-        self.device = torch.device("cuda", device)
-        torch.cuda.set_device(self.device)
-        self.stream = torch.cuda.Stream(self.device)
-        self._pinned: dict[int, object] = {}  # host pointer -> pinned torch tensor owning it
-
-    def _dtype(self, dtype):
-        return self.torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-
-    def device_empty(self, shape, dtype):
-        return self.torch.empty(tuple(shape), dtype=self._dtype(dtype), device=self.device)
-
-    def device_ptr(self, buf) -> int:
-        return int(buf.data_ptr())
-
-    def host_empty(self, shape, dtype) -> np.ndarray:
-        tensor = self.torch.empty(tuple(shape), dtype=self._dtype(dtype)).pin_memory()
-        array = tensor.numpy()
-        self._pinned[array.ctypes.data] = tensor
-        return array
-
-    def _host(self, array: np.ndarray):
-        return self._pinned.get(array.ctypes.data) if array.ctypes.data in self._pinned else self.torch.from_numpy(array)
-
-    def h2d(self, dev, host):
-        with self.torch.cuda.stream(self.stream):
-            dev.copy_(self._host(host), non_blocking=True)
-
-    def d2h(self, host, dev):
-        with self.torch.cuda.stream(self.stream):
-            self._host(host).copy_(dev, non_blocking=True)
-
-    def close(self):
-        self._pinned.clear()
-
-    def event(self):
-        return self.torch.cuda.Event(enable_timing=True)
-
-    def record(self, event):
-        event.record(self.stream)
-
-    def elapsed_ms(self, start, end) -> float:
-        return float(start.elapsed_time(end))
-
-    def synchronize(self):
-        self.stream.synchronize()
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.cuda_stream)
-
-
-class CudaPythonMemory(CudaMemory):
-    """NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
-
-    library = "cuda-python"
-
-    def __init__(self, device: int = 0):
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # older cuda-python
-        self.cudart = cudart
-        self._call(cudart.cudaSetDevice(device))
-        self.stream = self._call(cudart.cudaStreamCreate())
-        self._device_bufs: list[int] = []
-        self._host_bufs: list[int] = []
-
-    def _call(self, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != self.cudart.cudaError_t.cudaSuccess:
-            name = getattr(err, "name", str(err))
-            raise RuntimeError(f"CUDA runtime error {name}")
-        return rest[0] if len(rest) == 1 else (rest or None)
-
-    def device_empty(self, shape, dtype):
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        ptr = int(self._call(self.cudart.cudaMalloc(max(nbytes, 1))))
-        self._device_bufs.append(ptr)
-        return ptr
-
-    def device_ptr(self, buf) -> int:
-        return int(buf)
-
-    def host_empty(self, shape, dtype) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
-        ptr = int(self._call(self.cudart.cudaMallocHost(max(count * dtype.itemsize, 1))))
-        self._host_bufs.append(ptr)
-        raw = (ctypes.c_byte * (count * dtype.itemsize)).from_address(ptr)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-
-    def h2d(self, dev, host):
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call(self.cudart.cudaMemcpyAsync(int(dev), host.ctypes.data, host.nbytes, kind, self.stream))
-
-    def d2h(self, host, dev):
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call(self.cudart.cudaMemcpyAsync(host.ctypes.data, int(dev), host.nbytes, kind, self.stream))
-
-    def event(self):
-        return self._call(self.cudart.cudaEventCreate())
-
-    def record(self, event):
-        self._call(self.cudart.cudaEventRecord(event, self.stream))
-
-    def elapsed_ms(self, start, end) -> float:
-        return float(self._call(self.cudart.cudaEventElapsedTime(start, end)))
-
-    def synchronize(self):
-        self._call(self.cudart.cudaStreamSynchronize(self.stream))
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream)
-
-    def close(self):
-        for ptr in self._device_bufs:
-            self.cudart.cudaFree(ptr)
-        for ptr in self._host_bufs:
-            self.cudart.cudaFreeHost(ptr)
-        self._device_bufs, self._host_bufs = [], []
-
-
-class CupyMemory(CudaMemory):
-    library = "cupy"
-
-    def __init__(self, device: int = 0):
-        import cupy
-        import cupyx
-
-        self.cupy, self.cupyx = cupy, cupyx
-        cupy.cuda.Device(device).use()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-
-    def device_empty(self, shape, dtype):
-        return self.cupy.empty(tuple(shape), dtype=dtype)
-
-    def device_ptr(self, buf) -> int:
-        return int(buf.data.ptr)
-
-    def host_empty(self, shape, dtype) -> np.ndarray:
-        return self.cupyx.empty_pinned(tuple(shape), dtype=dtype)
-
-    def h2d(self, dev, host):
-        dev.set(host, stream=self.stream)
-
-    def d2h(self, host, dev):
-        dev.get(stream=self.stream, out=host)
-
-    def event(self):
-        return self.cupy.cuda.Event()
-
-    def record(self, event):
-        event.record(self.stream)
-
-    def elapsed_ms(self, start, end) -> float:
-        return float(self.cupy.cuda.get_elapsed_time(start, end))
-
-    def synchronize(self):
-        self.stream.synchronize()
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.ptr)
-
-
-_MEMORY_CLASSES = {"torch": TorchCudaMemory, "cuda-python": CudaPythonMemory, "cupy": CupyMemory}
-
-
-def open_cuda_memory(device: int = 0, prefer: str | None = None) -> CudaMemory:
-    """The first CUDA memory library that works here; RunnerUnavailable listing why each one did not."""
-    order = [prefer] if prefer else list(CUDA_LIBRARIES)
-    reasons = []
-    for name in order:
-        if name not in _MEMORY_CLASSES:
-            raise UserError(f"Unknown CUDA memory library '{name}'; choose one of {', '.join(CUDA_LIBRARIES)}.")
-        try:
-            return _MEMORY_CLASSES[name](device)
-        except Exception as exc:  # noqa: BLE001 - ImportError, no GPU, driver errors alike
-            reasons.append(f"{name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]}")
-    raise RunnerUnavailable("The trt backend needs CUDA memory from torch (CUDA build), cuda-python or CuPy, and none "
-                            f"works here ({'; '.join(reasons)}); pip install cuda-python.")
-
-
-# ------------------------------------------------------------------------------------ runner
 
 def _make_logger(trt):
     class _Logger(trt.ILogger):
@@ -269,19 +47,16 @@ def _make_logger(trt):
     return _Logger()
 
 
-def load_plugin_library(trt, library: str | os.PathLike) -> object:
-    """Register a plugin library with TensorRT (``IPluginRegistry.load_library``, TensorRT >= 10),
-    falling back to a global ``dlopen`` for libraries that register their creators statically."""
-    path = str(Path(library).resolve())
-    if not Path(path).exists():
-        raise UserError(f"The engine needs the plugin library {path}, which does not exist; build it with "
+def load_plugin_library(trt, library: str | os.PathLike):
+    """Make the engine's plugin known to TensorRT before deserializing (checked; no silent fallback)."""
+    from ulsam_deploy.backends.trt.plugins import ensure_plugin_library
+    from ulsam_deploy.backends.trt.runtime import version_of
+
+    path = Path(library)
+    if not path.exists():
+        raise UserError(f"The engine needs the plugin library {path.resolve()}, which does not exist; build it with "
                         "'ulsam-deploy build-plugin' or rebuild the engine without --plugin.")
-    registry = trt.get_plugin_registry()
-    if hasattr(registry, "load_library"):
-        handle = registry.load_library(path)
-        if handle is not None:
-            return handle
-    return ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    return ensure_plugin_library(trt.get_plugin_registry(), path, version_of(trt))
 
 
 def _sidecar_precision(sidecar: dict) -> str:
@@ -297,10 +72,10 @@ class TrtRunner(Runner):
     name = "trt"
 
     def __init__(self, engine: str | os.PathLike, device: int = 0, *, sidecar: dict | None = None,
-                 runtime=None, check: bool = True, cuda: CudaMemory | str | None = None, trt_module=None,
+                 runtime=None, check: bool = True, cuda: CudaMemory | None = None, trt_module=None,
                  warn: Callable[[str], None] | None = None):
-        """``runtime`` (a :class:`ulsam_deploy.backends.trt.compat.RuntimeInfo`), ``trt_module`` and ``cuda`` are
-        injectable for tests; by default they are probed on this machine."""
+        """``runtime`` (a :class:`ulsam_deploy.backends.trt.compat.RuntimeInfo`), ``trt_module`` and ``cuda`` (a
+        :class:`CudaMemory`, then owned by the caller) can be given; by default they are probed here."""
         self.engine_path = Path(engine)
         self.device = int(device)
         self.sidecar = sidecar
@@ -363,13 +138,14 @@ class TrtRunner(Runner):
         sidecar = self.sidecar or {}
         self.precision = _sidecar_precision(sidecar)
         if self.cuda is None:
-            self.cuda = (self._cuda_choice if isinstance(self._cuda_choice, CudaMemory)
-                         else open_cuda_memory(self.device, self._cuda_choice))
+            try:
+                self.cuda = self._cuda_choice if self._cuda_choice is not None else open_cuda_memory(self.device)
+            except BackendUnavailable as exc:
+                raise RunnerUnavailable(str(exc)) from exc
         plugin = sidecar.get("plugin") or {}
         if plugin.get("library"):
             self.plugin = load_plugin_library(trt, plugin["library"])
-        if plugin.get("python_module"):  # Python (QDP) plugins register on import
-            importlib.import_module(plugin["python_module"])
+        # an engine of the Python (QDP) route embeds its AOT kernel: nothing to register at run time
         self.logger = _make_logger(trt)
         self.trt_runtime = trt.Runtime(self.logger)
         self.engine = self.trt_runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
@@ -490,10 +266,9 @@ class TrtRunner(Runner):
         self.context = None
         self.engine = None
         self._buffers.clear()
-        if self.cuda is not None and not isinstance(self._cuda_choice, CudaMemory):
+        if self.cuda is not None and self._cuda_choice is None:
             self.cuda.close()
         self.cuda = None
 
 
-__all__ = ["CudaMemory", "CudaPythonMemory", "CupyMemory", "TorchCudaMemory", "TrtRunner", "load_plugin_library",
-           "open_cuda_memory"]
+__all__ = ["TrtRunner", "load_plugin_library"]

@@ -3,11 +3,11 @@
 :func:`plan_build` turns :class:`BuildOptions` + what the ONNX says (:class:`OnnxInfo`) + the
 TensorRT version into a :class:`BuildPlan` (plain data: flag names, pool sizes, profile shapes),
 refusing impossible combinations with one sentence each. :func:`apply_plan` then makes exactly
-these calls on TensorRT objects. Tests drive both without TensorRT (a fake module records the
-calls of :func:`apply_plan`); that checks our mapping only, never that an engine builds.
+these calls on TensorRT objects. The tests make these calls on fakes built from TensorRT's real
+classes (10.3.0, 10.16.1, 11.4.0 Python bindings: names, keywords, argument types and enum members
+are TensorRT's); that checks our mapping, never that an engine builds.
 
-TensorRT Python API used here, checked against the 10.3 and 11.1 bindings
-(NVIDIA/TensorRT python/src/infer/pyCore.cpp at tags v10.3.0 and v11.1):
+TensorRT Python API used here (same names in 10.3 and 11.x):
 
 - ``Builder.create_network(flags)``; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists in
   both (10.x: opt-in; 11.x: "deprecated: always enabled"); ``EXPLICIT_BATCH`` is deprecated and
@@ -18,7 +18,8 @@ TensorRT Python API used here, checked against the 10.3 and 11.1 bindings
   ``create_timing_cache(bytes)`` / ``set_timing_cache(cache, ignore_mismatch)`` /
   ``get_timing_cache()``, ``progress_monitor`` (10.0+): same names in 10.3 and 11.1.
 - ``BuilderFlag.FP16`` / ``INT8`` exist in 10.x only (removed in 11.0 with weak typing);
-  ``GPU_FALLBACK`` exists in both.
+  ``GPU_FALLBACK`` and ``TF32`` exist in both. ``TF32`` is on by default, so fp32 layers would run
+  TF32 math on Ampere and Orin: the plan clears it (``clear_flag``) unless ``--tf32``.
 - ``Builder.create_optimization_profile()`` + ``IOptimizationProfile.set_shape(name, min, opt, max)``;
   ``Builder.num_DLA_cores``.
 """
@@ -36,6 +37,7 @@ from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.runtime import parse_version
 
 PLUGIN_ROUTES = ("auto", "lib", "python")
+ONNX_OPSET_MAX_TRT10 = 20  # onnx-tensorrt 10.x documents ONNX opsets 9 to 20
 OPT_LEVELS = range(0, 6)
 
 
@@ -83,6 +85,7 @@ class BuildOptions:
     weakly_typed: bool = False  # TensorRT 10 only: let the builder choose precisions (with fp16/int8 flags)
     fp16: bool = False
     int8: bool = False
+    tf32: bool = False  # let fp32 layers use TF32 math (BuilderFlag.TF32, TensorRT's default); cleared otherwise
     force: bool = False
     verbose: bool = False
 
@@ -97,6 +100,10 @@ class BuildOptions:
             raise UserError(f"--dla-core must be 0 or more, not {self.dla_core}.")
         if self.gpu_fallback and self.dla_core is None:
             raise UserError("--gpu-fallback only applies with --dla-core N (layers DLA cannot run go to the GPU).")
+        if self.dla_core is not None and (self.plugin is not None or self.plugin_lib is not None) \
+                and not self.gpu_fallback:
+            raise UserError("The SubspaceAttention plugin runs on the GPU only, so --dla-core with --plugin fails "
+                            "without GPU fallback; add --gpu-fallback, or drop --dla-core.")
         if (self.fp16 or self.int8) and not self.weakly_typed:
             flag = "--fp16" if self.fp16 else "--int8"
             raise UserError(f"{flag} is a builder flag of TensorRT 10's weakly typed mode; add --weakly-typed, or put "
@@ -187,6 +194,8 @@ class BuildPlan:
     timing_cache: Path | None
     precision: str  # what the engine computes in, in words
     warnings: list[str] = field(default_factory=list)
+    clear_flags: list[str] = field(default_factory=list)  # BuilderFlags on by default that the plan turns off
+    tf32: bool = False
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -209,6 +218,10 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
         raise UserError(f"TensorRT {trt_version} is installed; build-trt needs TensorRT 10 or 11 (JetPack 6.1 and "
                         "6.2 ship 10.3; on x86 'pip install -U tensorrt').")
     warnings: list[str] = []
+    if major == 10 and info.opset is not None and info.opset > ONNX_OPSET_MAX_TRT10:
+        raise UserError(f"'{info.path.name}' uses ONNX opset {info.opset} and TensorRT {trt_version}'s ONNX parser "
+                        f"supports opsets 9 to {ONNX_OPSET_MAX_TRT10}; re-export it with 'ulsam-deploy export --opset "
+                        f"{ONNX_OPSET_MAX_TRT10}' (or build with TensorRT 11).")
     if options.weakly_typed and major is not None and major >= 11:
         raise UserError(f"TensorRT {trt_version} builds strongly typed networks only (weak typing and the "
                         "--fp16/--int8 builder flags were removed in 11.0); drop --weakly-typed and convert the ONNX "
@@ -227,13 +240,19 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
     if python_plugin and version and version >= (10, 9):
         network_flags.append("PREFER_AOT_PYTHON_PLUGINS")  # ahead-of-time QDP kernels: engine runs without Python
     builder_flags = []
+    int8 = options.int8
     if options.weakly_typed:
         if options.fp16:
             builder_flags.append("FP16")
-        if options.int8:
+        # TensorRT 10 needs BuilderFlag.INT8 to build a weakly typed network that has Q/DQ nodes
+        int8 = int8 or info.has_qdq
+        if int8:
             builder_flags.append("INT8")
     precision = (f"weakly typed, TensorRT chooses among fp32{'/fp16' if options.fp16 else ''}"
-                 f"{'/int8' if options.int8 else ''}") if options.weakly_typed else f"{info.precision} (from the ONNX)"
+                 f"{'/int8' if int8 else ''}") if options.weakly_typed else f"{info.precision} (from the ONNX)"
+    if options.tf32:
+        precision += ", TF32 allowed for fp32 layers"
+    clear_flags = [] if options.tf32 else ["TF32"]  # TF32 is on by default: "fp32" would not be fp32
 
     # shapes: only the batch axis may be dynamic (our exports), and then a profile is required
     profile, static = {}, {}
@@ -274,7 +293,7 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
             warnings.append("DLA needs static shapes; with a batch range its layers fall back to the GPU "
                             "(or fail without --gpu-fallback): prefer --batch N.")
         if options.plugin:
-            warnings.append("The SubspaceAttention plugin runs on the GPU; with DLA it needs --gpu-fallback.")
+            warnings.append("The SubspaceAttention plugin layers run on the GPU (--gpu-fallback).")
         device, dla_core = "DLA", int(options.dla_core)
         if options.gpu_fallback:
             builder_flags.append("GPU_FALLBACK")
@@ -284,7 +303,8 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
 
     pools = {"WORKSPACE": int(options.workspace_mib) << 20} if options.workspace_mib else {}
     return BuildPlan(major or 0, not options.weakly_typed, network_flags, builder_flags, pools, options.opt_level,
-                     profile or None, static, device, dla_core, options.timing_cache, precision, warnings)
+                     profile or None, static, device, dla_core, options.timing_cache, precision, warnings,
+                     clear_flags=clear_flags, tf32=bool(options.tf32))
 
 
 # ---------------------------------------------------------------------------------- applying
@@ -319,6 +339,11 @@ def apply_plan(trt, builder, config, plan: BuildPlan, timing_cache_bytes: bytes 
             raise UserError(f"This TensorRT has no BuilderFlag.{name} (TensorRT 11 removed FP16/INT8); see --help.")
         config.set_flag(flag)
         applied.setdefault("builder_flags", []).append(name)
+    for name in plan.clear_flags:
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is not None:
+            config.clear_flag(flag)
+            applied.setdefault("cleared_builder_flags", []).append(name)
     if plan.profile:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in plan.profile.items():
@@ -373,6 +398,8 @@ def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOpt
         args.append("--fp16")
     if options.int8:
         args.append("--int8")
+    if options.tf32:
+        args.append("--tf32")
     args.append("--force")
     return shlex.join(args)
 
