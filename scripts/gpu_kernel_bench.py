@@ -67,7 +67,7 @@ def peak_dram_gbs() -> float | None:
 
 def driver_version() -> str | None:
     try:
-        from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+        from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
 
         return probe_cuda_driver().driver_version
     except Exception:  # noqa: BLE001

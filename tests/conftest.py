@@ -9,6 +9,18 @@ import pytest
 os.environ.setdefault("COLUMNS", "160")
 
 
+def _has_cuda_gpu() -> bool:
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
+
+    return bool(probe_cuda_driver().gpus)
+
+
+# Triton reads TRITON_INTERPRET when triton.language is first imported: set it before any test module imports
+# triton, so the kernel runs in the CPU interpreter wherever there is no GPU (AOT tests use clean subprocesses)
+if not _has_cuda_gpu():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "trt_api(min=None, below=None): runs on TensorRT's real Python bindings, once "
                                        "per version of the matrix in tests/test_trt_bindings.py (skipped elsewhere "

@@ -26,7 +26,7 @@ from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, EngineMismat
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
 RTX4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30, False)
-REBUILD = "ulsam-deploy build-trt model.onnx -o model.engine --batch 1:4:8"
+REBUILD = "ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:4:8"
 PLUGIN_KEY = ("SubspaceAttention", "1", "ulsam")
 
 

@@ -24,8 +24,8 @@ def _need(fn, *args):
 
 def _onnx_logits(model, info, images, path, batch=250):
     result = export_model(model, info, path, ExportOptions())
-    assert result.max_abs < 1e-4
-    with OrtRunner(result.onnx_path) as runner:
+    assert result.verdict.max_abs < 1e-4
+    with OrtRunner(result.path) as runner:
         return np.concatenate([runner.infer(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 

@@ -66,7 +66,7 @@ def test_export_wrong_architecture_for_foreign_checkpoint(cli_runner, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--opset", "5"], "Opset 5"), (["--batch", "0"], "--batch"), (["--exporter", "x"], "exporter"),
+    (["--opset", "5"], "Opset 5"), (["--static-batch", "0"], "--static-batch"), (["--exporter", "x"], "exporter"),
 ])
 def test_export_bad_flag_values(cli_runner, ckpt, tmp_path, args, needle):
     result = cli_runner.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "o.onnx"), *args])

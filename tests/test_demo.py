@@ -27,7 +27,7 @@ def test_demo_quick_end_to_end(cli_runner, tmp_path):
     summary = json.loads((out / "demo.json").read_text())
     assert summary["passed"] is True and summary["model"]["name"] == "fashion-mnist"
     steps = {s["name"]: s for s in summary["steps"]}
-    for name in ("load", "images", "export", "simplify", "bench"):
+    for name in ("load", "images", "export", "bench"):
         assert steps[name]["status"] == "ok", steps[name]
     # every optional capability is either done or skipped with a reason, never silently absent
     for name in ("fuse", "fp16", "int8"):
@@ -64,5 +64,5 @@ def test_demo_refuses_a_used_folder_and_unknown_models(cli_runner, tmp_path):
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     result = cli_runner.invoke(app, ["demo", "--model", "cifar", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "fashion-mnist" in result.output and not (tmp_path / "x").exists()
-    result = cli_runner.invoke(app, ["demo", "--batch", "0", "--out", str(tmp_path / "y")])
-    assert result.exit_code == 2 and "positive" in result.output and not (tmp_path / "y").exists()
+    result = cli_runner.invoke(app, ["demo", "--batch-sizes", "0", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "--batch-sizes must be integers" in result.output and not (tmp_path / "y").exists()

@@ -39,7 +39,7 @@ def test_versions_match_the_environment():
 
 
 def test_tensorrt_and_gpu_probed_for_real():
-    from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
 
     report = run_doctor(include_data=False)
     try:
@@ -82,7 +82,7 @@ def test_cli_table_and_json(cli_runner):
 
 def test_kernel_images_against_driver_and_gpu():
     """doctor says what the launcher will load: native cubin, PTX JIT, or nothing (old driver/GPU)."""
-    from ulsam_deploy.backends.trt.cuda_driver import CudaDriverInfo, GpuInfo
+    from ulsam_deploy.backends.trt.cuda import CudaDriverInfo, GpuInfo
     from ulsam_deploy.doctor import check_kernel_images
 
     def info(version, cc):

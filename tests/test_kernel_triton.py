@@ -13,8 +13,6 @@ bigger versions of the 112x112 and G=512 cases (still run in CI, ~1 min).
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -26,28 +24,13 @@ if importlib.util.find_spec("triton") is None:
 HAVE_CUDA = torch.cuda.is_available()
 
 
-def _import_interpreted_triton():
-    """TRITON_INTERPRET must be set before triton.language is first imported (its own @jit
-    helpers such as tl.zeros are built then). If something imported triton earlier in this
-    session, drop those modules and import them again in interpreter mode."""
-    os.environ["TRITON_INTERPRET"] = "1"
-    std = sys.modules.get("triton.language.standard")
-    if std is not None and type(std.zeros).__name__ != "InterpretedFunction":
-        for name in [m for m in sys.modules
-                     if m == "triton" or m.startswith("triton.")
-                     or m == "ulsam_deploy.kernels.triton_kernel"]:
-            del sys.modules[name]
-
-
-if not HAVE_CUDA:
-    _import_interpreted_triton()
-
 from ulsam_deploy.kernels import plan as P  # noqa: E402
 from ulsam_deploy.kernels import reference as R  # noqa: E402
 from ulsam_deploy.kernels import triton_kernel as SA  # noqa: E402
 
-if not HAVE_CUDA:
-    assert SA.is_interpreted(), "the Triton interpreter could not be enabled"
+if not HAVE_CUDA and not SA.is_interpreted():
+    pytest.skip("no GPU and Triton was imported without TRITON_INTERPRET=1 (tests/conftest.py sets it)",
+                allow_module_level=True)
 
 DEVICE = "cuda" if HAVE_CUDA else "cpu"
 EPS32 = float(np.finfo(np.float32).eps)

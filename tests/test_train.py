@@ -66,7 +66,7 @@ def test_one_epoch_on_a_slice_learns(tmp_path):
 
     for ckpt in (result.final_checkpoint, tmp_path / "run" / "epoch_001.pt"):  # epoch checkpoints export too
         exported = export_checkpoint(ckpt, tmp_path / f"{ckpt.stem}.onnx", ExportOptions(simplify=False))
-        assert exported.max_abs < 1e-4
+        assert exported.verdict.max_abs < 1e-4
 
 
 @needs_fmnist

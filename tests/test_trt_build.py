@@ -16,7 +16,7 @@ import pytest
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
                                      read_engine_sidecar)
-from ulsam_deploy.backends.trt.cuda_driver import GpuInfo
+from ulsam_deploy.backends.trt.cuda import GpuInfo
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
 RTX4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30, False)
@@ -26,7 +26,7 @@ A100 = GpuInfo(0, "NVIDIA A100-SXM4-40GB", "8.0", 40 << 30, False)
 
 def engine_sidecar(version="10.3.0.30", gpu=ORIN, **build) -> dict:
     return {"format": ENGINE_SIDECAR_FORMAT, "engine": "model.engine",
-            "rebuild_command": "ulsam-deploy build-trt model.onnx -o model.engine --batch 1:8:32",
+            "rebuild_command": "ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:8:32",
             "tensorrt": {"version": version}, "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
             "build": build}
 
@@ -44,7 +44,7 @@ def test_other_tensorrt_version_is_refused_with_rebuild_command(running):
         check_engine_compat(engine_sidecar(), runtime=RuntimeInfo(running, ORIN))
     message = str(err.value)
     assert "10.3.0.30" in message and running in message and "TensorRT version" in message
-    assert message.endswith("ulsam-deploy build-trt model.onnx -o model.engine --batch 1:8:32")
+    assert message.endswith("ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:8:32")
     assert "\n" not in message and err.value.exit_code != 0
 
 
@@ -232,7 +232,7 @@ def test_shape_mistakes(tmp_path):
     static = info_of(tiny_onnx(tmp_path / "s.onnx", batch=2))
     assert plan_build(BuildOptions(), static, "10.3").static_shapes == {"input": (2, 3, 8, 8)}
     assert plan_build(BuildOptions(batch="2"), static, "10.3").profile is None
-    with pytest.raises(UserError, match="static batch of 2, so --batch 1:8:32 cannot apply"):
+    with pytest.raises(UserError, match="static batch of 2, so --batch-profile 1:8:32 cannot apply"):
         plan_build(BuildOptions(batch="1:8:32"), static, "10.3")
     spatial = tiny_onnx(tmp_path / "hw.onnx")
     model = onnx.load(spatial)
@@ -272,7 +272,7 @@ def test_rebuild_command_reproduces_options(tmp_path):
     options = BuildOptions(batch="1:8:32", workspace_mib=256, opt_level=4, timing_cache=tmp_path / "t.cache",
                            dla_core=0, gpu_fallback=True, weakly_typed=True, fp16=True)
     cmd = rebuild_command("m v.onnx", "m.engine", options)
-    assert cmd.startswith("ulsam-deploy build-trt 'm v.onnx' -o m.engine --batch 1:8:32 --workspace 256 --opt-level 4")
+    assert cmd.startswith("ulsam-deploy build-trt 'm v.onnx' -o m.engine --batch-profile 1:8:32 --workspace 256 --opt-level 4")
     assert "--dla-core 0 --gpu-fallback" in cmd and "--weakly-typed --fp16" in cmd and cmd.endswith("--force")
 
 
@@ -514,7 +514,7 @@ def test_parser_errors_mapped_to_sentences():
 
 
 @pytest.mark.parametrize("log,expect", [
-    ("Network has dynamic or shape inputs, but no optimization profile has been defined.", "--batch MIN:OPT:MAX"),
+    ("Network has dynamic or shape inputs, but no optimization profile has been defined.", "--batch-profile MIN:OPT:MAX"),
     ("Requested amount of GPU memory (1073741824 bytes) could not be allocated. out of memory", "--workspace"),
     ("Layer foo is not supported on DLA and GPU fallback is disabled.", "--gpu-fallback"),
     ("CUDA initialization failure with error: 35", "could not initialise CUDA"),
@@ -531,7 +531,7 @@ PLUGIN_KEY = ("SubspaceAttention", "1", "ulsam")
 
 
 def P_sha(path):
-    from ulsam_deploy.passes.common import sha256_file
+    from ulsam_deploy.artifacts import sha256_file
 
     return sha256_file(path)
 
@@ -714,7 +714,7 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     assert data["profiles"] == [{"input": "input", "min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8]}]
     assert data["onnx"]["sha256"] == P_sha(model) and data["engine_sha256"] == P_sha(tmp_path / "m.engine")
     assert data["build"]["timing_cache"] == {"path": str(cache), "loaded_bytes": 8, "saved_bytes": 14}
-    assert data["rebuild_command"].startswith(f"ulsam-deploy build-trt {model} -o {tmp_path / 'm.engine'} --batch 1:2:4")
+    assert data["rebuild_command"].startswith(f"ulsam-deploy build-trt {model} -o {tmp_path / 'm.engine'} --batch-profile 1:2:4")
     with pytest.raises(UserError, match="already exists; pass --force"):
         build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1:2:4"))
     b2 = Build(trt, monkeypatch)
@@ -747,7 +747,7 @@ def _real_tensorrt_and_gpu() -> str | None:
         import tensorrt  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return f"TensorRT is not installed ({type(exc).__name__})"
-    from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
 
     driver = probe_cuda_driver()
     return None if driver.available else f"no usable GPU: {driver.error}"
@@ -788,15 +788,15 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
     model = tiny_onnx(tmp_path / "m.onnx")
     engine = tmp_path / "m.engine"
     if _no_real_tensorrt():
-        result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch", "1:2:4"])
+        result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch-profile", "1:2:4"])
         line = _one_error_line(result.output)
         assert result.exit_code == 4 and "TensorRT's Python package is not installed" in line
         assert "pip install tensorrt" in line or "python3-libnvinfer" in line
     for args, code, text in (
-            (["--batch", "4:2:1"], 2, "1 <= MIN <= OPT <= MAX"),
-            (["--batch", "1", "--fp16"], 2, "--weakly-typed"),
-            (["--batch", "1", "--gpu-fallback"], 2, "--dla-core"),
-            (["--batch", "1", "--opt-level", "9"], 2, "0 to 5"),
+            (["--batch-profile", "4:2:1"], 2, "1 <= MIN <= OPT <= MAX"),
+            (["--batch-profile", "1", "--fp16"], 2, "--weakly-typed"),
+            (["--batch-profile", "1", "--gpu-fallback"], 2, "--dla-core"),
+            (["--batch-profile", "1", "--opt-level", "9"], 2, "0 to 5"),
             ([], 2, "pass --batch"),
     ):
         result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine)] + args)
@@ -804,7 +804,7 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
     result = cli_runner.invoke(app, ["build-trt", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
     engine.write_bytes(b"old")
-    result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch", "1"])
+    result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch-profile", "1"])
     assert result.exit_code == 2 and "--force" in _one_error_line(result.output) and engine.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.onnx"]
 
@@ -817,7 +817,7 @@ def test_cli_build_trt_shows_parser_errors_in_full(trt, cli_runner, tmp_path, mo
         ("UNSUPPORTED_NODE", "No importer registered for op: Foo. Attempting to import as plugin.", 2, "foo_1", "Foo"),
         ("UNSUPPORTED_NODE", "creator for Foo version 1 not found", 2, "foo_1", "Foo")])
     model = tiny_onnx(tmp_path / "m.onnx")
-    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch", "1"])
+    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch-profile", "1"])
     assert result.exit_code == 2
     assert "No importer registered for op: Foo" in result.output and "creator for Foo version 1 not found" in result.output
     assert "does not support op Foo (node 'foo_1')" in _one_error_line(result.output)
@@ -830,7 +830,7 @@ def test_cli_build_trt_tf32_flag(trt, cli_runner, tmp_path, monkeypatch):
 
     b = Build(trt, monkeypatch)
     model = tiny_onnx(tmp_path / "m.onnx")
-    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch", "1", "--tf32"])
+    result = cli_runner.invoke(app, ["build-trt", str(model), "--batch-profile", "1", "--tf32"])
     assert result.exit_code == 0, result.output
     assert not any(c[0] == "clear_flag" for c in b.config.method_calls)
     assert json.loads((tmp_path / "m.engine.json").read_text())["build"]["tf32"] is True
@@ -842,7 +842,7 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     pytest.importorskip("onnxruntime_extensions")
     from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
     from ulsam_deploy.passes.common import fit_ir_version
-    from ulsam_deploy.passes.precision import to_fp16
+    from ulsam_deploy.passes.fp16 import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
     from ulsam_deploy.backends.trt import build as trt_build

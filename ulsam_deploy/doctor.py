@@ -166,7 +166,7 @@ def check_kernel_images(driver=None) -> Check:
     version = (f"PTX ISA {manifest.get('ptx_version')} (driver >= CUDA {manifest.get('ptx_min_driver')}), "
                f"cubins sm_{min(archs)}..sm_{max(archs)}" if archs else None)
     if driver is None:
-        from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+        from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
 
         driver = probe_cuda_driver()
     if not driver.available or not driver.gpus:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
 from ulsam_deploy.backends.judge import PRECISIONS, Tolerances, Verdict, accuracy, judge, tolerances_for
@@ -296,6 +298,14 @@ class BenchOptions:
             raise UserError(f"--threads must be at least 1, not {self.threads}.")
         if self.num_inputs is not None and int(self.num_inputs) < 1:
             raise UserError(f"--num-inputs must be at least 1, not {self.num_inputs}.")
+        if self.std is not None and not all(np.isfinite(s) and s > 0 for s in self.std):
+            raise UserError(f"--std values must be positive, not {list(self.std)}.")
+        if self.mean is not None and not all(np.isfinite(m) for m in self.mean):
+            raise UserError(f"--mean values must be finite numbers, not {list(self.mean)}.")
+        if self.inputs is None and any(v is not None for v in (self.mean, self.std, self.resize, self.crop_pct,
+                                                               self.label_regex)):
+            raise UserError("--mean, --std, --resize, --crop-pct and --label-regex describe images: use them with "
+                            "--inputs (random inputs are already normalized).")
         if int(self.parity_batch) < 1:
             raise UserError(f"--parity-batch must be at least 1, not {self.parity_batch}.")
 
@@ -532,7 +542,7 @@ def machine_info() -> dict:
 
     info["int8"] = int8_capabilities().to_dict()
     try:
-        from ulsam_deploy.backends.trt.cuda_driver import probe_cuda_driver
+        from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
 
         driver = probe_cuda_driver()
         info["cuda_driver"] = driver.driver_version

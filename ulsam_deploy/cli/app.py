@@ -44,7 +44,7 @@ def main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    STATE["debug"] = STATE["debug"] or debug
+    STATE["debug"] = debug or STATE.pop("debug_anywhere", False)
 
 
 def handle_errors(fn):
@@ -99,7 +99,7 @@ def run(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     cut = args.index("--") if "--" in args else len(args)
     if "--debug" in args[:cut]:
-        STATE["debug"] = True
+        STATE["debug_anywhere"] = True
         args = [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

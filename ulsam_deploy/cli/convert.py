@@ -28,17 +28,19 @@ def convert(
     verify_limit: Optional[int] = typer.Option(None, "--verify-limit", help="Verification images to use at most [default: all]."),
     min_agreement: float = typer.Option(0.995, "--min-agreement", help="fp16 gate: top-1 agreement with fp32."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="int8 gate: top-1 accuracy points lost against fp32."),
+    threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a tolerance of the gate, as bench's --threshold: KEY=VALUE or PRECISION:KEY=VALUE."),
     fuse: bool = typer.Option(False, "--fuse", help="Fuse ULSAM blocks into SubspaceAttention (int8: after quantizing)."),
     threads: Optional[int] = ThreadsOpt,
     force: bool = ForceOpt,
 ) -> None:
     """fp16 or int8 ONNX, verified on real images with ONNX Runtime exactly as the artifact will run."""
+    from ulsam_deploy.backends.judge import parse_tolerance_overrides
     from ulsam_deploy.steps.convert import ConvertOptions, convert_file
 
     options = ConvertOptions(precision=precision, target=target, io=io, fuse=fuse, force=force,
                              min_agreement=min_agreement, max_drop=max_drop, calib_method=calib_method,
                              calib_limit=calib_limit, verify_limit=verify_limit, reduce_range=reduce_range,
-                             threads=threads)
+                             threads=threads, tolerances=parse_tolerance_overrides(threshold))
     result = convert_file(model, output, options, calib_data=calib_data, verify_data=verify_data, events=RichEvents())
     verdict, info = result.verdict, result.report["verification"]
     main = verdict.main

@@ -227,13 +227,36 @@ def io_specs(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
     return [spec(v) for v in graph_inputs(model)], [spec(v) for v in model.graph.output]
 
 
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor (shape inference, with the fused op seen as the Identity it is type-wise)."""
+    see_through = onnx.ModelProto()
+    see_through.CopyFrom(model)
+    for node in see_through.graph.node:
+        if node.op_type == op_spec.OP_TYPE and len(node.input) >= 1:
+            del node.attribute[:]
+            del node.input[1:]
+            node.op_type, node.domain = "Identity", ""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(see_through, strict_mode=False)
+    except Exception:  # noqa: BLE001 - types are a convenience: fall back to what the file declares
+        inferred = see_through
+    graph = inferred.graph
+    types = {}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
 def graph_facts(model: onnx.ModelProto) -> dict:
     """What a sidecar records about a graph: opset, IR version, node and op counts, fused nodes."""
     return {"opset": opset_of(model), "ir_version": int(model.ir_version), "nodes": len(model.graph.node),
             "ops": op_counts(model), "fused_nodes": len(fused_nodes(model))}
 
 
-__all__ = ["INT8_TARGET_KEY", "check_model", "dims_of", "eliminate_dead_code", "fit_ir_version", "fused_nodes",
+__all__ = ["INT8_TARGET_KEY", "check_model", "dims_of", "elem_types", "eliminate_dead_code", "fit_ir_version", "fused_nodes",
            "graph_facts", "graph_inputs", "int8_target", "io_specs", "metadata", "name_nodes", "op_counts", "opset_of",
            "ort_max_ir_version", "precision_of", "set_metadata", "subgraph_reads", "tensor_names", "toposort",
            "unique_namer"]

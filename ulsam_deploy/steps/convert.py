@@ -43,6 +43,7 @@ class ConvertOptions:
     batch: int = 32  # images per ONNX Runtime call (calibration and verification)
     threads: int | None = None
     keep_ulsam_fp32: bool = True
+    tolerances: dict | None = None  # more overrides of the judge's tolerances, as bench's --threshold gives them
 
     def __post_init__(self) -> None:
         from ulsam_deploy.passes.int8 import CALIB_METHODS, TARGETS
@@ -74,8 +75,11 @@ class ConvertOptions:
         return self.calib_method or DEFAULT_CALIB_METHOD[self.target]
 
     def tolerance_overrides(self) -> dict:
-        """The gate flags as overrides of the one judge's tolerances."""
-        return {"fp16": {"min_top1_agreement": self.min_agreement}, "int8": {"max_top1_drop": self.max_drop / 100.0}}
+        """The gate flags as overrides of the one judge's tolerances (``tolerances`` applied last)."""
+        out = {"fp16": {"min_top1_agreement": self.min_agreement}, "int8": {"max_top1_drop": self.max_drop / 100.0}}
+        for scope, values in (self.tolerances or {}).items():
+            out.setdefault(scope, {}).update(values)
+        return out
 
 
 def default_output(source: Path, options: ConvertOptions) -> Path:

@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ulsam_deploy import op_spec
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.passes.common import tensor_names, unique_namer
+from ulsam_deploy.passes.common import elem_types, tensor_names, unique_namer
 
 _ORT_INPUTS = (op_spec.ATTR_DW_SCALE, op_spec.ATTR_DW_SHIFT, op_spec.ATTR_PW_WEIGHT, op_spec.ATTR_PW_BIAS)
 _lock = threading.Lock()
@@ -155,21 +155,6 @@ def _int_attr(node: onnx.NodeProto, name: str, default: int | None = None) -> in
     return default
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - types are a convenience here; fall back to what the file declares
-        inferred = model
-    graph = inferred.graph
-    types = {}
-    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    return types
-
-
 def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -197,7 +182,7 @@ def prepare_model(model: "str | os.PathLike | bytes | onnx.ModelProto") -> bytes
     if not is_fused(proto):
         return model if isinstance(model, (bytes, bytearray)) else proto.SerializeToString()
     graph = proto.graph
-    types = _elem_types(proto)
+    types = elem_types(proto)
     fresh = unique_namer(tensor_names(graph))
     new_nodes, new_inits = [], []
 

@@ -78,7 +78,7 @@ def explain_parser_errors(issues: list[ParserIssue], onnx_name: str, trt_version
                 f"({first.node_operator}); convert the fp32 export again with 'ulsam-deploy convert'.")
     if first.code == "UNSUPPORTED_NODE_DYNAMIC" or "dynamic" in text:
         return (f"Node '{first.node_name}' ({first.node_operator}) needs static shapes in TensorRT {trt_version}; "
-                "re-export with --batch N.")
+                "re-export with --static-batch N.")
     return f"TensorRT {trt_version}'s ONNX parser failed at node '{first.node_name}' ({first.node_operator}): {first.desc}."
 
 
@@ -86,11 +86,11 @@ def explain_build_failure(errors: list[str], trt_version: str, timing_cache: str
     """One sentence for a failed build_serialized_network, from the error lines TensorRT logged."""
     text = "\n".join(errors).lower()
     if "optimization profile" in text and ("dynamic" in text or "no optimization profile" in text):
-        return ("The network has a dynamic input and no usable optimization profile; pass --batch MIN:OPT:MAX "
+        return ("The network has a dynamic input and no usable optimization profile; pass --batch-profile MIN:OPT:MAX "
                 "(e.g. 1:8:32).")
     if "out of memory" in text or "insufficient memory" in text or "cudaerrormemoryallocation" in text \
             or ("workspace" in text and "memory" in text):
-        return "TensorRT ran out of GPU memory while building; raise --workspace, use a smaller --batch, or free GPU memory."
+        return "TensorRT ran out of GPU memory while building; raise --workspace, use a smaller --batch-profile, or free GPU memory."
     if "dla" in text and ("not supported" in text or "cannot run" in text or "unsupported" in text):
         return "Some layers cannot run on DLA; add --gpu-fallback (they then run on the GPU) or build without --dla-core."
     if "plugin" in text and ("not found" in text or "creator" in text or "could not find" in text):

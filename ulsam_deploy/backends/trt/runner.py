@@ -185,7 +185,7 @@ class TrtRunner(Runner):
         limits = self.batch_limits()
         if limits and not limits[0] <= batch_size <= limits[1]:
             raise UserError(f"'{self.engine_path}' accepts batch {limits[0]}..{limits[1]}, not {batch_size}; rebuild it "
-                            f"with 'ulsam-deploy build-trt --batch 1:{batch_size}:{max(batch_size, limits[1])}'.")
+                            f"with 'ulsam-deploy build-trt --batch-profile 1:{batch_size}:{max(batch_size, limits[1])}'.")
         shape = (batch_size,) + tuple(self.input_shape[1:])
         if not self.context.set_input_shape(self.input_name, shape):
             raise UserError(f"TensorRT rejected input shape {shape} for '{self.engine_path}'.")

@@ -57,11 +57,11 @@ class BatchProfile:
             return None
         parts = str(text).split(":")
         if len(parts) not in (1, 3) or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
-            raise UserError(f"--batch takes MIN:OPT:MAX (e.g. 1:8:32) or one size (e.g. 8), not '{text}'.")
+            raise UserError(f"--batch-profile takes MIN:OPT:MAX (e.g. 1:8:32) or one size (e.g. 8), not '{text}'.")
         values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
         lo, opt, hi = values
         if lo < 1 or not lo <= opt <= hi:
-            raise UserError(f"--batch {text} must satisfy 1 <= MIN <= OPT <= MAX.")
+            raise UserError(f"--batch-profile {text} must satisfy 1 <= MIN <= OPT <= MAX.")
         return cls(lo, opt, hi)
 
     def __str__(self) -> str:
@@ -265,14 +265,14 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
         if dyn:
             if options.batch is None:
                 raise UserError(f"Input '{inp.name}' has a dynamic batch axis and TensorRT needs an optimization "
-                                "profile for it; pass --batch MIN:OPT:MAX (e.g. --batch 1:8:32) or --batch N.")
+                                "profile for it; pass --batch-profile MIN:OPT:MAX (e.g. --batch-profile 1:8:32) or --batch-profile N.")
             b = options.batch
             profile[inp.name] = ((b.min,) + rest, (b.opt,) + rest, (b.max,) + rest)
         else:
             fixed = int(inp.dims[0]) if inp.dims else 1
             if options.batch is not None and not (options.batch.static and options.batch.min == fixed):
-                raise UserError(f"Input '{inp.name}' has a static batch of {fixed}, so --batch {options.batch} cannot "
-                                f"apply; drop --batch, or re-export without --batch for a dynamic batch axis.")
+                raise UserError(f"Input '{inp.name}' has a static batch of {fixed}, so --batch-profile {options.batch} cannot "
+                                f"apply; drop --batch-profile, or re-export without --static-batch for a dynamic batch axis.")
             static[inp.name] = tuple(int(d) for d in inp.dims)
 
     device, dla_core = "GPU", None
@@ -291,7 +291,7 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
             warnings.append(message + "; as is, every layer falls back to the GPU.")
         if profile and any(v[0] != v[2] for v in profile.values()):
             warnings.append("DLA needs static shapes; with a batch range its layers fall back to the GPU "
-                            "(or fail without --gpu-fallback): prefer --batch N.")
+                            "(or fail without --gpu-fallback): prefer --batch-profile N.")
         if options.plugin:
             warnings.append("The SubspaceAttention plugin layers run on the GPU (--gpu-fallback).")
         device, dla_core = "DLA", int(options.dla_core)
@@ -350,7 +350,7 @@ def apply_plan(trt, builder, config, plan: BuildPlan, timing_cache_bytes: bytes 
             profile.set_shape(name, lo, opt, hi)
         index = config.add_optimization_profile(profile)
         if index is not None and int(index) < 0:
-            raise UserError("TensorRT rejected the optimization profile (check --batch against the model's input).")
+            raise UserError("TensorRT rejected the optimization profile (check --batch-profile against the model's input).")
         applied["profiles"] = 1
     if plan.default_device == "DLA":
         config.default_device_type = trt.DeviceType.DLA
@@ -377,7 +377,7 @@ def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOpt
     """The ``ulsam-deploy build-trt`` command that reproduces this build (stored in the engine sidecar)."""
     args = ["ulsam-deploy", "build-trt", str(onnx_path), "-o", str(engine)]
     if options.batch:
-        args += ["--batch", str(options.batch)]
+        args += ["--batch-profile", str(options.batch)]
     if options.workspace_mib:
         args += ["--workspace", str(options.workspace_mib)]
     if options.opt_level is not None:
