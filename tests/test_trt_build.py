@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from ulsam_deploy.events import Events
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
                                      read_engine_sidecar)
@@ -613,7 +614,7 @@ def _no_real_tensorrt() -> bool:
 def test_build_without_tensorrt_writes_nothing(tmp_path):
     if not _no_real_tensorrt():
         pytest.skip("TensorRT is installed here")
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
     from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable
 
     model = tiny_onnx(tmp_path / "m.onnx")
@@ -625,9 +626,21 @@ def test_build_without_tensorrt_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+
+class _Details(Events):
+    """Events keeping the long texts (the parser's errors in full)."""
+
+    def __init__(self, sink: list):
+        self.sink = sink
+
+    def detail(self, text: str) -> None:
+        self.sink.append(text)
+
+
 @pytest.mark.trt_api
 def test_build_error_paths_on_the_real_api(trt, tmp_path, monkeypatch):
-    from ulsam_deploy.backends.trt.build import ParserFailed, build_engine
+    from ulsam_deploy.backends.trt.builder import ParserFailed
+    from ulsam_deploy.steps.build_trt import build_engine
 
     model = tiny_onnx(tmp_path / "m.onnx", fused=True)
     lib = tmp_path / "lib.so"
@@ -639,7 +652,8 @@ def test_build_error_paths_on_the_real_api(trt, tmp_path, monkeypatch):
          "SubspaceAttention")])
     shown = []
     with pytest.raises(ParserFailed) as err:
-        build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib), details=shown.append)
+        build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib),
+                     events=_Details(shown))
     assert "could not find the SubspaceAttention plugin" in str(err.value)
     assert "Plugin not found, are the plugin name" in err.value.details and "Plugin not found" in shown[0]
     Build(trt, monkeypatch, log_on_build="Requested amount of GPU memory could not be allocated: out of memory")
@@ -651,7 +665,7 @@ def test_build_error_paths_on_the_real_api(trt, tmp_path, monkeypatch):
 @pytest.mark.trt_api
 def test_no_tensorrt_work_before_the_version_checks(trt, tmp_path, monkeypatch):
     """Opset and weak-typing limits are refused right after import: the Builder is never constructed."""
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     b = Build(trt, monkeypatch)
     path = tiny_onnx(tmp_path / "m.onnx")
@@ -673,7 +687,7 @@ def test_builder_factory_failure_is_one_sentence(trt, tmp_path):
     import os
 
     from trt_bindings import ACTIVE_ENV
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     if not os.environ.get(ACTIVE_ENV):
         pytest.skip("needs the stub libnvinfer of tests/test_trt_bindings.py (a real one builds)")
@@ -688,14 +702,14 @@ def test_builder_factory_failure_is_one_sentence(trt, tmp_path):
 def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     """Our side only (sidecar, raw bytes written atomically, timing cache round trip, progress, TF32); the
     'engine' is the fake builder's marker bytes, so this says nothing about TensorRT building engines."""
-    from ulsam_deploy.backends.trt.build import build_engine
-    from ulsam_deploy.backends.trt.progress import BuildProgress
+    from ulsam_deploy.steps.build_trt import build_engine
+    from ulsam_deploy.backends.trt.progress import BuildPhases
 
     b = Build(trt, monkeypatch)
     model = tiny_onnx(tmp_path / "m.onnx")
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"previous")
-    progress = BuildProgress(live=False)
+    progress = BuildPhases()
     result = build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1:2:4", timing_cache=cache),
                           progress=progress)
     assert (tmp_path / "m.engine").read_bytes() == b"NOT-AN-ENGINE: marker bytes of the fake builder"
@@ -725,7 +739,7 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
 
 @pytest.mark.trt_api
 def test_weakly_typed_qdq_build_sets_int8_on_the_real_config(trt, tmp_path, monkeypatch):
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     model = tiny_onnx(tmp_path / "q.onnx", qdq=True)
     b = Build(trt, monkeypatch)
@@ -760,7 +774,7 @@ def test_real_engine_build_and_compat(tmp_path):
         pytest.skip(reason)
     import tensorrt as trt
 
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     model = tiny_onnx(tmp_path / "m.onnx", size=16)
     cache = tmp_path / "t.cache"
@@ -845,7 +859,8 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     from ulsam_deploy.passes.fp16 import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
-    from ulsam_deploy.backends.trt import build as trt_build
+    from ulsam_deploy.backends.trt import builder as trt_build
+    from ulsam_deploy.steps.build_trt import build_engine
 
     import torch
 
@@ -859,7 +874,7 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     lib.write_bytes(b"x")
     monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30"))
     with pytest.raises(UserError, match=r"cannot be fused as they are \(fp16 Casts split them\); fuse before converting"):
-        trt_build.build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
+        build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
     assert not (tmp_path / "m.engine").exists()
 
 
@@ -906,7 +921,7 @@ def test_qdp_rewrite_of_fused_nodes(fused_small):
 
 @pytest.mark.trt_api(below="10.9")
 def test_python_plugin_route_is_refused_before_10_9(trt, tmp_path, monkeypatch):
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     b = Build(trt, monkeypatch)
     with pytest.raises(BackendUnavailable, match="needs TensorRT 10.9 or newer"):
@@ -918,7 +933,7 @@ def test_python_plugin_route_is_refused_before_10_9(trt, tmp_path, monkeypatch):
 def test_python_plugin_route_on_the_real_api(trt, fresh_qdp, tmp_path, monkeypatch):
     """--plugin python: the QDP plugin registers with the real tensorrt.plugin (registry replaced by a recorder),
     QDP nodes go to the parser, the network prefers AOT plugins. On 10.3 (no aot_impl) it is refused."""
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
     from ulsam_deploy.kernels import qdp_plugin as qdp
 
     model = fused_tiny_onnx(tmp_path / "m.fused.onnx")

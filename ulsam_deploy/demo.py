@@ -310,8 +310,8 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], e
     if not tensorrt_available():
         record(Step("tensorrt", "skipped", f"TensorRT is not installed here ({install_hint()})"))
         return []
-    from ulsam_deploy.backends.trt.build import build_engine
     from ulsam_deploy.backends.trt.settings import BatchProfile, BuildOptions
+    from ulsam_deploy.steps.build_trt import build_engine
 
     top = max(batches)
     engines = []
@@ -324,7 +324,7 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], e
                                force=True)
         t0 = time.perf_counter()
         try:
-            result = build_engine(onnx_path, engine, options, stage=events.stage)
+            result = build_engine(onnx_path, engine, options, events=events)
         except BackendUnavailable as exc:  # no GPU, no plugin library...
             record(Step(name, "skipped", str(exc), time.perf_counter() - t0))
             if not engines and "GPU" in str(exc):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.ui import console, print_warning, stage
+from ulsam_deploy.cli.ui import BuildProgress, RichEvents, console
 
 
 
@@ -33,18 +33,13 @@ def build_trt(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing engine."),
 ) -> None:
     """Build a TensorRT engine (strongly typed by default) and its sidecar; raw engine file, trtexec-readable."""
-    from ulsam_deploy.backends.trt.build import build_engine
-    from ulsam_deploy.backends.trt.progress import BuildProgress
     from ulsam_deploy.backends.trt.settings import BuildOptions
-    from ulsam_deploy.cli.ui import err_console
+    from ulsam_deploy.steps.build_trt import build_engine
 
     options = BuildOptions(batch=batch_profile, workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
                            weakly_typed=weakly_typed, fp16=fp16, int8=int8, tf32=tf32, force=force, verbose=verbose)
-    output = output or model.with_suffix(".engine")
-    result = build_engine(model, output, options, stage=stage, warn=print_warning,
-                          details=lambda text: err_console.print(text, markup=False, highlight=False, soft_wrap=True),
-                          progress=BuildProgress())
+    result = build_engine(model, output, options, events=RichEvents(), progress=BuildProgress())
     data = result.sidecar
     table = Table(title=f"TensorRT engine {result.engine_path}", title_justify="left", show_header=False)
     table.add_column("what")

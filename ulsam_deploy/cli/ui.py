@@ -9,6 +9,7 @@ import time
 
 from rich.console import Console
 
+from ulsam_deploy.backends.trt.progress import BuildPhases
 from ulsam_deploy.events import Events
 
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -179,3 +180,51 @@ class TrainProgress:
         self.console.print(f"epoch {r.epoch}/{total_epochs}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
                            f"acc {r.train_acc:.2%}  test loss {r.test_loss:.4f} acc [bold]{r.test_acc:.2%}[/]  "
                            f"({r.seconds:.0f}s, {r.images_per_s:.0f} img/s)")
+
+
+class BuildProgress(BuildPhases):
+    """TensorRT's build phases with rich.progress on a terminal, one line per top phase otherwise."""
+
+    def __init__(self, console=None, live: bool | None = None):
+        super().__init__()
+        self.console = console or err_console
+        self.live = self.console.is_terminal if live is None else live
+        self.tasks: dict[str, int] = {}
+        self._progress = None
+
+    def __enter__(self) -> "BuildProgress":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=self.console, transient=True)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, name: str, parent: str | None, steps: int) -> None:
+        with self.lock:
+            self.phases.append((name, parent, int(steps)))
+            depth = 0
+            p = parent
+            while p is not None and depth < 8:
+                depth += 1
+                p = next((q for n, q, _ in reversed(self.phases) if n == p), None)
+            if self._progress is not None:
+                self.tasks[name] = self._progress.add_task("  " * depth + name, total=max(int(steps), 1))
+            elif parent is None:
+                self.console.print(f"  TensorRT: {name} ({steps} steps)")
+
+    def step(self, name: str, step: int) -> bool:
+        with self.lock:
+            if self._progress is not None and name in self.tasks:
+                self._progress.update(self.tasks[name], completed=int(step) + 1)
+            return not self.cancelled
+
+    def finish(self, name: str) -> None:
+        with self.lock:
+            if self._progress is not None and name in self.tasks:
+                self._progress.remove_task(self.tasks.pop(name))

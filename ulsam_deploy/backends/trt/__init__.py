@@ -4,6 +4,7 @@ Importing this package never imports ``tensorrt`` (an optional dependency); the 
 need it call :func:`ulsam_deploy.backends.trt.runtime.import_tensorrt`, which explains how to install it.
 
 - :func:`ulsam_deploy.backends.trt.compat.check_engine_compat` - refuse an engine built for another TensorRT/GPU.
-- :func:`ulsam_deploy.backends.trt.build.build_engine` - ONNX -> raw engine file + ``.engine.json`` sidecar.
+- :func:`ulsam_deploy.backends.trt.builder.build_serialized` - ONNX -> engine bytes (the file step is
+  :mod:`ulsam_deploy.steps.build_trt`).
 - :mod:`ulsam_deploy.backends.trt.settings` - the thin, testable mapping from options to builder settings.
 """

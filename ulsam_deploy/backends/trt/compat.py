@@ -41,7 +41,9 @@ class RuntimeInfo:
 
 
 def engine_sidecar_path(engine: str | os.PathLike) -> Path:
-    return Path(str(engine) + ".json")
+    from ulsam_deploy.artifacts import sidecar_path
+
+    return sidecar_path(engine)
 
 
 def read_engine_sidecar(engine: str | os.PathLike) -> dict:

@@ -1,4 +1,4 @@
-"""Progress while TensorRT builds: an ``IProgressMonitor`` (TensorRT 10.0+ and 11.x) feeding a rich display.
+"""Progress while TensorRT builds: an ``IProgressMonitor`` (TensorRT 10.0+ and 11.x) feeding a sink of phases.
 
 TensorRT calls ``phase_start(phase_name, parent_phase, num_steps)``, ``step_complete(phase_name, step)``
 (return False to cancel the build) and ``phase_finish(phase_name)`` from its own threads (see
@@ -11,59 +11,33 @@ from __future__ import annotations
 import threading
 
 
-class BuildProgress:
-    """Thread-safe sink for phases; renders with rich.progress on a terminal, one line per top phase otherwise."""
+class BuildPhases:
+    """Thread-safe record of TensorRT's build phases (the sink of the progress monitor); subclasses render them
+    (the CLI's Rich display). ``cancelled`` set to True asks TensorRT to stop at its next step."""
 
-    def __init__(self, console=None, live: bool | None = None):
-        from ulsam_deploy.cli.ui import err_console
-
-        self.console = console or err_console
-        self.live = self.console.is_terminal if live is None else live
+    def __init__(self):
         self.lock = threading.Lock()
         self.cancelled = False
-        self.tasks: dict[str, int] = {}
         self.phases: list[tuple[str, str | None, int]] = []  # (name, parent, steps) for the record
-        self._progress = None
 
-    def __enter__(self) -> "BuildProgress":
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), console=self.console, transient=True)
-            self._progress.start()
+    def __enter__(self) -> "BuildPhases":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        pass
 
     def start(self, name: str, parent: str | None, steps: int) -> None:
         with self.lock:
             self.phases.append((name, parent, int(steps)))
-            depth = 0
-            p = parent
-            while p is not None and depth < 8:
-                depth += 1
-                p = next((q for n, q, _ in reversed(self.phases) if n == p), None)
-            if self._progress is not None:
-                self.tasks[name] = self._progress.add_task("  " * depth + name, total=max(int(steps), 1))
-            elif parent is None:
-                self.console.print(f"  TensorRT: {name} ({steps} steps)")
 
     def step(self, name: str, step: int) -> bool:
-        with self.lock:
-            if self._progress is not None and name in self.tasks:
-                self._progress.update(self.tasks[name], completed=int(step) + 1)
-            return not self.cancelled
+        return not self.cancelled
 
     def finish(self, name: str) -> None:
-        with self.lock:
-            if self._progress is not None and name in self.tasks:
-                self._progress.remove_task(self.tasks.pop(name))
+        pass
 
 
-def make_progress_monitor(trt, sink: BuildProgress):
+def make_progress_monitor(trt, sink: BuildPhases):
     """An IProgressMonitor forwarding to ``sink``, or None when this TensorRT has no IProgressMonitor."""
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:

@@ -1,4 +1,6 @@
-"""``build-trt``: ONNX -> raw TensorRT engine (trtexec-readable) + ``<engine>.json`` sidecar.
+"""TensorRT's side of ``build-trt``: an ONNX model -> the serialized engine bytes and what built them.
+
+The file side (output checks, atomic write, the sidecar) is the step :mod:`ulsam_deploy.steps.build_trt`.
 
 Flow (TensorRT Python API 10.x and 11.x; the calls are checked by the tests against the real Python bindings of
 10.3.0, 10.16.1 and 11.4.0 - see tests/test_trt_bindings.py - but no engine is built there):
@@ -13,37 +15,29 @@ read the file) -> the timing cache (``config.get_timing_cache().serialize()``) s
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 import onnx
 
-from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.artifacts import sha256_file
-from ulsam_deploy.artifacts import write_bytes as write_bytes_atomic
-from ulsam_deploy.artifacts import load_onnx
-from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, engine_sidecar_path
+from ulsam_deploy.artifacts import sha256_file, write_bytes
+from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT
 from ulsam_deploy.backends.trt.cuda import cuda_runtime_version, jetson_release, probe_cuda_driver
 from ulsam_deploy.backends.trt.explain import explain_build_failure, explain_parser_errors, format_parser_errors, read_parser_errors
 from ulsam_deploy.backends.trt.plugins import PluginRoute, activate, resolve_route
-from ulsam_deploy.backends.trt.progress import BuildProgress, make_progress_monitor
+from ulsam_deploy.backends.trt.progress import BuildPhases, make_progress_monitor
 from ulsam_deploy.backends.trt.runtime import import_tensorrt, parse_version, version_of
-from ulsam_deploy.backends.trt.settings import (BuildOptions, apply_plan, describe_onnx, network_creation_flags, plan_build,
-                       rebuild_command)
+from ulsam_deploy.backends.trt.settings import (BuildOptions, apply_plan, describe_onnx, network_creation_flags,
+                                               plan_build, rebuild_command)
+from ulsam_deploy.errors import BackendUnavailable, UserError
+from ulsam_deploy.events import SILENT, Events
 
-Stage = Callable[[str], ContextManager]
 Say = Callable[[str], None]
-
-
-@contextlib.contextmanager
-def _quiet_stage(_name: str):
-    yield
 
 
 def _nothing(_message: str) -> None:
@@ -51,11 +45,19 @@ def _nothing(_message: str) -> None:
 
 
 @dataclass
-class BuildResult:
-    engine_path: Path
-    sidecar_path: Path
-    sidecar: dict
+class EngineBuild:
+    """What TensorRT built and everything the engine sidecar records about it."""
+
+    engine_bytes: bytes
+    model: onnx.ModelProto  # as parsed (fused for the plugin, or rewritten for the Python plugin)
+    info: object  # settings.OnnxInfo
+    plan: object  # settings.BuildPlan
+    applied: dict
+    trt: object
     seconds: float
+    plugin_info: dict | None
+    fusion: dict | None
+    cache_record: dict | None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -91,20 +93,8 @@ def make_logger(trt, verbose: bool = False, echo: Say = _nothing):
     return _Logger()
 
 
-def _check_paths(onnx_path: Path, output: Path, force: bool) -> None:
-    if not onnx_path.exists():
-        raise UserError(f"ONNX file '{onnx_path}' does not exist; check the path or run 'ulsam-deploy export' first.")
-    if output.exists() and output.is_dir():
-        raise UserError(f"'{output}' is a directory; give a file path such as {output / 'model.engine'}.")
-    if output.exists() and not force:
-        raise UserError(f"'{output}' already exists; pass --force to overwrite it or choose another -o path.")
-    if output.resolve() == onnx_path.resolve():
-        raise UserError(f"The output '{output}' is the input; choose another -o path such as "
-                        f"{onnx_path.with_suffix('.engine')}.")
-
-
 @contextlib.contextmanager
-def _cancel_on_sigint(progress: BuildProgress):
+def _cancel_on_sigint(progress: BuildPhases):
     """Ctrl-C during the build asks TensorRT to stop (step_complete returns False) instead of killing Python."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -120,18 +110,14 @@ def _cancel_on_sigint(progress: BuildProgress):
         signal.signal(signal.SIGINT, previous)
 
 
-def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None, *,
-                 stage: Stage = _quiet_stage, warn: Say = _nothing, details: Say = _nothing,
-                 progress: BuildProgress | None = None) -> BuildResult:
-    """Build ``output`` (raw engine) and ``output.json`` from ``onnx_path``; nothing is written on failure.
+def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOptions, *, events: Events = SILENT,
+                     progress: BuildPhases | None = None) -> EngineBuild:
+    """Parse ``model`` (read from ``onnx_path``) and build it with TensorRT; the engine's bytes and facts.
 
-    ``warn`` gets one-line warnings, ``details`` long texts (the parser's errors in full, TensorRT's
-    warnings); ``progress`` renders TensorRT's build phases (a quiet one is used when None).
+    ``events`` gets stages, one-line warnings (``warn``) and long texts (``detail``: the parser's errors in full,
+    TensorRT's warnings); ``progress`` receives TensorRT's build phases (a silent sink when None).
     """
-    options = options or BuildOptions()
-    onnx_path, output = Path(onnx_path), Path(output)
-    _check_paths(onnx_path, output, options.force)
-    model = load_onnx(onnx_path)
+    stage, warn, details = events.stage, events.warn, events.detail
     info = describe_onnx(model, onnx_path)
     plan_build(options, info, None)  # option/model mistakes first: reported even where TensorRT is missing
 
@@ -178,7 +164,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
         data = model.SerializeToString()
         fusion = {**(fusion or {}), "fused": (fusion or {}).get("fused", info.fused_nodes), "qdp_nodes": converted}
     if data is None:
-        data = onnx_path.read_bytes()
+        data = model.SerializeToString()
 
     start = time.perf_counter()
     logger = make_logger(trt, options.verbose, details)
@@ -212,11 +198,11 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
         cache_bytes = plan.timing_cache.read_bytes()
     applied = apply_plan(trt, builder, config, plan, cache_bytes)
 
-    progress = progress or BuildProgress(live=False)
+    progress = progress or BuildPhases()
     monitor = make_progress_monitor(trt, progress)
     if monitor is not None:
         config.progress_monitor = monitor  # TensorRT 10.0+; must outlive the build (kept referenced here)
-    build_stage = stage if monitor is None else _quiet_stage  # a spinner only where no monitor shows progress
+    build_stage = stage if monitor is None else (lambda _t: contextlib.nullcontext())  # a spinner only without a monitor
     cancel = _cancel_on_sigint(progress) if monitor is not None else contextlib.nullcontext()  # only a monitor can stop it
     with build_stage("Building the engine (TensorRT tunes kernels; this takes a while)"), progress, cancel:
         serialized = builder.build_serialized_network(network, config)
@@ -235,24 +221,12 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike, option
         try:
             cache = config.get_timing_cache()
             blob = bytes(memoryview(cache.serialize()))
-            write_bytes_atomic(blob, plan.timing_cache)
+            write_bytes(blob, plan.timing_cache)
             cache_record = {"path": str(plan.timing_cache), "loaded_bytes": len(cache_bytes or b""), "saved_bytes": len(blob)}
         except Exception as exc:  # noqa: BLE001 - the engine is fine; say the cache was not saved
             _warn(f"The timing cache could not be saved to '{plan.timing_cache}' ({type(exc).__name__}: {exc}).")
-
-    with stage(f"Writing {output}"):
-        write_bytes_atomic(engine_bytes, output)
-        sidecar = engine_sidecar(output, onnx_path, model, info, options, plan, applied, trt, seconds,
-                                 plugin_info, fusion, cache_record, warnings)
-        sidecar_path = engine_sidecar_path(output)
-        try:
-            from ulsam_deploy.artifacts import write_json
-
-            write_json(sidecar, sidecar_path)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
-    return BuildResult(output, sidecar_path, sidecar, seconds, warnings)
+    return EngineBuild(engine_bytes, model, info, plan, applied, trt, seconds, plugin_info, fusion, cache_record,
+                       warnings)
 
 
 def engine_precision(onnx_precision: str, builder_flags: list[str]) -> str:
@@ -264,10 +238,13 @@ def engine_precision(onnx_precision: str, builder_flags: list[str]) -> str:
     return onnx_precision
 
 
-def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, options: BuildOptions, plan,
-                   applied: dict, trt, seconds: float, plugin_info: dict | None, fusion: dict | None,
-                   cache_record: dict | None, warnings: list[str]) -> dict:
+def engine_sidecar(output: Path, onnx_path: Path, build: EngineBuild, options: BuildOptions) -> dict:
     """What the engine is, what built it, and how to rebuild it (read by check_engine_compat and bench)."""
+    import hashlib
+
+    info, plan, applied, trt = build.info, build.plan, build.applied, build.trt
+    seconds, plugin_info, fusion = build.seconds, build.plugin_info, build.fusion
+    cache_record, warnings = build.cache_record, build.warnings
     from ulsam_deploy import __version__
     from ulsam_deploy.artifacts import read_sidecar
 
@@ -292,8 +269,8 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
     return {
         "format": ENGINE_SIDECAR_FORMAT,
         "engine": output.name,
-        "engine_sha256": sha256_file(output),
-        "engine_bytes": output.stat().st_size,
+        "engine_sha256": hashlib.sha256(build.engine_bytes).hexdigest(),
+        "engine_bytes": len(build.engine_bytes),
         "onnx": {"file": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": info.precision,
                  "fused_nodes": info.fused_nodes, "opset": info.opset},
         "model": model_info,
@@ -324,4 +301,4 @@ def engine_sidecar(output: Path, onnx_path: Path, model: onnx.ModelProto, info, 
     }
 
 
-__all__ = ["BuildResult", "ParserFailed", "build_engine", "engine_sidecar", "make_logger"]
+__all__ = ["EngineBuild", "ParserFailed", "build_serialized", "engine_precision", "engine_sidecar", "make_logger"]
