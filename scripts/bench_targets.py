@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 3's performance targets, measured with ``bench``'s own library (results go to docs/benchmarks.md).
+"""The bench latency targets (T1-T4 in docs/benchmarks.md), measured with ``bench``'s own library.
 
 ONNX Runtime CPU, batch 1, 224x224, 2 intra-op threads, every comparison interleaved in one run:
 

@@ -67,6 +67,7 @@ def _fast_options(**kw) -> BenchOptions:
     return BenchOptions(**kw)
 
 
+@pytest.mark.slow
 def test_torch_vs_ort_random_inputs(small):
     report = run_bench([resolve_model(small["ckpt"], onnx=[small["onnx"]])],
                        _fast_options(backends=("torch", "ort", "trt"), batches=(1, 4), num_inputs=6))
@@ -127,6 +128,7 @@ def test_imagenet_preprocess_and_regex_labels():
     assert inputs.preprocess.resize == 256  # resize 256, center crop 224
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_every_report(small, fashion_folder, cli_runner, tmp_path):
     out = tmp_path / "report"
     result = cli_runner.invoke(app, ["bench", str(small["onnx"]), "--backends", "torch,ort,trt", "--batch-sizes", "1,2",
@@ -167,6 +169,7 @@ def test_broken_onnx_fails_parity_with_nonzero_exit(small, cli_runner, tmp_path)
     assert failed and failed[0]["comparison"]["max_abs"] > 1e-3
 
 
+@pytest.mark.slow
 def test_compare_two_models_prints_macs_and_latency_ratios(cli_runner, tmp_path):
     out = tmp_path / "cmp.json"
     result = cli_runner.invoke(app, ["bench", "mv2x0.35@32", "mv2x0.35+13,14,16,17/g4@32", "--backends", "ort",
@@ -208,6 +211,7 @@ def test_model_spec_parsing():
         resolve_model("resnet50")
 
 
+@pytest.mark.slow
 def test_fused_onnx_gets_the_custom_op_library_automatically(small, tmp_path):
     pytest.importorskip("onnxruntime_extensions", reason="the fused op needs onnxruntime-extensions (ulsam-deploy[kernels])")
     from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
@@ -225,6 +229,7 @@ def test_fused_onnx_gets_the_custom_op_library_automatically(small, tmp_path):
     assert not lat.meaningful  # the reference op's speed is not the fused kernel's
 
 
+@pytest.mark.slow
 def test_fp16_io_model_is_fed_fp16_and_judged_as_fp16(small, tmp_path):
     pytest.importorskip("onnxconverter_common", reason="the fp16 pass needs onnxconverter-common")
     from ulsam_deploy.passes.fp16 import to_fp16

@@ -59,6 +59,7 @@ def test_fashion_mnist_model_file_card_and_claims():
     assert f"{entry['test_top1_torch']:.2%}" in card and entry["command"] in card
 
 
+@pytest.mark.slow
 def test_fashion_mnist_accuracy_through_onnxruntime(tmp_path):
     from ulsam_deploy.bundled.build import fashion_test_images
     from ulsam_deploy.data.images import Preprocess
@@ -91,6 +92,7 @@ def test_imagenet_model_is_assembled_and_verified(imagenet):
     assert "UNTRAINED" in card and "not trained" in card
 
 
+@pytest.mark.slow
 def test_imagenet_top1_on_foolbox_images(imagenet, tmp_path):
     from ulsam_deploy.data import load_foolbox_imagenet
     from ulsam_deploy.data.resources import mv2_weights_path

@@ -36,6 +36,7 @@ def test_self_describing_round_trip(tmp_path, small_model):
     assert not model.training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["bare", "state_dict", "model", "module.", "model."])
 def test_foreign_layouts_load_with_inferred_config(tmp_path, small_model, layout):
     sd = small_model.state_dict()
@@ -50,6 +51,7 @@ def test_foreign_layouts_load_with_inferred_config(tmp_path, small_model, layout
     assert _same_outputs(model, small_model)
 
 
+@pytest.mark.slow
 def test_flags_build_the_config_for_foreign_files(tmp_path, small_model):
     torch.save(small_model.state_dict(), tmp_path / "f.pt")
     model = load_checkpoint(tmp_path / "f.pt", arch="mv2", width=0.5, ulsam="14,17:1", groups=4, num_classes=7)

@@ -32,12 +32,14 @@ def test_export_happy_path(cli_runner, ckpt, tmp_path):
     assert "max |diff|" in result.output and "Wrote" in result.output
 
 
+@pytest.mark.slow
 def test_export_default_output_path(cli_runner, ckpt):
     result = cli_runner.invoke(app, ["export", str(ckpt)])
     assert result.exit_code == 0, result.output
     assert ckpt.with_suffix(".onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_refuses_overwrite(cli_runner, ckpt, tmp_path):
     out = tmp_path / "out.onnx"
     assert cli_runner.invoke(app, ["export", str(ckpt), "-o", str(out)]).exit_code == 0
@@ -53,6 +55,7 @@ def test_export_missing_and_corrupt_files(cli_runner, tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_wrong_architecture_for_foreign_checkpoint(cli_runner, tmp_path):
     model = build_model("mv2", 0.5, "17:1", num_classes=10, input_size=32)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "sd.pt")

@@ -121,6 +121,7 @@ def _verify_set(onnx_path: Path, folder: Path):
 # ------------------------------------------------------------------------------- fp16 figures
 
 
+@pytest.mark.slow
 def test_fp16_imagenet_mv2_agrees_on_real_photos(imagenet_onnx, tmp_path):
     out = tmp_path / "mv2.fp16.onnx"
     result = convert_file(imagenet_onnx, out, ConvertOptions(precision="fp16"))  # default: foolbox's ImageNet photos
@@ -153,6 +154,7 @@ def test_fp16_imagenet_mv2_agrees_on_real_photos(imagenet_onnx, tmp_path):
             assert _elem_type_of(model, node.input[0]) == TensorProto.FLOAT, node.name
 
 
+@pytest.mark.slow
 def test_fp16_io_fp16_and_sidecar(small_onnx, grey_images, tmp_path):
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
 
@@ -169,6 +171,7 @@ def test_fp16_io_fp16_and_sidecar(small_onnx, grey_images, tmp_path):
     assert logits.shape == (4, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_fused_fp16_runs_the_fused_node_in_fp16(small_onnx, grey_images, tmp_path):
     """A strongly typed fp16 engine runs the plugin's fp16 kernel: the fused node takes and returns fp16, no Casts."""
     pytest.importorskip("onnxruntime_extensions")
@@ -245,6 +248,7 @@ def small_int8(small_onnx, tmp_path_factory):
     return result, onnx.load(out), events.warnings
 
 
+@pytest.mark.slow
 def test_int8_is_symmetric_per_channel_with_float_bias(small_int8):
     result, model, warnings = small_int8
     assert any("64 images" in w and "300" in w for w in warnings)  # fewer than 300 calibration images
@@ -272,6 +276,7 @@ def test_int8_is_symmetric_per_channel_with_float_bias(small_int8):
     assert result.report["int8"]["qdq"]["per_channel_quantizers"] >= quantized_convs
 
 
+@pytest.mark.slow
 def test_int8_keeps_ulsam_out_of_int8(small_int8):
     result, model, _ = small_int8
     kept = set(result.report["int8"]["excluded_nodes"])
@@ -293,6 +298,7 @@ def test_int8_keeps_ulsam_out_of_int8(small_int8):
             assert producers[node.input[0]].op_type != "DequantizeLinear"
 
 
+@pytest.mark.slow
 def test_int8_verification_runs_qdq_as_written(small_int8):
     result, _, _ = small_int8
     assert "Q/DQ simulated, TensorRT semantics" in result.report["verification"]["candidate"]
@@ -313,6 +319,7 @@ def _ort_optimized_ops(path: Path) -> dict:
     return op_counts(onnx.load(str(dump)))
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_int8_for_ort_fuses_into_onnxruntime_int8_kernels(small_onnx, small_int8, tmp_path):
     """The ORT target's Q/DQ placement lets a default session fuse convolutions (depthwise too, with their ReLU6)
@@ -346,6 +353,7 @@ def test_int8_recipe_follows_the_cpu():
     assert avx2.summary() == "AVX2" and "AVX-512 VNNI" in vnni.summary() and "dot-product" in arm.summary()
 
 
+@pytest.mark.slow
 def test_int8_then_fuse(small_onnx, tmp_path):
     pytest.importorskip("onnxruntime_extensions")
     if not _fashion_mnist_available():
@@ -365,6 +373,7 @@ def test_int8_then_fuse(small_onnx, tmp_path):
 # ------------------------------------------------------------------------------------ the gate
 
 
+@pytest.mark.slow
 def test_failed_gate_writes_nothing(small_onnx, grey_images, tmp_path):
     verify = _verify_set(small_onnx, grey_images)
     out = tmp_path / "x.onnx"
@@ -402,6 +411,7 @@ def artifacts(fashion_onnx, tmp_path_factory):
     return fashion_onnx, images, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strict", [False, True])
 def test_convert_and_bench_give_one_verdict(artifacts, strict):
     """The gate in convert and the parity in bench call the same judge with the same runner settings: on the same
@@ -492,6 +502,7 @@ def test_no_default_verification_images_for_other_models(tmp_path):
     assert not (tmp_path / "a.onnx").exists()
 
 
+@pytest.mark.slow
 def test_already_converted_or_fused_inputs_are_refused(small_onnx, tmp_path, grey_images, small_int8):
     result, _, _ = small_int8
     verify = _verify_set(small_onnx, grey_images)
@@ -581,6 +592,7 @@ def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_pa
     assert not target.exists() and not Path(str(target) + ".json").exists()
 
 
+@pytest.mark.slow
 def test_same_folder_for_calibration_and_verification_warns(small_onnx, grey_images, tmp_path):
     from ulsam_deploy.events import Recorder
 

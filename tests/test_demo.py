@@ -17,6 +17,7 @@ except MissingResource:
     HAVE_FMNIST = False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_demo_quick_end_to_end(cli_runner, tmp_path):
     out = tmp_path / "report"

@@ -48,7 +48,8 @@ def test_tensorrt_and_gpu_probed_for_real():
         assert report.get("tensorrt").ok and report.get("tensorrt").version == tensorrt.__version__
     except ImportError:
         trt = report.get("tensorrt")
-        assert not trt.ok and "pip install tensorrt" in trt.fix or "python3-libnvinfer" in trt.fix
+        assert not trt.ok
+        assert "pip install tensorrt" in trt.fix or "python3-libnvinfer" in trt.fix
         assert "build-trt" in trt.disables
     driver = probe_cuda_driver()
     assert report.get("gpu").ok == driver.available

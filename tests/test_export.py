@@ -28,6 +28,7 @@ def _ort(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,width,ulsam", PAPER_CONFIGS)
 def test_every_paper_configuration_exports_and_matches(tmp_path, arch, width, ulsam):
     ck, model = _checkpoint(tmp_path, arch, width, ulsam, size=96)
@@ -68,6 +69,7 @@ def test_dynamic_batch_and_names(tmp_path):
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_static_batch(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(batch=2))
@@ -97,6 +99,7 @@ def test_sidecar_describes_the_model(tmp_path):
     assert read_sidecar(result.path).model.config == side["model"]["config"]  # what later steps read back
 
 
+@pytest.mark.slow
 def test_export_form_keeps_node_count_independent_of_groups(tmp_path):
     counts = {}
     for g in (1, 16):
@@ -105,12 +108,14 @@ def test_export_form_keeps_node_count_independent_of_groups(tmp_path):
     assert counts[1] == counts[16]
 
 
+@pytest.mark.slow
 def test_no_simplify_still_matches(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(simplify=False))
     assert result.verdict.max_abs < 1e-4
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(tmp_path):
     ck, _ = _checkpoint(tmp_path)
     export_checkpoint(ck, tmp_path / "m.onnx")

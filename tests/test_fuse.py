@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from helpers import randomize_bn
+from helpers import PAPER_CONFIGS, randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
@@ -163,6 +163,7 @@ EXPORT_CASES = [  # input sizes keep every ULSAM at >= 4x4 (see _assert_lively)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,width,ulsam,groups,size", EXPORT_CASES)
 def test_export_form_fuses_every_block(arch, width, ulsam, groups, size):
     model = _net(arch, width, ulsam, groups, size)
@@ -215,6 +216,7 @@ def test_export_form_variants(variant):
     assert len(fused.graph.node) == 1 < len(proto.graph.node)
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_both_forms():
     """The dynamo exporter (allowzero reshapes, Split(num_outputs)): export form then per-subspace form."""
     first, second = (_lively(torch.nn.Sequential(ULSAM(16, 4)), seed=s).eval()[0] for s in (0, 1))
@@ -225,6 +227,7 @@ def test_dynamo_exporter_both_forms():
     assert [b["form"] for b in report["blocks"]] == ["export", "per-subspace"] and len(fused.graph.node) == 2
 
 
+@pytest.mark.slow
 def test_unsimplified_full_model():
     model = _net("mv2", 0.5, "14,17", 4, 128)
     proto = _export(to_export_form(model), 3, 128, simplify=False)
@@ -236,6 +239,7 @@ def test_unsimplified_full_model():
 
 @pytest.mark.parametrize("groups,fold,plain", [(4, True, False), (4, False, False), (16, True, False), (4, True, True),
                                                (1, False, False)])
+@pytest.mark.slow
 def test_reference_form_fuses(groups, fold, plain):
     model = _net("mv1", 0.25, "8:1,11", groups, plain=plain)
     proto = _export(model, 3, 64, simplify=fold, fold=fold)
@@ -250,6 +254,7 @@ def test_reference_form_fuses(groups, fold, plain):
         assert block["batchnorm_folded"] == (0 if fold or plain else 2 * groups)
 
 
+@pytest.mark.slow
 def test_reference_form_consecutive_blocks_mv2():
     model = _net("mv2", 0.5, "16,17", 8, 128)
     fused, report = _fuse_and_compare(_export(model, 3, 128), 3, 128, reference=model, expect=2)
@@ -530,6 +535,7 @@ def test_cli_fuse_parity_failure_writes_nothing(cli_runner, exported, tmp_path, 
     assert list(tmp_path.iterdir()) == []  # no temp files either
 
 
+@pytest.mark.slow
 def test_cli_export_fuse_end_to_end(cli_runner, exported, tmp_path):
     ck = exported.parent / "ck.pt"
     result = cli_runner.invoke(app, ["export", str(ck), "-o", str(tmp_path / "e.onnx"), "--fuse"])
@@ -538,3 +544,35 @@ def test_cli_export_fuse_end_to_end(cli_runner, exported, tmp_path):
     side = json.loads((tmp_path / "e.onnx.json").read_text())
     assert side["fused_blocks"] == 2 and side["graph"]["ops"][op_spec.OP_TYPE] == 2
     assert side["steps"][0]["verdict"]["max_abs"] < 1e-4
+
+
+# ---------------------------------------------------------------------- one pattern for every pass
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,width,ulsam", PAPER_CONFIGS)
+def test_one_pattern_finds_the_same_blocks_for_fuse_fp16_and_int8(arch, width, ulsam):
+    """Every paper configuration, in export form and in per-subspace form, before and after onnxsim: the pattern
+    finds one block per ULSAM, fusion fuses exactly those, and the fp16 and int8 passes keep exactly those out."""
+    from ulsam_deploy.passes.fp16 import to_fp16
+    from ulsam_deploy.passes.int8 import to_int8
+    from ulsam_deploy.passes.ulsam_pattern import find_ulsam_blocks
+
+    size = 96 if arch == "mv2" else 64
+    model = _net(arch, 0.25 if arch == "mv1" else 0.35, ulsam, 4, size)
+    expected = len(ulsam.split(","))
+    forms = {"export": to_export_form(model), "per-subspace": model}
+    for form, module in forms.items():
+        for simplify in (True, False):
+            proto = _export(module, 3, size, simplify=simplify)
+            blocks = find_ulsam_blocks(proto).blocks
+            where = f"{form}, {'simplified' if simplify else 'as exported'}"
+            assert len(blocks) == expected and {b.form for b in blocks} == {form}, (where, find_ulsam_blocks(proto))
+            _, report = fuse_model(proto)
+            assert report["fused"] == expected and {b["output"] for b in report["blocks"]} == {b.y for b in blocks}, where
+            _, kept = to_fp16(proto)
+            assert kept["ulsam_blocks"] == expected and set(kept["ulsam_nodes"]) == {n for b in blocks for n in b.nodes}, where
+            if simplify and form == "export":
+                calib = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
+                _, facts = to_int8(proto, calib, calib_method="minmax", batch=4)
+                assert facts["excluded_ulsam_blocks"] == expected
+                assert set(facts["excluded_nodes"]) == {n for b in blocks for n in b.nodes}, where

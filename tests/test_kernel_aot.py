@@ -106,6 +106,7 @@ def test_shipped_ptx_headers_and_metadata(f):
             assert 0 <= k["shared_bytes"] <= 48 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PTXAS is None, reason="ptxas (CUDA toolkit) not found")
 @pytest.mark.parametrize("f", PTX_FILES, ids=lambda f: f["file"])
 def test_ptxas_assembles_shipped_ptx_for_every_arch_it_serves(f):
@@ -197,6 +198,7 @@ def test_image_plan(cc, driver, kind, words):
     assert got == kind and words in sentence, sentence
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")
 def test_regenerating_matches_shipped_byte_for_byte(tmp_path):
     """A clean process regenerates sm_75 + sm_87 (the shared PTX needs its lowest target) and

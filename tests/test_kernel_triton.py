@@ -98,11 +98,13 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,c,h,w,groups,dtype,relu,over", CASES)
 def test_kernel_matches_reference(n, c, h, w, groups, dtype, relu, over):
     run_case(n, c, h, w, groups, dtype, relu, **over)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", range(len(P.VARIANTS)))
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_every_compiled_variant(variant, dtype):
@@ -271,6 +273,7 @@ def _fp16_model(x16, params, *, acc16=False, store16=False, sum16=False):
     return (x.reshape(n, g, gs, h * w) * (1 + att[:, :, None, :])).reshape(x.shape).astype(np.float16)
 
 
+@pytest.mark.slow
 def test_fp16_kernel_accumulates_the_softmax_in_fp32():
     """fp16 engines run the fp16 kernel (fp16 in/out). Its logits, softmax max/sum and 1 + A must
     stay fp32: on this peaked 32x32, G=64 case a model that accumulates the logits, stores them or

@@ -49,6 +49,7 @@ def _run(exe, *args, stdin=None):
     return subprocess.run([str(exe), *args], input=stdin, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_build_produces_launcher_and_selftest(built):
     assert built.launcher_library.is_file()
@@ -57,6 +58,7 @@ def test_build_produces_launcher_and_selftest(built):
     assert built.cuda_stub is not None and built.cuda_stub_no_ctx_id is not None
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_selftest_gpu_mode_skips_cleanly_or_passes(built):
     res = _run(built.selftest)
@@ -67,6 +69,7 @@ def test_selftest_gpu_mode_skips_cleanly_or_passes(built):
         assert "FAIL" not in res.stdout
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_launch_without_driver_returns_status(built):
     res = _run(built.selftest, "--launch-no-gpu")
@@ -78,12 +81,14 @@ def test_launch_without_driver_returns_status(built):
         assert status in (3, 6, 8)
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_variant_table_matches_python(built):
     rows = [tuple(map(int, line.split())) for line in _run(built.selftest, "--variants").stdout.splitlines()]
     assert rows == [(i, v.block_w, v.rows, v.block_c, v.out_c, v.num_warps) for i, v in enumerate(P.VARIANTS)]
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_embedded_image_table_matches_manifest(built):
     man = aot.load_manifest()
@@ -95,6 +100,7 @@ def test_embedded_image_table_matches_manifest(built):
     assert lib.ulsam_sa_num_ptx_images() == len(man["ptx_files"]) < len(man["kernels"])  # PTX stored once
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 @pytest.mark.parametrize("stub", ["cuda_stub", "cuda_stub_no_ctx_id"])
 def test_launcher_logic_through_the_stub_driver(built, stub):
@@ -152,6 +158,7 @@ def _plan_cases():
     return cases
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_cpp_planner_matches_python(built):
     cases = _plan_cases()
@@ -171,6 +178,7 @@ def test_cpp_planner_matches_python(built):
         assert list(map(int, line.split())) == want, (d, n, c, h, w, g, sm, l2, lim)
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 @needs_toolchain
 def test_shared_launcher_c_api_via_ctypes(built):
     lib = ctypes.CDLL(str(built.launcher_library))  # loads without libcuda (dlopen is lazy)
@@ -212,6 +220,7 @@ def lcg_problem(n, c, h, w, g, seed):
 @needs_toolchain
 @pytest.mark.parametrize("shape", [(1, 8, 5, 7, 2, 1, 1, 3), (2, 6, 4, 4, 3, 0, 0, 9),
                                    (1, 4, 1, 1, 1, 1, 0, 1), (1, 12, 9, 3, 4, 0, 1, 5)])
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
 def test_cpp_cpu_reference_matches_numpy_oracle(built, shape):
     """The CPU reference the GPU self-test trusts is the same math as the NumPy oracle."""
     n, c, h, w, g, rd, rp, seed = shape

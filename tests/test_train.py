@@ -34,6 +34,7 @@ def _clean_error(result, code, needle):
     assert needle in result.output, result.output
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_one_epoch_on_a_slice_learns(tmp_path):
     # no augmentation or dropout here, so that one short epoch shows its progress in the training loss
@@ -69,6 +70,7 @@ def test_one_epoch_on_a_slice_learns(tmp_path):
         assert exported.verdict.max_abs < 1e-4
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_resume_is_bit_exact_and_seed_is_deterministic(tmp_path):
     # a fixed lr factor, so that a 1-epoch run extended to 2 has the schedule of a straight 2-epoch run
@@ -94,6 +96,7 @@ def test_resume_is_bit_exact_and_seed_is_deterministic(tmp_path):
     assert any(not torch.equal(a1[k], c1[k]) for k in a1 if a1[k].is_floating_point())
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_cli_trains_on_an_image_folder_and_guards_the_run_dir(cli_runner, tmp_path):
     root = export_fashion_mnist_folder(tmp_path / "pngs", count=200)

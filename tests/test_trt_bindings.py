@@ -25,6 +25,7 @@ MODULES = ("test_trt_build.py", "test_bench_trt.py", "test_trt_python_plugin.py"
 inside_matrix = pytest.mark.skipif(bool(os.environ.get(ACTIVE_ENV)), reason="already inside the bindings matrix")
 
 
+@pytest.mark.slow
 @inside_matrix
 @pytest.mark.parametrize("version", list(VERSIONS), ids=[f"{v} ({why})" for v, why in VERSIONS.items()])
 def test_trt_api_tests_on_real_bindings(version):
@@ -89,6 +90,7 @@ print(json.dumps(out))
     assert out["absent"].startswith("TensorRT's Python package is not installed; install it: ")
 
 
+@pytest.mark.slow
 @inside_matrix
 def test_unreachable_index_is_a_skip_reason_not_a_failure(tmp_path, monkeypatch):
     """Without PyPI, preparing the bindings raises Unavailable (prepare() turns that into a skip with it)."""

@@ -26,10 +26,10 @@ and slides windows by hand, the torch one uses ``max_pool2d``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from ulsam_deploy.op_spec import SubspaceAttentionParams  # the one folded-ULSAM parameter set
 
 __all__ = [
     "SubspaceAttentionParams",
@@ -39,34 +39,6 @@ __all__ = [
     "attention_maps_numpy",
     "subspace_attention_torch",
 ]
-
-
-@dataclass
-class SubspaceAttentionParams:
-    """Folded constants of one fused op (all fp32, host NumPy arrays)."""
-
-    groups: int
-    dw_scale: np.ndarray  # [C]
-    dw_shift: np.ndarray  # [C]
-    pw_weight: np.ndarray  # [C]
-    pw_bias: np.ndarray  # [groups]
-    relu_dw: bool = True
-    relu_pw: bool = True
-
-    @property
-    def channels(self) -> int:
-        return int(np.asarray(self.dw_scale).shape[0])
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {
-            "groups": self.groups,
-            "dw_scale": self.dw_scale,
-            "dw_shift": self.dw_shift,
-            "pw_weight": self.pw_weight,
-            "pw_bias": self.pw_bias,
-            "relu_dw": self.relu_dw,
-            "relu_pw": self.relu_pw,
-        }
 
 
 def check_params(channels: int, groups: int, dw_scale, dw_shift, pw_weight, pw_bias) -> int:
