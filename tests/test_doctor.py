@@ -12,7 +12,7 @@ from ulsam_deploy.cli import app
 from ulsam_deploy.doctor import run_doctor
 
 EXPECTED = {"python", "torch", "onnx", "onnxsim", "onnxruntime", "onnxruntime-extensions", "onnxconverter-common",
-            "tensorrt", "cuda-driver", "gpu", "kernel-images", "triton", "plugin-library", "python-plugin"}
+            "cpu-int8", "tensorrt", "cuda-driver", "gpu", "kernel-images", "triton", "plugin-library", "python-plugin"}
 
 
 def test_report_covers_every_component():
@@ -112,3 +112,15 @@ def test_doctor_says_which_tensorrt_and_from_where(trt):
     if os.environ.get("ULSAM_TRT_BINDINGS"):
         assert re.search(rf"; distribution tensorrt[-_]cu1\d[-_]bindings {re.escape(trt.__version__)}\)", check.detail)
         assert "outside this environment" in check.detail
+
+
+def test_doctor_names_the_cpu_int8_instructions_and_their_meaning(monkeypatch):
+    from ulsam_deploy.backends.onnxrt import cpu
+    from ulsam_deploy.doctor import check_cpu_int8
+
+    monkeypatch.setattr(cpu, "_cpu_flags", lambda: {"avx2", "fma"})
+    avx2 = check_cpu_int8()
+    assert avx2.detail.startswith("AVX2: ") and "reduce_range" in avx2.detail and "VPMADDUBSW" in avx2.detail
+    monkeypatch.setattr(cpu, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    vnni = check_cpu_int8()
+    assert "AVX-512 VNNI" in vnni.detail and "exact here" in vnni.detail and "8-bit weights" in vnni.detail

@@ -247,6 +247,20 @@ def check_data() -> list[Check]:
     return checks
 
 
+def check_cpu_int8() -> Check:
+    """The CPU's int8 instructions and what they mean for ``convert --precision int8 --target ort``."""
+    from ulsam_deploy.backends.onnxrt.cpu import int8_capabilities, ort_int8_recipe
+
+    caps = int8_capabilities()
+    recipe = ort_int8_recipe(caps)
+    meaning = ("ONNX Runtime's U8S8 kernels are exact here; --target ort quantizes 8-bit weights" if caps.exact_u8s8
+               else "ONNX Runtime's U8S8 kernels use VPMADDUBSW here, which saturates 8-bit weights; --target ort "
+                    "quantizes 7-bit weights (reduce_range), as ONNX Runtime advises")
+    return Check("cpu-int8", True, caps.machine, f"{caps.summary()}: {meaning}",
+                 "" if caps.avx2 or caps.arm_dotprod or caps.vnni else "fast int8 on ONNX Runtime CPU",
+                 "" if caps.exact_u8s8 else f"(recipe: {recipe.reason})")
+
+
 def run_doctor(include_data: bool = True) -> Report:
     report = Report()
     report.checks.append(check_python())
@@ -255,6 +269,7 @@ def run_doctor(include_data: bool = True) -> Report:
     report.checks.append(check_simple("onnxsim", "onnxsim", "export's simplification (use --no-simplify)",
                                       "pip install onnxsim"))
     report.checks.append(check_onnxruntime())
+    report.checks.append(check_cpu_int8())
     report.checks.append(check_simple("onnxruntime-extensions", "onnxruntime_extensions",
                                       "running fused (SubspaceAttention) ONNX on ONNX Runtime",
                                       "pip install 'ulsam-deploy[kernels]'"))

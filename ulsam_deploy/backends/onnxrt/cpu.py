@@ -40,19 +40,38 @@ class Int8Capabilities:
 
 
 def _cpu_flags() -> set[str]:
+    """Runtime-detected CPU features, lower-cased in /proc/cpuinfo's spelling.
+
+    NumPy's dispatcher asks CPUID (and the OS's XSAVE support) itself, like ONNX Runtime's MLAS does, so it
+    is right where /proc/cpuinfo is not (an emulator, a container with masked features); /proc/cpuinfo adds
+    the names NumPy does not track.
+    """
+    flags: set[str] = set()
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+
+        names = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVXVNNI": "avx_vnni",
+                 "ASIMDDP": "asimddp", "I8MM": "i8mm"}
+        flags |= {names[k] for k, on in __cpu_features__.items() if on and k in names}
+        detected = True
+    except (ImportError, AttributeError):
+        detected = False
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key = line.split(":", 1)[0].strip().lower()
                 if key in ("flags", "features"):
-                    return set(line.split(":", 1)[1].split())
+                    listed = set(line.split(":", 1)[1].split())
+                    # on x86 the dispatcher's answer wins for what it tracks (AVX2 / AVX-512 VNNI)
+                    flags |= listed - ({"avx2", "avx512f", "avx512_vnni"} if detected else set())
+                    break
     except OSError:
         pass
-    return set()
+    return flags
 
 
 def int8_capabilities(flags: set[str] | None = None, machine: str | None = None) -> Int8Capabilities:
-    """What this CPU offers for int8 (from /proc/cpuinfo flags; Arm 'asimddp' = dot product, 'i8mm')."""
+    """What this CPU offers for int8 (x86: AVX2, AVX-512 VNNI, AVX-VNNI; Arm: 'asimddp' = dot product, 'i8mm')."""
     flags = _cpu_flags() if flags is None else set(flags)
     machine = machine or platform.machine()
     return Int8Capabilities(machine=machine, avx2="avx2" in flags, avx512_vnni="avx512_vnni" in flags,
