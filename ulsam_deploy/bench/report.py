@@ -198,6 +198,7 @@ def chart_png(report: BenchReport) -> bytes:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import numpy as np
 
     batches = sorted({r.batch for r in report.latency})[:3]
     accuracy_panel = report.has_labels and bool(report.latency)
@@ -226,15 +227,17 @@ def chart_png(report: BenchReport) -> bytes:
         position += 1
         smallest = batches[0]
         par = _parity_index(report)
-        legend = []
+        legend, placed = [], []
         for r in report.latency:
             p = par.get((r.model, r.backend, r.precision, r.artifact))
             if r.batch != smallest or p is None or p.accuracy is None:
                 continue
             number = len(legend) + 1
-            ax.scatter(r.stats.median, p.accuracy.top1 * 100, s=18)
-            ax.annotate(str(number), (r.stats.median, p.accuracy.top1 * 100), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            point = (r.stats.median, p.accuracy.top1 * 100)
+            ax.scatter(*point, s=18)
+            near = sum(1 for q in placed if abs(np.log10(q[0] / point[0])) < 0.15 and abs(q[1] - point[1]) < 0.15)
+            placed.append(point)  # points that (nearly) coincide get their numbers stacked, not overprinted
+            ax.annotate(str(number), point, fontsize=7, xytext=(4, 3 + 8 * near), textcoords="offset points")
             legend.append(f"{number}: {_label(r.model, r.file, r.backend, multi)}{'*' if not r.meaningful else ''}")
         meds = [r.stats.median for r in report.latency if r.batch == smallest]
         if meds and max(meds) > 10 * min(meds):

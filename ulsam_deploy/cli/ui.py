@@ -4,6 +4,7 @@ one sentence, and the renderers of the library's events (steps, bench, training)
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 
@@ -12,7 +13,9 @@ from rich.console import Console
 from ulsam_deploy.backends.trt.progress import BuildPhases
 from ulsam_deploy.events import Events
 
-console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 120)
+# logs and pipes get wide lines (bench's table has 15 columns): $COLUMNS, else 180
+console = Console(stderr=False, highlight=False,
+                  width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 180))
 err_console = Console(stderr=True, highlight=False)
 
 
