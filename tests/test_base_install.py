@@ -187,3 +187,34 @@ def test_torch_commands_refuse_in_one_sentence(board):
     _one_sentence(_cli(board, "bench", board["checkpoint"]), "export")
     _one_sentence(_cli(board, "train", "--dataset", "fashion-mnist"), "train")
     assert not (board["work"] / "x.onnx").exists()
+
+
+def test_jetpack_tensorrt_api_without_torch(board):
+    """TensorRT 10.3's real bindings (JetPack 6's API) over stub libraries: doctor names them, build-trt and
+    bench --engine reach TensorRT's boundary and stop there in one sentence; still no torch anywhere."""
+    from trt_bindings import Unavailable, alias_dir, install, libcuda_stub, stubs
+
+    try:
+        site, libs, cuda = install("10.3.0"), stubs(10), libcuda_stub().parent
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    env = _clean_env()
+    env.update(PYTHONPATH=os.pathsep.join([str(alias_dir()), str(site)]), LD_LIBRARY_PATH=f"{libs}{os.pathsep}{cuda}")
+    run = lambda *args: subprocess.run([str(board["cli"]), *map(str, args)], cwd=board["work"], env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    doctor = run("doctor", "--json", "--no-data")
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["tensorrt"]["ok"] and checks["tensorrt"]["version"] == "10.3.0", checks["tensorrt"]
+    assert "distribution tensorrt-cu12-bindings 10.3.0" in checks["tensorrt"]["detail"]
+    assert not checks["torch"]["ok"]
+    build = run("build-trt", board["model"], "--batch-profile", "1:4:8", "-o", board["work"] / "m.engine")
+    assert build.returncode == 4, build.stderr
+    assert build.stderr.strip().splitlines()[-1] == ("error: TensorRT 10.3.0 could not create a Builder (libnvinfer is "
+                                                     "missing or not a working TensorRT library); check 'ulsam-deploy "
+                                                     "doctor'.")
+    fake = board["work"] / "fake.engine"
+    fake.write_bytes(b"not an engine")
+    bench = run("bench", board["model"], "--engine", fake, "--reference", "ort", *FAST)
+    assert bench.returncode == 0, bench.stderr
+    assert ("skipped model trt: TensorRT 10.3.0 could not create a Runtime (libnvinfer is missing or not a working "
+            "TensorRT library)") in bench.stdout
