@@ -175,11 +175,13 @@ def test_inspect_fuse_convert_bench_of_the_copied_onnx(board):
     assert data["versions"]["torch"] is None
 
 
-def test_build_trt_checks_up_to_the_tensorrt_boundary(board):
+def test_build_trt_and_build_plugin_stop_at_the_boundary(board):
     no_profile = _cli(board, "build-trt", board["model"])
     assert no_profile.returncode == 2 and "--batch-profile" in no_profile.stderr, no_profile.stderr
     no_trt = _cli(board, "build-trt", board["model"], "--batch-profile", "1:4:8")
     assert no_trt.returncode == 4 and "TensorRT's Python package is not installed" in no_trt.stderr, no_trt.stderr
+    plugin = _cli(board, "build-plugin")  # a non-editable install carries no C++ sources: say how to get them
+    assert plugin.returncode == 2 and "pip install -e ./ulsam-deploy" in plugin.stderr, plugin.stderr
 
 
 def test_torch_commands_refuse_in_one_sentence(board):
