@@ -56,7 +56,14 @@ def _run(cmd: list, *, cwd: Path, timeout: int = 600) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
-def _wheelhouse(source: Path, work: Path) -> Path:
+def _never(work: Path) -> Path:
+    """A constraints file nothing satisfies for torch & co: a requirement on them fails fast instead of downloading."""
+    path = work / "no-torch.txt"
+    path.write_text("torch<0\ntorchvision<0\ntriton<0\n")
+    return path
+
+
+def _wheelhouse(source: Path, work: Path, never: Path) -> Path:
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
                          + f"{sys.version_info[:2]} {platform.machine()}".encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ulsam-deploy" / "base-wheels")
@@ -67,8 +74,6 @@ def _wheelhouse(source: Path, work: Path) -> Path:
         if (target / ".complete").exists():
             return target
         shutil.rmtree(target, ignore_errors=True)
-        never = work / "no-torch.txt"
-        never.write_text("torch<0\ntorchvision<0\ntriton<0\n")  # nothing satisfies these: a requirement fails fast
         proc = _run([sys.executable, "-m", "pip", "download", "-q", "-d", target, "-c", ROOT / "constraints.txt",
                      "-c", never, source, "setuptools>=68", "wheel"], cwd=work)
         assert proc.returncode == 0, f"downloading the base dependencies failed:\n{proc.stderr[-3000:]}"
@@ -102,11 +107,12 @@ def board(tmp_path_factory):
         if made.returncode != 0 or not (venv / "bin" / "python").exists():
             pytest.skip(f"cannot create a venv here: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
         source = _source_copy(work / "src")
-        wheels = _wheelhouse(source, work)
+        never = _never(work)
+        wheels = _wheelhouse(source, work, never)
         # this environment's pip installs into the venv (--python); no byte-compiling, no isolated build env:
         # ~15 s instead of ~45 s on two busy cores
         pip = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-compile",
-               "--no-index", "--find-links", wheels]
+               "--no-index", "--find-links", wheels, "-c", never]
         for args in (["setuptools>=68", "wheel"], ["--no-build-isolation", source]):
             proc = _run([*pip, *args], cwd=work)
             assert proc.returncode == 0, f"the base install failed:\n{proc.stderr[-3000:]}"
@@ -131,7 +137,8 @@ def _one_sentence(proc: subprocess.CompletedProcess, extra: str) -> str:
 
 def test_the_install_has_no_torch_and_runs_from_the_venv(board):
     probe = ("import importlib.metadata as m, importlib.util as u, json, ulsam_deploy; print(json.dumps({"
-             "'file': ulsam_deploy.__file__, 'dists': sorted(d.metadata['Name'].lower().replace('_', '-') for d in m.distributions()),"
+             "'file': ulsam_deploy.__file__,"
+             "'dists': sorted(d.metadata['Name'].lower().replace('_', '-') for d in m.distributions()),"
              "'torch': u.find_spec('torch') is not None}))")
     proc = _run([board["venv"] / "bin" / "python", "-c", probe], cwd=board["work"])
     assert proc.returncode == 0, proc.stderr

@@ -20,8 +20,8 @@ from ulsam_deploy.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnxsim", "onnxscript", "triton")
-SENTENCE = re.compile(r"^error: 'ulsam-deploy (\w[\w-]*)'[^\n]* needs (\w+), which this install lacks; install it with: "
-                      r"pip install 'ulsam-deploy\[(\w+)\]'\.$")
+SENTENCE = re.compile(r"^error: 'ulsam-deploy (\w[\w-]*)'[^\n]* needs (\w+), which this install lacks; "
+                      r"install it with: pip install 'ulsam-deploy\[(\w+)\]'\.$")
 
 
 def _requirement_name(req: str) -> str:

@@ -178,7 +178,8 @@ def check_cuda_driver() -> tuple[Check, Check]:
 
 
 # L4T release (/etc/nv_tegra_release "R36 ... REVISION: 4.x") -> JetPack and its TensorRT
-JETPACK = {(36, 4): ("6.1/6.2", "10.3"), (36, 3): ("6.0", "8.6"), (36, 2): ("6.0 DP", "8.6"), (35, None): ("5.x", "8.5")}
+JETPACK = {(36, 4): ("6.1/6.2", "10.3"), (36, 3): ("6.0", "8.6"), (36, 2): ("6.0 DP", "8.6"),
+           (35, None): ("5.x", "8.5")}
 
 
 def _power_mode() -> str | None:
@@ -267,8 +268,8 @@ def check_kernel_images(driver=None) -> Check:
 def check_triton() -> Check:
     version = _dist_version("triton")
     if version is None or importlib.util.find_spec("triton") is None:
-        return Check("triton", False, None, "not installed", "the Triton kernel (CPU interpreter tests, PTX generation)",
-                     install_command("triton"))
+        return Check("triton", False, None, "not installed",
+                     "the Triton kernel (CPU interpreter tests, PTX generation)", install_command("triton"))
     return Check("triton", True, version, "CPU interpreter (TRITON_INTERPRET=1) and GPU-free PTX generation")
 
 
@@ -336,7 +337,8 @@ def run_doctor(include_data: bool = True) -> Report:
     report.checks.append(check_onnxruntime())
     report.checks.append(check_found("onnxruntime-extensions", "onnxruntime_extensions",
                                      "running fused (SubspaceAttention) ONNX on ONNX Runtime (fuse's parity proof, "
-                                     "bench of fused graphs)", "pip install onnxruntime-extensions (a base dependency)"))
+                                     "bench of fused graphs)",
+                                     "pip install onnxruntime-extensions (a base dependency)"))
     report.checks.append(check_simple("onnxconverter-common", "onnxconverter_common",
                                       "nothing (convert --precision fp16 falls back to onnxruntime's copy)",
                                       "pip install onnxconverter-common"))
