@@ -154,3 +154,18 @@ def test_power_mode_parses_nvpmodel(tmp_path, monkeypatch):
     assert doctor._power_mode() == "MAXN (0)"
     exe.write_text("#!/bin/sh\necho 'permission denied' >&2\nexit 1\n")
     assert doctor._power_mode() is None
+
+
+@pytest.mark.trt_api
+def test_doctor_json_stays_parseable_with_tensorrt(trt):
+    """Importing tensorrt.plugin prints TensorRT's 'experimental' warning on stdout: doctor only looks for it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ulsam_deploy", "doctor", "--json", "--no-data"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["tensorrt"]["ok"] and checks["tensorrt"]["version"] == trt.__version__
+    if hasattr(trt, "__version__") and tuple(int(p) for p in trt.__version__.split(".")[:2]) >= (10, 6):
+        assert "tensorrt.plugin (QDP)" in checks["tensorrt"]["detail"]

@@ -146,9 +146,9 @@ def check_tensorrt() -> Check:
     notes.append("strongly typed only (11.x)" if major >= 11 else "strongly typed + weakly typed (10.x)")
     if hasattr(trt, "IProgressMonitor"):
         notes.append("progress monitor")
-    try:
-        importlib.import_module("tensorrt.plugin")
-        notes.append("tensorrt.plugin (QDP)")
+    try:  # found, not imported: importing it prints TensorRT's "experimental" warning on stdout (doctor --json)
+        if importlib.util.find_spec("tensorrt.plugin") is not None:
+            notes.append("tensorrt.plugin (QDP)")
     except Exception:  # noqa: BLE001
         pass
     return Check("tensorrt", True, version, ", ".join(notes))
