@@ -263,3 +263,21 @@ def test_no_runnable_backend_exits_4_with_the_reasons(cli_runner):
     result = cli_runner.invoke(app, ["bench", "mv2x0.35@32", "--backends", "trt"])
     assert result.exit_code == 4
     assert "No backend could run here" in result.output and "build-trt" in result.output
+
+
+def test_newer_ir_version_than_onnxruntime_reads_is_lowered_in_memory(small, tmp_path):
+    """A board's older ONNX Runtime (JetPack 6: 1.23 reads IR 11) still runs a file written with a newer IR."""
+    from ulsam_deploy.backends.onnxrt.runner import OrtRunner
+    from ulsam_deploy.passes.common import ort_max_ir_version
+
+    model = onnx.load(small["onnx"])
+    model.ir_version = ort_max_ir_version() + 1
+    path = tmp_path / "newer_ir.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    with OrtRunner(small["onnx"]) as ref, OrtRunner(path) as runner:
+        assert np.array_equal(runner.infer(x), ref.infer(x))
+        assert runner.warnings == [f"ONNX IR version {model.ir_version} lowered to {ort_max_ir_version()} in memory "
+                                   f"for onnxruntime {__import__('onnxruntime').__version__} (the file is unchanged)"]
+        assert ref.warnings == []
+    assert onnx.load(path).ir_version == model.ir_version

@@ -124,3 +124,61 @@ def test_doctor_names_the_cpu_int8_instructions_and_their_meaning(monkeypatch):
     monkeypatch.setattr(cpu, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
     vnni = check_cpu_int8()
     assert "AVX-512 VNNI" in vnni.detail and "exact here" in vnni.detail and "8-bit weights" in vnni.detail
+
+
+def _board(root, release: str | None, model: bytes | None):
+    if release is not None:
+        (root / "etc").mkdir(parents=True, exist_ok=True)
+        (root / "etc" / "nv_tegra_release").write_text(release)
+    if model is not None:
+        (root / "proc" / "device-tree").mkdir(parents=True, exist_ok=True)
+        (root / "proc" / "device-tree" / "model").write_bytes(model)
+    return str(root)
+
+
+def test_jetson_row_names_board_jetpack_and_power_mode(tmp_path):
+    """JetPack 6.1/6.2 (L4T R36.4) passes with its power mode; 6.0 (R36.3, TensorRT 8.6) is refused; off-board no row."""
+    from ulsam_deploy.doctor import check_jetson
+
+    assert check_jetson(str(tmp_path / "x86"), power_mode=lambda: None) is None
+    orin = _board(tmp_path / "nano", "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n",
+                  b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00")
+    check = check_jetson(orin, power_mode=lambda: "MAXN_SUPER (2)")
+    assert check.ok and check.version == "L4T R36.4.3"
+    assert check.detail.startswith("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super; L4T R36.4.3; "
+                                   "JetPack 6.1/6.2 (TensorRT 10.3); power mode MAXN_SUPER (2);")
+    assert "jetson_clocks" in check.detail
+    old = _board(tmp_path / "agx", "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic\n",
+                 b"Jetson AGX Orin\x00")
+    check = check_jetson(old, power_mode=lambda: None)
+    assert not check.ok and "JetPack 6.0 (TensorRT 8.6)" in check.detail and "power mode unknown" in check.detail
+    assert check.disables.startswith("build-trt") and "6.1 or 6.2" in check.fix
+    unknown = check_jetson(_board(tmp_path / "dt", None, b"NVIDIA Jetson AGX Orin\x00"), power_mode=lambda: None)
+    assert unknown.ok and "L4T release unknown" in unknown.detail
+
+
+def test_power_mode_parses_nvpmodel(tmp_path, monkeypatch):
+    from ulsam_deploy import doctor
+
+    exe = tmp_path / "nvpmodel"
+    exe.write_text("#!/bin/sh\necho 'NV Power Mode: MAXN'\necho 0\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert doctor._power_mode() == "MAXN (0)"
+    exe.write_text("#!/bin/sh\necho 'permission denied' >&2\nexit 1\n")
+    assert doctor._power_mode() is None
+
+
+@pytest.mark.trt_api
+def test_doctor_json_stays_parseable_with_tensorrt(trt):
+    """Importing tensorrt.plugin prints TensorRT's 'experimental' warning on stdout: doctor only looks for it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ulsam_deploy", "doctor", "--json", "--no-data"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["tensorrt"]["ok"] and checks["tensorrt"]["version"] == trt.__version__
+    if hasattr(trt, "__version__") and tuple(int(p) for p in trt.__version__.split(".")[:2]) >= (10, 6):
+        assert "tensorrt.plugin (QDP)" in checks["tensorrt"]["detail"]

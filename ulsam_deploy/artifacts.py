@@ -186,7 +186,7 @@ def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{what.capitalize()} '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
+        raise UserError(f"{what[:1].upper() + what[1:]} '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
     if not path.is_file():
         raise UserError(f"'{path}' is not a file; give the path of an .onnx model.")
     if path.stat().st_size == 0:

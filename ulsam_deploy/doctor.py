@@ -11,8 +11,12 @@ import importlib
 import importlib.metadata
 import importlib.util
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ulsam_deploy.extras import install_command
 
 
 @dataclass
@@ -66,19 +70,40 @@ def check_python() -> Check:
                  "" if ok else "everything", "" if ok else "Python 3.10 or newer", optional=False)
 
 
-def check_torch() -> Check:
-    mod, err = _import("torch")
-    if mod is None:
-        return Check("torch", False, None, err or "", "train, export, the PyTorch reference",
-                     "scripts/setup.sh (CPU wheel) or pip install torch", optional=False)
-    cuda = getattr(mod.version, "cuda", None)
-    gpu = False
+def _torch_cuda_build(version: str | None) -> str | None:
+    """The CUDA version torch was built for, read from ``torch/version.py`` (importing torch costs seconds)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
     try:
-        gpu = bool(mod.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        pass
-    detail = f"CUDA build {cuda}, GPU {'visible' if gpu else 'not visible'}" if cuda else "CPU build"
-    return Check("torch", True, mod.__version__, detail, optional=False)
+        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    except OSError:
+        text = ""
+    match = re.search(r"^cuda(?:: [^=]+)? = '([^']+)'", text, re.MULTILINE)
+    if match:
+        return match.group(1)
+    local = (version or "").partition("+")[2]  # 2.13.0+cu126 / +cpu
+    return f"{local[2:4]}.{local[4:]}" if local.startswith("cu") and len(local) > 4 else None
+
+
+def check_torch() -> Check:
+    """Found, not imported: ``doctor`` stays fast and torch-free; optional, since the base install runs ONNX files and
+    engines without it (a Jetson board)."""
+    fix = f"{install_command('torch')} (scripts/setup.sh installs the CPU wheel first)"
+    if importlib.util.find_spec("torch") is None:
+        return Check("torch", False, None, "not installed (the base install runs ONNX files and engines without it)",
+                     "export, train, demo, inspect of a checkpoint, the torch bench backend", fix)
+    version = _dist_version("torch")
+    cuda = _torch_cuda_build(version)
+    detail = f"CUDA {cuda} build" if cuda else "CPU build"
+    return Check("torch", True, version, detail + " (not imported by doctor)")
+
+
+def check_found(name: str, module: str, disables: str, fix: str) -> Check:
+    """Found and versioned without importing: onnxsim and onnxruntime-extensions import torch where it is installed."""
+    if importlib.util.find_spec(module) is None:
+        return Check(name, False, None, "not installed", disables, fix)
+    return Check(name, True, _dist_version(name), "found (not imported: it loads torch where torch is installed)")
 
 
 def check_simple(name: str, module: str, disables: str, fix: str, optional: bool = True) -> Check:
@@ -121,9 +146,9 @@ def check_tensorrt() -> Check:
     notes.append("strongly typed only (11.x)" if major >= 11 else "strongly typed + weakly typed (10.x)")
     if hasattr(trt, "IProgressMonitor"):
         notes.append("progress monitor")
-    try:
-        importlib.import_module("tensorrt.plugin")
-        notes.append("tensorrt.plugin (QDP)")
+    try:  # found, not imported: importing it prints TensorRT's "experimental" warning on stdout (doctor --json)
+        if importlib.util.find_spec("tensorrt.plugin") is not None:
+            notes.append("tensorrt.plugin (QDP)")
     except Exception:  # noqa: BLE001
         pass
     return Check("tensorrt", True, version, ", ".join(notes))
@@ -150,6 +175,61 @@ def check_cuda_driver() -> tuple[Check, Check]:
     if runtime:
         drv.detail += f"; CUDA runtime (libcudart) {runtime} loadable"
     return drv, gpu
+
+
+# L4T release (/etc/nv_tegra_release "R36 ... REVISION: 4.x") -> JetPack and its TensorRT
+JETPACK = {(36, 4): ("6.1/6.2", "10.3"), (36, 3): ("6.0", "8.6"), (36, 2): ("6.0 DP", "8.6"),
+           (35, None): ("5.x", "8.5")}
+
+
+def _power_mode() -> str | None:
+    """``nvpmodel -q``'s mode ('MAXN (0)'), None where nvpmodel is absent or says nothing usable."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvpmodel")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = re.search(r"NV Power Mode:\s*(\S+)", out)
+    number = re.search(r"^\s*(\d+)\s*$", out, re.MULTILINE)
+    return (name.group(1) + (f" ({number.group(1)})" if number else "")) if name else None
+
+
+def check_jetson(root: str = "/", power_mode=_power_mode) -> Check | None:
+    """On a Jetson: the board, its L4T release and JetPack, the power mode; None elsewhere.
+
+    JetPack 6.0 (L4T R36.3) ships TensorRT 8.6, which build-trt refuses: the row says so before a build does.
+    """
+    base = Path(root)
+    try:
+        release = (base / "etc" / "nv_tegra_release").read_text(errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError):
+        release = ""
+    try:
+        board = (base / "proc" / "device-tree" / "model").read_bytes().decode(errors="replace").strip("\x00 \n")
+    except OSError:
+        board = ""
+    if not release and not any(k in board.lower() for k in ("jetson", "orin")):
+        return None
+    match = re.search(r"R(\d+)\D+REVISION:\s*((\d+)[.\d]*)", release)
+    major, minor = (int(match.group(1)), int(match.group(3))) if match else (None, None)
+    jetpack, trt = JETPACK.get((major, minor)) or JETPACK.get((major, None)) or (None, None)
+    mode = power_mode()
+    l4t = f"L4T R{major}.{match.group(2)}" if match else (f"L4T {release.lstrip('# ')[:40]}" if release else None)
+    parts = [board or "Jetson", l4t or "L4T release unknown",
+             f"JetPack {jetpack} (TensorRT {trt})" if jetpack else "JetPack unknown",
+             f"power mode {mode}" if mode else "power mode unknown (sudo nvpmodel -q)"]
+    ok = trt is None or trt.startswith("10")
+    version = l4t if match else None
+    if not ok:
+        return Check("jetson", False, version, "; ".join(parts), "build-trt (TensorRT 10 needed)",
+                     "upgrade to JetPack 6.1 or 6.2 (TensorRT 10.3)")
+    return Check("jetson", True, version, "; ".join(parts) + "; stable timings need a fixed nvpmodel mode and "
+                 "sudo jetson_clocks (docs/jetson.md)")
 
 
 def check_kernel_images(driver=None) -> Check:
@@ -188,8 +268,8 @@ def check_kernel_images(driver=None) -> Check:
 def check_triton() -> Check:
     version = _dist_version("triton")
     if version is None or importlib.util.find_spec("triton") is None:
-        return Check("triton", False, None, "not installed", "the Triton kernel (CPU interpreter tests, PTX generation)",
-                     "pip install 'ulsam-deploy[kernels]' (triton)")
+        return Check("triton", False, None, "not installed",
+                     "the Triton kernel (CPU interpreter tests, PTX generation)", install_command("triton"))
     return Check("triton", True, version, "CPU interpreter (TRITON_INTERPRET=1) and GPU-free PTX generation")
 
 
@@ -266,16 +346,20 @@ def run_doctor(include_data: bool = True) -> Report:
     report.checks.append(check_python())
     report.checks.append(check_torch())
     report.checks.append(check_simple("onnx", "onnx", "everything ONNX", "pip install onnx", optional=False))
-    report.checks.append(check_simple("onnxsim", "onnxsim", "export's simplification (use --no-simplify)",
-                                      "pip install onnxsim"))
+    report.checks.append(check_found("onnxsim", "onnxsim", "export's simplification (use --no-simplify)",
+                                     install_command("onnxsim")))
     report.checks.append(check_onnxruntime())
     report.checks.append(check_cpu_int8())
-    report.checks.append(check_simple("onnxruntime-extensions", "onnxruntime_extensions",
-                                      "running fused (SubspaceAttention) ONNX on ONNX Runtime",
-                                      "pip install 'ulsam-deploy[kernels]'"))
+    report.checks.append(check_found("onnxruntime-extensions", "onnxruntime_extensions",
+                                     "running fused (SubspaceAttention) ONNX on ONNX Runtime (fuse's parity proof, "
+                                     "bench of fused graphs)",
+                                     "pip install onnxruntime-extensions (a base dependency)"))
     report.checks.append(check_simple("onnxconverter-common", "onnxconverter_common",
                                       "nothing (convert --precision fp16 falls back to onnxruntime's copy)",
                                       "pip install onnxconverter-common"))
+    jetson = check_jetson()
+    if jetson is not None:
+        report.checks.append(jetson)
     trt = check_tensorrt()
     report.checks.append(trt)
     report.checks.extend(check_cuda_driver())
@@ -288,4 +372,4 @@ def run_doctor(include_data: bool = True) -> Report:
     return report
 
 
-__all__ = ["Check", "Report", "run_doctor"]
+__all__ = ["Check", "Report", "check_jetson", "run_doctor"]

@@ -20,7 +20,6 @@ Nothing is written or printed here; :mod:`ulsam_deploy.bench.report` renders and
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import re
@@ -38,6 +37,7 @@ from ulsam_deploy.backends.judge import PRECISIONS, Tolerances, Verdict, accurac
 from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved, throughput
 from ulsam_deploy.data.sources import ImageSet, load_images, random_images, resolve_preprocess
 from ulsam_deploy.errors import BackendUnavailable, ParityError, UserError
+from ulsam_deploy import extras
 
 BACKENDS = ("torch", "ort", "trt")
 MAX_BATCH = 4096
@@ -77,13 +77,28 @@ class ModelSpec:
         return self.graph_shape
 
     def cost(self) -> tuple[int | None, int | None]:
-        """(MACs, params) counted the paper's way (profile_model); None without a config."""
-        if self._macs is None and (self.module is not None or self.config is not None):
+        """(MACs, params) counted the paper's way: from the torch model when one is loaded, else from the first
+        ONNX file's graph (torch-free, so ``--compare`` of ONNX files works on a board); None when neither is."""
+        if self._macs is not None:
+            return self._macs, self._params
+        files = [o for o in self.onnx if not isinstance(o, (bytes, bytearray))]
+        if self.module is not None:
+            from ulsam_deploy.models import profile_model
+
+            cost = profile_model(self.module)
+            self._macs, self._params = cost.macs, cost.params
+        elif files:
+            from ulsam_deploy.passes.cost import onnx_cost
+
+            try:
+                self._macs, self._params = onnx_cost(files[0])
+            except Exception:  # noqa: BLE001 - an unreadable graph is reported by its runner, not here
+                pass
+        elif self.config is not None and not extras.missing("torch"):
             from ulsam_deploy.models import profile_model
             from ulsam_deploy.models.mobilenet import MobileNetULSAM
 
-            model = self.module if self.module is not None else MobileNetULSAM(self.config)
-            cost = profile_model(model)
+            cost = profile_model(MobileNetULSAM(self.config))
             self._macs, self._params = cost.macs, cost.params
         return self._macs, self._params
 
@@ -182,9 +197,11 @@ def _graph_shape(onnx_path: Path) -> tuple | None:
 
 def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Sequence = (), seed: int = 0,
                   load_module: bool = True, overrides: dict | None = None) -> ModelSpec:
-    """A :class:`ModelSpec` from a checkpoint, an ONNX file, an engine, or a model spec string."""
-    from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
+    """A :class:`ModelSpec` from a checkpoint, an ONNX file, an engine, or a model spec string.
 
+    A checkpoint or spec string needs torch (exit 4 naming the extra where it is missing); a checkpoint only
+    recorded in an ONNX sidecar is left unloaded without torch, and the torch backend is skipped with that reason.
+    """
     text = str(arg)
     path = Path(text).expanduser()
     spec = ModelSpec(name=path.stem if path.exists() else text)
@@ -202,12 +219,14 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
                 _apply_onnx_sidecar(spec, onnx_beside)
                 spec.notes.append(f"metadata from {onnx_beside.name}")
         else:
+            extras.require("bench", "torch", what=f"a checkpoint ('{path.name}')")
             spec.checkpoint = path
     else:
         config = parse_model_spec(text)
         if config is None:
             raise UserError(f"'{text}' is neither an existing file nor a model spec such as 'mv2', 'mv2+17:1/g4' or "
                             "'mv1x0.75+8:1,9:1,11'; check the path.")
+        extras.require("bench", "torch", what=f"the model spec '{text}' (seeded random weights)")
         import torch
 
         from ulsam_deploy.models.mobilenet import MobileNetULSAM
@@ -217,7 +236,11 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         spec.config = config
         spec.random_weights = True
         spec.notes.append("seeded random weights: latency and parity are meaningful, accuracy is not")
-    if spec.checkpoint is not None and load_module:
+    if spec.checkpoint is not None and load_module and extras.missing("torch"):
+        spec.notes.append(f"the checkpoint '{spec.checkpoint}' recorded in the sidecar is not loaded: PyTorch is not "
+                          "installed")
+    elif spec.checkpoint is not None and load_module:
+        from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
         from ulsam_deploy.steps.export import preprocess_spec
 
         model, info = load_checkpoint_with_info(spec.checkpoint, **(overrides or {}))
@@ -581,12 +604,12 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
 
     for backend in options.backends:
         if backend == "torch":
+            if extras.missing("torch"):
+                skip("torch", f"PyTorch is not installed; install it with: {extras.install_command('torch')}")
+                continue
             if spec.module is None:
                 skip("torch", "no checkpoint for this model (pass the .pt, or an ONNX whose sidecar names an existing "
                               "checkpoint)")
-                continue
-            if importlib.util.find_spec("torch") is None:
-                skip("torch", "PyTorch is not installed (install 'ulsam-deploy[export]' for the torch backend)")
                 continue
             from ulsam_deploy.backends.torch.runner import TorchRunner
 

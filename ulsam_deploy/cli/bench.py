@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
@@ -145,8 +146,9 @@ def bench(
     for table in bench_tables(report):
         console.print(table)
     for item in report.skipped:
-        console.print(f"[yellow]skipped[/] {item['model']} {item['backend']}"
-                      + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {item['reason']}", soft_wrap=True)
+        console.print(f"[yellow]skipped[/] {escape(item['model'])} {item['backend']}"
+                      + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {escape(item['reason'])}",
+                      soft_wrap=True)
     for warning in report.warnings:
         print_warning(warning)
     if any(r.stats.unstable for r in report.latency):

@@ -47,7 +47,7 @@ def train(
     """Train or fine-tune MV1/MV2 (+ULSAM) with the paper's recipe on Fashion-MNIST or an ImageFolder."""
     from ulsam_deploy.extras import require
 
-    require("train", "torch")
+    require("train", "torch", extra="train")
     from ulsam_deploy.train import TrainOptions
     from ulsam_deploy.train import train as run_training
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 from ulsam_deploy.backends.trt.progress import BuildPhases
 from ulsam_deploy.events import Events
@@ -39,11 +40,12 @@ def stage(name: str):
 
 
 def print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """The one sentence, escaped: ``pip install 'ulsam-deploy[export]'`` must not be read as Rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def fmt_count(value: float) -> str:
@@ -123,7 +125,7 @@ class BenchProgress:
                                + (f", {int((inputs.labels >= 0).sum())} labelled" if inputs.labels is not None else "")
                                + (f", {len(inputs.skipped)} skipped" if inputs.skipped else "") + ")")
             for warning in inputs.warnings:
-                self.console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+                self.console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         elif kind == "parity":
             self.progress.update(self.task, description=f"parity: {data['backend']} on {data['model']}", total=None)
         elif kind == "latency_start":

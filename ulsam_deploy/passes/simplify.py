@@ -27,8 +27,12 @@ def simplify_model(model: onnx.ModelProto, *, check_n: int = 0) -> onnx.ModelPro
     """Run onnxsim (constant folding, dead code, shape inference) and tidy constants."""
     try:
         import onnxsim
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise UserError("onnxsim is not installed; run 'pip install onnxsim' or pass --no-simplify.") from exc
+    except ImportError as exc:  # the [export] extra brings it
+        from ulsam_deploy.errors import BackendUnavailable
+        from ulsam_deploy.extras import install_command
+
+        raise BackendUnavailable(f"onnxsim is not installed; install it with: {install_command('onnxsim')}, or pass "
+                                 "--no-simplify.") from exc
     simplified, ok = onnxsim.simplify(model, check_n=check_n)
     if not ok:
         raise UserError("onnxsim could not prove the simplified model equal to the original; pass --no-simplify.")

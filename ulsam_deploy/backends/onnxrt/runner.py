@@ -70,6 +70,7 @@ class OrtRunner(Runner):
         self.extra_outputs = tuple(extra_outputs)
         self.session = None
         self.facts: dict = {}
+        self.warnings: list[str] = []
         if precision is not None:
             self.precision = precision
         self._explicit_precision = precision is not None
@@ -131,7 +132,16 @@ class OrtRunner(Runner):
         }[self.optimization]
         if self.extra_outputs:
             proto = _with_outputs(proto, self.extra_outputs)
-        source = proto.SerializeToString() if (self.extra_outputs or not isinstance(self.model, (str, os.PathLike))) \
+        lowered = False
+        from ulsam_deploy.passes.common import ort_max_ir_version
+
+        if proto.ir_version > ort_max_ir_version():  # a board's older ORT (1.23: IR 11) and a newer exporter's file
+            was, proto = proto.ir_version, _copy(proto)
+            proto.ir_version, lowered = ort_max_ir_version(), True
+            self.warnings.append(f"ONNX IR version {was} lowered to {proto.ir_version} in memory for onnxruntime "
+                                 f"{ort.__version__} (the file is unchanged)")
+        source = proto.SerializeToString() if (lowered or self.extra_outputs
+                                                or not isinstance(self.model, (str, os.PathLike))) \
             else str(Path(self.model))
         if custom:
             try:
@@ -213,6 +223,15 @@ def _with_outputs(model, names: tuple[str, ...]):
         if name not in present:
             out.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT),
                                                                        None))
+    return out
+
+
+
+def _copy(proto):
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
     return out
 
 

@@ -80,8 +80,9 @@ def plugin_source_dir() -> Path:
                  _PKG_DIR / "bundled" / "plugin_src" / "subspace_attention"):
         if (cand / "CMakeLists.txt").is_file():
             return cand
-    raise UserError("The plugin sources (plugins/subspace_attention) are not available in this "
-                    "installation; build from a source checkout of ulsam-deploy.")
+    raise UserError("The plugin sources (plugins/subspace_attention) are not in this installation (a wheel or a "
+                    "non-editable install); install ulsam-deploy from a checkout with 'pip install -e "
+                    "./ulsam-deploy' and run build-plugin there.")
 
 
 def image_dir() -> Path:

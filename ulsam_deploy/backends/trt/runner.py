@@ -147,7 +147,12 @@ class TrtRunner(Runner):
             self.plugin = load_plugin_library(trt, plugin["library"])
         # an engine of the Python (QDP) route embeds its AOT kernel: nothing to register at run time
         self.logger = _make_logger(trt)
-        self.trt_runtime = trt.Runtime(self.logger)
+        try:  # a bindings package over a missing or foreign libnvinfer returns nullptr here
+            self.trt_runtime = trt.Runtime(self.logger)
+        except (TypeError, RuntimeError) as exc:
+            raise RunnerUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} could not create a Runtime "
+                                    "(libnvinfer is missing or not a working TensorRT library); check 'ulsam-deploy "
+                                    "doctor'.") from exc
         self.engine = self.trt_runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
             detail = self.logger.messages[-1] if self.logger.messages else "no message from TensorRT"
