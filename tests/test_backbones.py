@@ -436,3 +436,14 @@ def test_dynamo_exporter_symbolic_hw_backbone_fuses(tmp_path):
     assert result.sidecar.outputs[1].shape[1] == 1280 and isinstance(result.sidecar.outputs[1].shape[2], str)
     fused = fuse_file(result.path, tmp_path / "f.onnx")
     assert fused.report["fused"] == 1 and fused.verdict.passed
+
+
+@pytest.mark.slow
+def test_bench_spec_exports_symbolic_hw_in_memory_for_other_sizes():
+    from ulsam_deploy.bench.run import run_bench
+
+    report = run_bench(["mv2x0.25+14@64"], _fast(backends=("torch", "ort"), sizes=((32, 32), (96, 64)), num_inputs=2))
+    assert report.passed and not report.skipped
+    assert sorted((r.backend, r.size) for r in report.latency) == [
+        ("ort:cpu", (32, 32)), ("ort:cpu", (96, 64)), ("torch:cpu", (32, 32)), ("torch:cpu", (96, 64))]
+    assert [o.name for o in report.parity[1].outputs] == ["32x32/logits", "96x64/logits"]

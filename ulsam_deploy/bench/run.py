@@ -286,17 +286,19 @@ def _check_variants(spec: ModelSpec) -> None:
         seen = seen or (path, names)
 
 
-def export_in_memory(spec: ModelSpec, opset: int = 17) -> bytes:
+def export_in_memory(spec: ModelSpec, opset: int = 17, sizes: Sequence[tuple[int, int]] | None = None) -> bytes:
     """The export pipeline (export form, TorchScript exporter, onnxsim, checked) without writing files; a backbone
-    with the same feature outputs and, when the spec's ONNX had them, the same dynamic sizes."""
+    keeps its feature outputs, and H/W are symbolic when ``sizes`` (bench's --input-size) asks for other sizes."""
     from ulsam_deploy.models.mobilenet import Backbone
     from ulsam_deploy.steps._step import finalize_onnx
     from ulsam_deploy.steps.export import ExportOptions, onnx_from_model
 
     model = spec.module.model if isinstance(spec.module, Backbone) else spec.module
-    height = getattr(spec.dynamic, "height", None)
+    size = model.config.input_size
+    values = [v for hw in sizes or () for v in hw]
+    input_range = (min(values + [size]), size, max(values + [size])) if values and set(values) != {size} else None
     options = ExportOptions(opset=opset, features=",".join(map(str, spec.features)) if spec.features else None,
-                            input_range=tuple(height) if height and height[1] == model.config.input_size else None)
+                            input_range=input_range)
     proto, _ = onnx_from_model(model, options)
     return finalize_onnx(proto).SerializeToString()
 
@@ -679,7 +681,7 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
             if not variants:
                 if spec.module is not None and options.export_missing_onnx:
                     event("export", model=spec.name)
-                    variants = [export_in_memory(spec)]
+                    variants = [export_in_memory(spec, sizes=options.sizes)]
                     spec.onnx = variants
                     spec.notes.append("ONNX exported in memory for the ort backend (export pipeline, not written)")
                 else:
