@@ -287,7 +287,6 @@ def test_fp16_gate_fails_on_a_broken_feature_map(dynamic_backbone, tmp_path, mon
     assert not (tmp_path / "bad.onnx").exists()
 
 
-@pytest.mark.slow
 def test_int8_backbone_calibrates_at_the_opt_size(dynamic_backbone, tmp_path, monkeypatch):
     import ulsam_deploy.passes.int8 as int8
     from ulsam_deploy.data.sources import ImageSet
