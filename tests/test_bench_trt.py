@@ -249,6 +249,83 @@ def test_name_based_io_shapes_buffers_and_stage_timings(trt, engine_file, memory
     runner.close()
 
 
+class BackboneEngine:
+    """A backbone engine on the real classes: input 'input' [-1,2,-1,-1] fp32 with a profile of batch 1..4 and
+    H/W 8..32; outputs 'feat_s2' = x[:, :, ::2, ::2] and 'feat_s4' = 2 * x[:, :1, ::4, ::4] (fp32)."""
+
+    OUTS = {"feat_s2": (2, 2), "feat_s4": (1, 4)}  # channels, stride
+
+    def __init__(self, trt, monkeypatch):
+        self.trt, self.log, self.shape = trt, [], None
+        self.engine = F.strict(trt.ICudaEngine, trt, num_io_tensors=3)
+        self.context = F.strict(trt.IExecutionContext, trt)
+        self.runtime = F.strict(F.real(trt, "Runtime"), trt)
+        self.addresses = {}
+        e, c = self.engine, self.context
+        names = ["input", "feat_s2", "feat_s4"]
+        F.on(e, "get_tensor_name", lambda index: names[index])
+        F.on(e, "get_tensor_mode", lambda name: trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT)
+        F.on(e, "get_tensor_dtype", lambda name: trt.float32)
+        F.on(e, "get_tensor_shape", lambda name: trt.Dims([-1, 2, -1, -1] if name == "input" else
+                                                          [-1, self.OUTS[name][0], -1, -1]))
+        F.on(e, "get_tensor_profile_shape", lambda name, profile_index: [
+            trt.Dims([1, 2, 8, 8]), trt.Dims([2, 2, 16, 16]), trt.Dims([4, 2, 32, 32])])
+        F.on(e, "create_execution_context", lambda *a, **k: c)
+        F.on(c, "set_input_shape", self.set_input_shape)
+        F.on(c, "get_tensor_shape", self.output_shape)
+        F.on(c, "set_tensor_address", lambda name, memory: self.addresses.__setitem__(name, memory) or True)
+        F.on(c, "execute_async_v3", self.execute)
+        F.on(self.runtime, "deserialize_cuda_engine", lambda serialized_engine: e)
+        self.factories = F.install_factories(monkeypatch, trt, runtime=self.runtime)
+
+    def set_input_shape(self, name, shape):
+        self.log.append(tuple(shape))
+        self.shape = tuple(shape)
+        return True
+
+    def output_shape(self, name):
+        n, _, h, w = self.shape
+        channels, stride = self.OUTS[name]
+        return self.trt.Dims([n, channels, -(-h // stride), -(-w // stride)])
+
+    def _array(self, name, shape):
+        count = int(np.prod(shape))
+        return np.ctypeslib.as_array((ctypes.c_float * count).from_address(self.addresses[name])).reshape(shape)
+
+    def execute(self, stream_handle):
+        x = self._array("input", self.shape)
+        for name, (channels, stride) in self.OUTS.items():
+            y = x[:, :channels, ::stride, ::stride] * (1.0 if stride == 2 else 2.0)
+            self._array(name, y.shape)[...] = y
+        return True
+
+
+@pytest.mark.trt_api
+def test_dynamic_hw_engine_binds_each_shape_and_returns_every_output(trt, engine_file, memory, monkeypatch):
+    fake = BackboneEngine(trt, monkeypatch)
+    runner = TrtRunner(engine_file, sidecar=sidecar(precision="fp32"), runtime=RuntimeInfo("10.3.0.30", ORIN),
+                       trt_module=trt, cuda=memory)
+    runner.load()
+    assert runner.batch_limits() == (1, 4) and runner.size_limits() == ((8, 32), (8, 32))
+    for shape in ((2, 2, 16, 24), (1, 2, 8, 32), (2, 2, 16, 24)):
+        x = np.random.default_rng(shape[3]).standard_normal(shape).astype(np.float32)
+        a, b = runner.infer_all(x)
+        np.testing.assert_array_equal(a, x[:, :, ::2, ::2])
+        np.testing.assert_array_equal(b, 2 * x[:, :1, ::4, ::4])
+        np.testing.assert_array_equal(runner.infer(x), a)
+    assert fake.log[-1] == (2, 2, 16, 24) and len(runner._buffers) == 2  # buffers cached per shape
+    run, _ = runner.prepare(np.zeros((1, 2, 8, 8), np.float32))
+    runner.infer_all(np.ones((1, 2, 16, 16), np.float32))
+    run()  # the prepared call re-binds its own shape
+    assert fake.log[-1] == (1, 2, 8, 8)
+    with pytest.raises(UserError, match=r"accepts 8\.\.32 x 8\.\.32 pixels, not 40x16; rebuild it with a wider"):
+        runner.infer(np.zeros((1, 2, 40, 16), np.float32))
+    with pytest.raises(UserError, match=r"takes inputs of shape \[N, 2, -1, -1\], not \[1, 3, 16, 16\]"):
+        runner.infer(np.zeros((1, 3, 16, 16), np.float32))
+    assert runner.describe()["size_limits"] == ((8, 32), (8, 32))
+    runner.close()
+
+
 @pytest.mark.trt_api
 def test_runner_owns_the_memory_it_opens(trt, engine_file, libcuda, monkeypatch):
     lib = ctypes.CDLL(libcuda)

@@ -239,7 +239,17 @@ def test_shape_mistakes(tmp_path):
     model = onnx.load(spatial)
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
     onnx.save(model, spatial)
-    with pytest.raises(UserError, match="dynamic batch axis only"):
+    with pytest.raises(UserError, match="dynamic height and width and no sidecar records their range; pass --size"):
+        plan_build(BuildOptions(batch="1"), info_of(spatial), "10.3")
+    plan = plan_build(BuildOptions(batch="1", sizes="8x8:16x8:32x8"), info_of(spatial), "10.3")
+    assert plan.profile == {"input": ((1, 3, 8, 8), (1, 3, 16, 8), (1, 3, 32, 8))}
+    with pytest.raises(UserError, match="changes the fixed width 8 of input 'input'; keep it at 8"):
+        plan_build(BuildOptions(batch="1", sizes="8:16:32"), info_of(spatial), "10.3")
+    with pytest.raises(UserError, match="fixed size 8x8, so --size-profile 8:16:32 cannot apply"):
+        plan_build(BuildOptions(batch="1", sizes="8:16:32"), dynamic, "10.3")
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"
+    onnx.save(model, spatial)
+    with pytest.raises(UserError, match=r"dynamic axes \[0, 1, 2\].*dynamic batch, height and width"):
         plan_build(BuildOptions(batch="1"), info_of(spatial), "10.3")
 
 
@@ -725,7 +735,8 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     assert data["tensorrt"]["version"] == trt.__version__ and data["precision_details"]["strongly_typed"]
     assert data["precision"] == "fp32" and data["precision_details"]["tf32"] is False
     assert data["build"]["tf32"] is False and data["build"]["cleared_builder_flags"] == ["TF32"]
-    assert data["profiles"] == [{"input": "input", "min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8]}]
+    assert data["profiles"] == [{"input": "input", "min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8],
+                                 "source": {"batch": "--batch-profile"}}]
     assert data["onnx"]["sha256"] == P_sha(model) and data["engine_sha256"] == P_sha(tmp_path / "m.engine")
     assert data["build"]["timing_cache"] == {"path": str(cache), "loaded_bytes": 8, "saved_bytes": 14}
     assert data["rebuild_command"].startswith(f"ulsam-deploy build-trt {model} -o {tmp_path / 'm.engine'} --batch-profile 1:2:4")
@@ -735,6 +746,34 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     tf32 = build_engine(model, tmp_path / "t.engine", BuildOptions(batch="1:2:4", tf32=True))
     assert not any(c[0] == "clear_flag" for c in b2.config.method_calls)
     assert tf32.sidecar["precision_details"]["tf32"] is True and "--tf32" in tf32.sidecar["rebuild_command"]
+
+
+@pytest.mark.trt_api
+def test_dynamic_hw_profile_from_the_sidecar_on_the_real_api(trt, tmp_path, monkeypatch):
+    """A symbolic-H/W ONNX whose sidecar records its ranges: the profile's set_shape gets them, flags win."""
+    from ulsam_deploy.artifacts import DynamicRange, OnnxSidecar, TensorSpec, sha256_file, sidecar_path
+    from ulsam_deploy.backends.trt.build import build_engine
+
+    model = tiny_onnx(tmp_path / "d.onnx", size="height")
+    proto = onnx.load(model)
+    proto.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "width"
+    onnx.save(proto, model)
+    side = OnnxSidecar(onnx="d.onnx", sha256=sha256_file(model),
+                       inputs=[TensorSpec(name="input", shape=["batch", 3, "height", "width"])],
+                       outputs=[TensorSpec(name="logits", shape=["batch", 4])],
+                       dynamic=DynamicRange(batch=(1, 2, 4), height=(32, 64, 96), width=(32, 64, 128), multiple_of=32))
+    sidecar_path(model).write_text(side.to_json())
+    b = Build(trt, monkeypatch)
+    result = build_engine(model, tmp_path / "d.engine", BuildOptions())
+    assert mock_call("set_shape", "input", (1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 128)) in b.profile.method_calls
+    assert result.sidecar["profiles"][0]["source"] == {"batch": "sidecar", "sizes": "sidecar"}
+    assert "--batch-profile 1:2:4 --size-profile 32:64:96x128" in result.sidecar["rebuild_command"]
+    b2 = Build(trt, monkeypatch)
+    build_engine(model, tmp_path / "e.engine", BuildOptions(batch="1", sizes="64"))
+    assert mock_call("set_shape", "input", (1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64)) in b2.profile.method_calls
+    with pytest.raises(UserError, match="not a multiple of 32"):
+        build_engine(model, tmp_path / "f.engine", BuildOptions(sizes="32:40:96"))
+    assert not (tmp_path / "f.engine").exists()
 
 
 @pytest.mark.trt_api

@@ -261,11 +261,14 @@ class ModelInfo(_Strict):
 
 
 class DynamicRange(_Strict):
-    """Supported range of the dynamic axes (min, opt, max), used for profiles and parity sizes."""
+    """The (min, opt, max) of each dynamic axis that later steps prove parity at (fuse) and build TensorRT's
+    optimization profile for (build-trt, unless its flags say otherwise); the ONNX itself may accept more.
+    ``multiple_of``: input H and W must be multiples of it (the stride of the deepest map the graph computes)."""
 
-    batch: tuple[int, int, int] = (1, 1, 64)
+    batch: tuple[int, int, int] = (1, 1, 8)
     height: tuple[int, int, int] | None = None
     width: tuple[int, int, int] | None = None
+    multiple_of: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _ordered(self) -> "DynamicRange":
@@ -273,6 +276,8 @@ class DynamicRange(_Strict):
             value = getattr(self, name)
             if value is not None and not 1 <= value[0] <= value[1] <= value[2] <= 1 << 16:
                 raise ValueError(f"{name} range {list(value)} is not 1 <= min <= opt <= max")
+            if value is not None and name != "batch" and self.multiple_of and any(v % self.multiple_of for v in value):
+                raise ValueError(f"{name} range {list(value)} has sizes that are not multiples of {self.multiple_of}")
         return self
 
 

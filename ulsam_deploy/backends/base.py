@@ -65,6 +65,11 @@ class Runner(ABC):
         """(min, max) batch this model accepts, or None for any batch."""
         return None
 
+    def size_limits(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """((min H, max H), (min W, max W)) this model accepts (a fixed-size ONNX, an engine's profile), or None
+        for any size."""
+        return None
+
     def describe(self) -> dict:
         """Settings and versions that make a measurement reproducible."""
         return {"backend": self.name, "precision": self.precision}

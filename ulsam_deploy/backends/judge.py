@@ -8,7 +8,8 @@ Figures follow Polygraphy's comparator: an element fails when ``absdiff > atol``
 (a missing ``rtol`` makes it an absolute test); the minimum tolerance that would pass is reported.
 Non-finite values (NaN/Inf) in either output always fail, as Polygraphy's output validation does.
 Classifier outputs (``[N, classes]``) are also judged on top-1 agreement, top-5 overlap and, with
-labels, on the top-1 accuracy lost; fp16/int8 are judged on those rather than element-wise.
+labels, on the top-1 accuracy lost; fp16/int8 are judged on those rather than element-wise. A backbone's
+feature maps have no classes: each is judged on its own figures (``tolerances_for(..., features=True)``).
 """
 
 from __future__ import annotations
@@ -145,11 +146,22 @@ REPORT_TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1
 KEYS = tuple(Tolerances.__dataclass_fields__)
 
 
-def tolerances_for(precision: str, overrides: dict[str, dict[str, float | None]] | None = None) -> Tolerances:
-    """Defaults for ``precision`` with ``overrides`` applied (scope ``"*"`` for every precision, or a precision)."""
+CLASS_KEYS = ("min_top1_agreement", "min_top5_overlap", "max_top1_drop")
+
+
+def tolerances_for(precision: str, overrides: dict[str, dict[str, float | None]] | None = None, *,
+                   features: bool = False) -> Tolerances:
+    """Defaults for ``precision`` with ``overrides`` applied (scope ``"*"`` for every precision, or a precision).
+
+    ``features``: the outputs are a backbone's feature maps, which have no classes, so the top-1/top-5 checks are
+    off (overrides of them too) and each map is judged on the precision's element-wise limits (fp32) and cosine
+    (every precision) alone; the element-wise figures of fp16/int8 are reported as the tolerance they would need.
+    """
     data = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]).to_dict()
     for scope in ("*", precision):
         data.update((overrides or {}).get(scope, {}))
+    if features:
+        data.update(dict.fromkeys(CLASS_KEYS))
     return Tolerances(**data)
 
 
@@ -317,9 +329,9 @@ def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | Non
         if not classifier:
             continue
         if t.min_top1_agreement is not None and comparison.top1_agreement < t.min_top1_agreement:
-            failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} < {t.min_top1_agreement:.2%}")
+            failures.append(f"{prefix}top-1 agreement {comparison.top1_agreement:.2%} < {t.min_top1_agreement:.2%}")
         if t.min_top5_overlap is not None and comparison.top5_overlap < t.min_top5_overlap:
-            failures.append(f"top-5 overlap {comparison.top5_overlap:.2%} < {t.min_top5_overlap:.2%}")
+            failures.append(f"{prefix}top-5 overlap {comparison.top5_overlap:.2%} < {t.min_top5_overlap:.2%}")
         if labels is not None:
             entry.accuracy_reference = accuracy(ref, labels)
             entry.accuracy_candidate = accuracy(cand, labels)
@@ -327,15 +339,17 @@ def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | Non
             if entry.accuracy_reference is not None and entry.accuracy_candidate is not None:
                 drop = entry.accuracy_reference.top1 - entry.accuracy_candidate.top1
                 if drop > t.max_top1_drop + 1e-12:
-                    failures.append(f"top-1 accuracy {entry.accuracy_candidate.top1:.2%} is {drop * 100:.2f} points "
+                    failures.append(f"{prefix}top-1 accuracy {entry.accuracy_candidate.top1:.2%} is "
+                                    f"{drop * 100:.2f} points "
                                     f"below the reference's {entry.accuracy_reference.top1:.2%} (allowed "
                                     f"{t.max_top1_drop * 100:g})")
             elif comparison.top1_agreement < 1.0 - t.max_top1_drop - 1e-12:
-                failures.append(f"top-1 agreement {comparison.top1_agreement:.2%} on unlabelled inputs < "
+                failures.append(f"{prefix}top-1 agreement {comparison.top1_agreement:.2%} on unlabelled inputs < "
                                 f"{1.0 - t.max_top1_drop:.2%} (which bounds the accuracy change by "
                                 f"{t.max_top1_drop * 100:g} points)")
     return Verdict(t, results, failures)
 
 
-__all__ = ["Accuracy", "Comparison", "DEFAULT_TOLERANCES", "OutputVerdict", "PRECISIONS", "Tolerances", "Verdict",
+__all__ = ["Accuracy", "CLASS_KEYS", "Comparison", "DEFAULT_TOLERANCES", "OutputVerdict", "PRECISIONS", "Tolerances",
+           "Verdict",
            "accuracy", "compare_outputs", "judge", "parse_tolerance_overrides", "tolerances_for", "topk_indices"]

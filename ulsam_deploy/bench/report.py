@@ -13,16 +13,18 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
+
 from ulsam_deploy.artifacts import check_output, is_stdout, json_text, write_bytes, write_text_output
 from ulsam_deploy.bench.run import BenchReport, LatencyRow, ParityRow
 
-CSV_COLUMNS = ["model", "file", "backend", "precision", "int8_target", "mode", "batch", "artifact",
+CSV_COLUMNS = ["model", "file", "backend", "precision", "int8_target", "mode", "batch", "input_size", "artifact",
                "latency_meaningful", "latency_min_ms", "latency_mean_ms", "latency_median_ms", "latency_p90_ms",
                "latency_p95_ms", "latency_p99_ms", "latency_max_ms", "latency_cv", "unstable", "iterations",
                "throughput_qps", "images_per_s", "h2d_median_ms", "gpu_compute_median_ms", "d2h_median_ms",
                "reference", "parity_passed", "max_abs_diff", "mean_abs_diff", "min_required_atol",
                "min_required_rtol", "cosine", "top1_agreement", "top5_overlap", "top1_accuracy", "top5_accuracy",
-               "top1_delta", "parity_failures"]
+               "top1_delta", "parity_outputs", "parity_failures"]
 
 
 def _parity_index(report: BenchReport) -> dict[tuple, ParityRow]:
@@ -53,7 +55,8 @@ def _row(lat: LatencyRow | None, par: ParityRow | None) -> dict:
         row["int8_target"] = par.int8_target
     if lat is not None:
         s = lat.stats
-        row.update(batch=lat.batch, latency_meaningful=lat.meaningful, latency_min_ms=s.min, latency_mean_ms=s.mean,
+        row.update(batch=lat.batch, input_size=lat.size_text or None, latency_meaningful=lat.meaningful,
+                   latency_min_ms=s.min, latency_mean_ms=s.mean,
                    latency_median_ms=s.median, latency_p90_ms=s.p90, latency_p95_ms=s.p95, latency_p99_ms=s.p99,
                    latency_max_ms=s.max, latency_cv=s.cv, unstable=s.unstable, iterations=s.count,
                    throughput_qps=lat.qps, images_per_s=lat.images_per_s)
@@ -63,11 +66,12 @@ def _row(lat: LatencyRow | None, par: ParityRow | None) -> dict:
                        d2h_median_ms=lat.gpu["d2h"].median if "d2h" in lat.gpu else None)
     if par is not None:
         row.update(reference=par.reference, parity_passed=par.passed, parity_failures="; ".join(par.failures))
-        if par.comparison is not None:
-            c = par.comparison
-            row.update(max_abs_diff=c.max_abs, mean_abs_diff=c.mean_abs, min_required_atol=c.min_required_atol,
-                       min_required_rtol=c.min_required_rtol, cosine=c.cosine, top1_agreement=c.top1_agreement,
-                       top5_overlap=c.top5_overlap)
+        worst = par.worst  # over every output and size: one row per runner, outputs_table() has each one
+        if worst is not None:
+            row.update(max_abs_diff=worst["max_abs"], mean_abs_diff=worst["mean_abs"],
+                       min_required_atol=worst["min_required_atol"], min_required_rtol=worst["min_required_rtol"],
+                       cosine=worst["cosine"], top1_agreement=worst["top1_agreement"],
+                       top5_overlap=worst["top5_overlap"], parity_outputs=len(par.outputs))
         if par.accuracy is not None:
             row.update(top1_accuracy=par.accuracy.top1, top5_accuracy=par.accuracy.top5)
             if par.reference_accuracy is not None and not par.is_reference:
@@ -101,6 +105,38 @@ def mode_notes(report: BenchReport) -> list[str]:
     return out
 
 
+def output_rows(report: BenchReport) -> list[dict]:
+    """One row per judged output (size x output name) of every runner: the figures behind the worst-case row."""
+    out = []
+    for par in report.parity:
+        if par.is_reference:
+            continue
+        t = par.tolerances
+        for o in par.outputs:
+            c = o.comparison
+            out.append({"model": par.model, "file": par.file, "backend": par.backend, "precision": par.precision,
+                        "output": o.name, "max_abs_diff": c.max_abs, "mean_abs_diff": c.mean_abs, "cosine": c.cosine,
+                        "min_required_atol": c.min_required_atol, "min_required_rtol": c.min_required_rtol,
+                        "top1_agreement": c.top1_agreement if o.classifier else None,
+                        "atol": t.atol, "rtol": t.rtol, "min_cosine": t.min_cosine,
+                        "failed": list(par.failures) if len(par.outputs) == 1 else
+                        [f for f in par.failures if f.startswith(f"{o.name}: ")]})
+    return out
+
+
+def tolerance_text(row: dict) -> str:
+    """The gate an output row was held to, in short (``atol 1e-04 rtol 1e-03 cos>=0.99999``)."""
+    parts = [f"{k} {row[k]:.0e}" for k in ("atol", "rtol") if row.get(k) is not None]
+    if row.get("min_cosine") is not None:
+        parts.append(f"cos>={row['min_cosine']:g}")
+    return " ".join(parts) or "-"
+
+
+def wants_output_table(report: BenchReport) -> bool:
+    """Several outputs (a backbone) or several sizes: the per-runner row alone would hide which one is worst."""
+    return any(len(p.outputs) > 1 for p in report.parity)
+
+
 # --------------------------------------------------------------------------------------- text
 
 def fmt_ms(value) -> str:
@@ -124,18 +160,24 @@ def markdown(report: BenchReport) -> str:
              f"{', '.join(g['name'] for g in report.machine.get('gpus') or []) or 'none'}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items() if v),
              f"- inputs: {report.inputs.get('source')} ({report.inputs.get('count')} x {report.inputs.get('shape')}, "
-             f"{report.inputs.get('labelled')} labelled, {report.inputs.get('skipped')} skipped)",
+             f"{report.inputs.get('labelled')} labelled, {report.inputs.get('skipped')} skipped)"
+             + (f"; at sizes {', '.join(f'{h}x{w}' for h, w in report.inputs['sizes'])}"
+                if len(report.inputs.get("sizes") or []) > 1 else ""),
              f"- timing: interleaved; warm-up {report.settings['timing']['warmup_s']} s, >= "
              f"{report.settings['timing']['min_iterations']} iterations and >= {report.settings['timing']['min_seconds']} s "
              f"per row; CV > 2.5 % flagged unstable",
              f"- result: **{'PASS' if report.passed else 'FAIL'}**", ""]
     for model in report.models:
-        lines.append(f"- model `{model['name']}`: {model.get('description') or ''}"
+        backbone = (f"; backbone: feature maps after layers {', '.join(map(str, model['features']))}"
+                    if model.get("features") else "")
+        lines.append(f"- model `{model['name']}`: {model.get('description') or ''}{backbone}"
                      + (f", {model['macs'] / 1e6:.1f} M MACs" if model.get("macs") else ""))
     lines.append("")
     notes_index, notes = footnotes(report)
-    header = ["model", "artifact", "backend", "precision", "batch", "median ms", "mean ms", "p90 ms", "p99 ms", "CV",
-              "img/s", "GPU compute ms", "max abs diff", "cosine", "top-1 agree", "top-1 acc", "Δ top-1", "parity"]
+    sized = any(r.size for r in report.latency)
+    header = ["model", "artifact", "backend", "precision", "batch"] + (["size"] if sized else []) + [
+        "median ms", "mean ms", "p90 ms", "p99 ms", "CV", "img/s", "GPU compute ms", "max abs diff", "cosine",
+        "top-1 agree", "top-1 acc", "Δ top-1", "parity"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(report):
         is_ref = row["reference"] == "reference"
@@ -144,7 +186,8 @@ def markdown(report: BenchReport) -> str:
                                                           ("PASS" if row["parity_passed"] else f"FAIL [{notes_index[key]}]"))
         cv = "" if row["latency_cv"] is None else f"{row['latency_cv']:.1%}" + (" unstable" if row["unstable"] else "")
         median = fmt_ms(row["latency_median_ms"]) + ("*" if row["latency_meaningful"] is False else "")
-        cells = [row["model"], row["file"], row["backend"], describe_precision(row), str(row["batch"] or "-"), median,
+        cells = [row["model"], row["file"], row["backend"], describe_precision(row), str(row["batch"] or "-")] + (
+            [row["input_size"] or "-"] if sized else []) + [median,
                  fmt_ms(row["latency_mean_ms"]), fmt_ms(row["latency_p90_ms"]), fmt_ms(row["latency_p99_ms"]), cv,
                  "" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}",
                  fmt_ms(row["gpu_compute_median_ms"]), "ref" if is_ref else fmt_diff(row["max_abs_diff"]),
@@ -152,6 +195,17 @@ def markdown(report: BenchReport) -> str:
                  "ref" if is_ref else fmt_pct(row["top1_agreement"]), fmt_pct(row["top1_accuracy"]),
                  "" if row["top1_delta"] is None else f"{row['top1_delta'] * 100:+.1f} pt", parity]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    if wants_output_table(report):
+        lines += ["", "## Parity per output", "",
+                  "Each output at each size against the gate it was held to; the max abs diff is also the smallest "
+                  "atol that would pass, the required rtol the smallest rtol. Feature maps are judged without top-1.",
+                  "", "| model | artifact | backend | precision | output | max abs diff | mean abs diff | "
+                  "required rtol | cosine | top-1 agree | gate | result |", "|" + "---|" * 12]
+        for o in output_rows(report):
+            cells = [o["model"], o["file"], o["backend"], o["precision"], o["output"], fmt_diff(o["max_abs_diff"]),
+                     fmt_diff(o["mean_abs_diff"]), fmt_diff(o["min_required_rtol"]), f"{o['cosine']:.6f}",
+                     fmt_pct(o["top1_agreement"]) or "-", tolerance_text(o), "FAIL" if o["failed"] else "PASS"]
+            lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     how = mode_notes(report)
     if how or any(r.meaningful is False for r in report.latency):
         lines += ["", "How rows ran (* = the latency measures a simulation or a reference op, not deployment speed; "
@@ -160,9 +214,11 @@ def markdown(report: BenchReport) -> str:
         lines += ["", "Parity failures:", ""] + [f"{k}. {n}" for k, n in enumerate(notes, 1)]
     if report.compare:
         lines += ["", "## MACs ratio vs latency ratio", "",
-                  "| backend | precision | batch | model | vs | MACs ratio | latency ratio |", "|---|---|---|---|---|---|---|"]
+                  "| backend | precision | batch | size | model | vs | MACs ratio | latency ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in report.compare:
-            lines.append(f"| {c.backend} | {c.precision} | {c.batch} | {c.model} | {c.baseline} | "
+            size = f"{c.size[0]}x{c.size[1]}" if c.size else "-"
+            lines.append(f"| {c.backend} | {c.precision} | {c.batch} | {size} | {c.model} | {c.baseline} | "
                          f"{'' if c.macs_ratio is None else f'{c.macs_ratio:.4f}'} | {c.latency_ratio:.3f} |")
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- {s['model']} {s['backend']}: {s['reason']}" for s in report.skipped]
@@ -186,14 +242,41 @@ def report_json(report: BenchReport) -> str:
 
 # -------------------------------------------------------------------------------------- chart
 
-def _label(row_model: str, file: str, backend: str, multi: bool) -> str:
-    return (f"{row_model}: " if multi else "") + f"{file} ({backend})"
+def _label(row_model: str, file: str, backend: str, multi: bool, size: str = "") -> str:
+    return (f"{row_model}: " if multi else "") + f"{file} ({backend})" + (f" @{size}" if size else "")
+
+
+def _size_panel(ax, report: BenchReport, multi: bool) -> None:
+    """Median latency against input pixels at the smallest batch, one line per runner (what a detector's input
+    size costs); the whiskers span p10..p90 of the samples."""
+    smallest = min(r.batch for r in report.latency)
+    lines: dict[tuple, list] = {}
+    for r in report.latency:
+        if r.batch == smallest and r.size:
+            lines.setdefault((r.model, r.file, r.backend, r.meaningful), []).append(r)
+    ticks = {}
+    for (model, file, backend, meaningful), sel in lines.items():
+        sel.sort(key=lambda r: r.size[0] * r.size[1])
+        xs = [r.size[0] * r.size[1] / 1e3 for r in sel]
+        meds = [r.stats.median for r in sel]
+        lo = [m - float(np.percentile(r.samples_ms, 10)) for m, r in zip(meds, sel)]
+        hi = [float(np.percentile(r.samples_ms, 90)) - m for m, r in zip(meds, sel)]
+        ax.errorbar(xs, meds, yerr=[lo, hi], marker="o", ms=3.5, lw=1.2, capsize=2,
+                    label=_label(model, file, backend, multi) + ("*" if not meaningful else ""))
+        ticks.update({x: r.size_text for x, r in zip(xs, sel)})
+    ax.set_xticks(list(ticks), list(ticks.values()), fontsize=7, rotation=30)
+    ax.set_xlabel("input size (H x W; axis linear in pixels)", fontsize=8)
+    ax.set_ylabel(f"median latency, batch {smallest} (ms)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("latency vs input size", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left")
 
 
 def chart_png(report: BenchReport) -> bytes:
-    """Latency distribution per runner (one panel per batch size, up to 3); with labels, top-1 accuracy against
-    median latency at the smallest batch (points numbered, names in a legend, so nothing overlaps); with
-    ``--compare``, measured latency ratio against MACs ratio."""
+    """Latency distribution per runner (one panel per batch size, up to 3); with several input sizes, median latency
+    against input size; with labels, top-1 accuracy against median latency at the smallest batch (points numbered,
+    names in a legend, so nothing overlaps); with ``--compare``, measured latency ratio against MACs ratio."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -203,7 +286,8 @@ def chart_png(report: BenchReport) -> bytes:
     batches = sorted({r.batch for r in report.latency})[:3]
     accuracy_panel = report.has_labels and bool(report.latency)
     compare_panel = bool(report.compare)
-    panels = max(len(batches) + int(accuracy_panel) + int(compare_panel), 1)
+    size_panel = len({r.size for r in report.latency if r.size}) > 1
+    panels = max(len(batches) + int(accuracy_panel) + int(compare_panel) + int(size_panel), 1)
     n_rows = max((sum(1 for r in report.latency if r.batch == b) for b in batches), default=1)
     height = max(3.6, 0.42 * n_rows + 1.8)
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, height), squeeze=False)
@@ -211,7 +295,8 @@ def chart_png(report: BenchReport) -> bytes:
     multi = len(report.models) > 1
     for ax, batch in zip(axes, batches):
         sel = [r for r in report.latency if r.batch == batch]
-        names = [_label(r.model, r.file, r.backend, multi) + ("*" if not r.meaningful else "") for r in sel]
+        names = [_label(r.model, r.file, r.backend, multi, r.size_text) + ("*" if not r.meaningful else "")
+                 for r in sel]
         ax.boxplot([r.samples_ms for r in sel], vert=False, showfliers=True, flierprops={"markersize": 2})
         ax.set_yticks(range(1, len(sel) + 1), names, fontsize=7)
         if sel and max(max(r.samples_ms) for r in sel) > 10 * min(min(r.samples_ms) for r in sel):
@@ -222,15 +307,19 @@ def chart_png(report: BenchReport) -> bytes:
         ax.set_title(f"batch {batch}: latency distribution", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     position = len(batches)
+    if size_panel:
+        _size_panel(axes[position], report, multi)
+        position += 1
     if accuracy_panel:
         ax = axes[position]
         position += 1
         smallest = batches[0]
         par = _parity_index(report)
         legend, placed = [], []
+        first_size = min((r.size for r in report.latency if r.size), default=None)
         for r in report.latency:
             p = par.get((r.model, r.backend, r.precision, r.artifact))
-            if r.batch != smallest or p is None or p.accuracy is None:
+            if r.batch != smallest or r.size != first_size or p is None or p.accuracy is None:
                 continue
             number = len(legend) + 1
             point = (r.stats.median, p.accuracy.top1 * 100)
@@ -255,7 +344,8 @@ def chart_png(report: BenchReport) -> bytes:
         ys = [c.latency_ratio for c in report.compare if c.macs_ratio is not None]
         for k, c in enumerate(c for c in report.compare if c.macs_ratio is not None):
             ax.scatter(c.macs_ratio, c.latency_ratio, s=18)
-            ax.annotate(f"{c.model} b{c.batch}", (c.macs_ratio, c.latency_ratio), fontsize=6.5,
+            ax.annotate(f"{c.model} b{c.batch}" + (f" @{c.size[0]}x{c.size[1]}" if c.size else ""),
+                        (c.macs_ratio, c.latency_ratio), fontsize=6.5,
                         xytext=(3, 3 + 7 * (k % 3)), textcoords="offset points")
         if xs:
             lo, hi = min(xs + ys) * 0.95, max(xs + ys) * 1.05
@@ -265,7 +355,7 @@ def chart_png(report: BenchReport) -> bytes:
         ax.tick_params(labelsize=7)
         ax.set_title("MACs ratio vs latency ratio", fontsize=10)
         ax.grid(alpha=0.3)
-    if not batches and not accuracy_panel and not compare_panel:
+    if not batches and not accuracy_panel and not compare_panel and not size_panel:
         axes[0].text(0.5, 0.5, "no latency measured", ha="center", va="center")
         axes[0].set_axis_off()
     fig.tight_layout()
@@ -305,4 +395,5 @@ def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdow
 
 
 __all__ = ["CSV_COLUMNS", "chart_png", "csv_text", "describe_precision", "fmt_diff", "fmt_ms", "fmt_pct", "footnotes",
-           "markdown", "mode_notes", "report_json", "rows", "write_reports"]
+           "markdown", "mode_notes", "output_rows", "report_json", "rows", "tolerance_text", "wants_output_table",
+           "write_reports"]

@@ -67,6 +67,8 @@ class ModelSpec:
     random_weights: bool = False
     notes: list = field(default_factory=list)
     graph_shape: tuple | None = None  # (channels, size, classes) read from an ONNX graph without sidecar
+    features: list | None = None  # paper layers of a backbone's outputs (from its sidecar); None: a classifier
+    dynamic: object | None = None  # artifacts.DynamicRange of its ONNX: the sizes it is proven at
     _macs: int | None = None
     _params: int | None = None
 
@@ -76,17 +78,28 @@ class ModelSpec:
             return self.config.in_channels, self.config.input_size, self.config.num_classes
         return self.graph_shape
 
+    @property
+    def is_backbone(self) -> bool:
+        return bool(self.features)
+
     def cost(self) -> tuple[int | None, int | None]:
-        """(MACs, params) counted the paper's way: from the torch model when one is loaded, else from the first
-        ONNX file's graph (torch-free, so ``--compare`` of ONNX files works on a board); None when neither is."""
+        """(MACs, params) counted the paper's way, for a backbone up to its deepest feature layer: from the torch
+        model (or the config) when torch is here, else from the first ONNX file's graph (torch-free, so
+        ``--compare`` of ONNX files works on a board); None when neither is."""
         if self._macs is not None:
             return self._macs, self._params
         files = [o for o in self.onnx if not isinstance(o, (bytes, bytearray))]
-        if self.module is not None:
+        if self.module is not None or (self.config is not None and not files and not extras.missing("torch")):
             from ulsam_deploy.models import profile_model
+            from ulsam_deploy.models.mobilenet import Backbone, MobileNetULSAM
 
-            cost = profile_model(self.module)
-            self._macs, self._params = cost.macs, cost.params
+            model = self.module if self.module is not None else MobileNetULSAM(self.config)
+            model = model.model if isinstance(model, Backbone) else model
+            rows = profile_model(model).layers
+            if self.features:
+                deepest = max(self.features)
+                rows = [r for r in rows if r.layer.split(":")[0].isdigit() and int(r.layer.split(":")[0]) <= deepest]
+            self._macs, self._params = sum(r.macs for r in rows), sum(r.params for r in rows)
         elif files:
             from ulsam_deploy.passes.cost import onnx_cost
 
@@ -94,12 +107,6 @@ class ModelSpec:
                 self._macs, self._params = onnx_cost(files[0])
             except Exception:  # noqa: BLE001 - an unreadable graph is reported by its runner, not here
                 pass
-        elif self.config is not None and not extras.missing("torch"):
-            from ulsam_deploy.models import profile_model
-            from ulsam_deploy.models.mobilenet import MobileNetULSAM
-
-            cost = profile_model(MobileNetULSAM(self.config))
-            self._macs, self._params = cost.macs, cost.params
         return self._macs, self._params
 
     def describe(self) -> dict:
@@ -109,7 +116,8 @@ class ModelSpec:
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "onnx": [str(o) if not isinstance(o, (bytes, bytearray)) else "(exported in memory)" for o in self.onnx],
                 "engines": [str(e) for e in self.engines], "macs": macs, "params": params,
-                "random_weights": self.random_weights, "notes": list(self.notes)}
+                "random_weights": self.random_weights, "features": self.features,
+                "dynamic": self.dynamic.model_dump() if self.dynamic is not None else None, "notes": list(self.notes)}
 
 
 def parse_model_spec(text: str):
@@ -158,9 +166,9 @@ def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
             spec.graph_shape = _graph_shape(onnx_path)
         return
     load_with_sidecar(onnx_path)  # the sidecar must describe this graph
-    if not sidecar.is_classifier:
-        raise UserError(f"'{onnx_path}' is not a classifier (outputs {', '.join(o.name for o in sidecar.outputs)}); "
-                        "bench judges classifiers on their logits.")
+    features = [o.layer for o in sidecar.outputs if o.layer is not None] or None
+    spec.features = spec.features or features
+    spec.dynamic = spec.dynamic or sidecar.dynamic
     if spec.config is None and sidecar.model is not None:
         spec.config = ModelConfig.from_dict(sidecar.model.config)
     spec.preprocess = spec.preprocess or preprocess_of(sidecar)
@@ -243,11 +251,18 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
         from ulsam_deploy.steps.export import preprocess_spec
 
-        model, info = load_checkpoint_with_info(spec.checkpoint, **(overrides or {}))
+        overrides = dict(overrides or {})
+        if spec.config is not None:  # an export may set its own input size (e.g. the opt of a dynamic range)
+            overrides.setdefault("input_size", spec.config.input_size)
+        model, info = load_checkpoint_with_info(spec.checkpoint, **overrides)
         if spec.config is not None and spec.config.to_dict() != info.config.to_dict():
             raise UserError(f"The checkpoint '{spec.checkpoint}' is {info.config.describe()}, but the ONNX given with it "
                             f"is {spec.config.describe()}; bench a checkpoint with its own exports.")
         spec.module, spec.config = model, info.config
+        if spec.features:  # the reference of a backbone ONNX is the same network cut at the same layers
+            from ulsam_deploy.models.mobilenet import Backbone
+
+            spec.module = Backbone(model, spec.features)
         if spec.preprocess is None:
             from ulsam_deploy.data.images import Preprocess
 
@@ -261,6 +276,7 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         spec.onnx.append(p)
         if spec.config is None:
             _apply_onnx_sidecar(spec, p)
+    _check_variants(spec)
     for extra in engines:
         p = Path(extra)
         if not p.exists():
@@ -269,12 +285,39 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
     return spec
 
 
-def export_in_memory(spec: ModelSpec, opset: int = 17) -> bytes:
-    """The export pipeline (export form, TorchScript exporter, onnxsim, checked) without writing files."""
+def _check_variants(spec: ModelSpec) -> None:
+    """Every ONNX of one model must have the same outputs (variants of one export), else one sentence."""
+    import onnx
+
+    seen = None
+    for path in spec.onnx:
+        if isinstance(path, (bytes, bytearray)):
+            continue
+        try:
+            names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when its runner loads
+            continue
+        if seen is not None and names != seen[1]:
+            raise UserError(f"'{path}' outputs {', '.join(names)} but '{seen[0]}' outputs {', '.join(seen[1])}; bench "
+                            "variants (fp16, int8, fused) of one export together, and other models as separate "
+                            "arguments.")
+        seen = seen or (path, names)
+
+
+def export_in_memory(spec: ModelSpec, opset: int = 17, sizes: Sequence[tuple[int, int]] | None = None) -> bytes:
+    """The export pipeline (export form, TorchScript exporter, onnxsim, checked) without writing files; a backbone
+    keeps its feature outputs, and H/W are symbolic when ``sizes`` (bench's --input-size) asks for other sizes."""
+    from ulsam_deploy.models.mobilenet import Backbone
     from ulsam_deploy.steps._step import finalize_onnx
     from ulsam_deploy.steps.export import ExportOptions, onnx_from_model
 
-    proto, _ = onnx_from_model(spec.module, ExportOptions(opset=opset))
+    model = spec.module.model if isinstance(spec.module, Backbone) else spec.module
+    size = model.config.input_size
+    values = [v for hw in sizes or () for v in hw]
+    input_range = (min(values + [size]), size, max(values + [size])) if values and set(values) != {size} else None
+    options = ExportOptions(opset=opset, features=",".join(map(str, spec.features)) if spec.features else None,
+                            input_range=input_range)
+    proto, _ = onnx_from_model(model, options)
     return finalize_onnx(proto).SerializeToString()
 
 
@@ -304,6 +347,7 @@ class BenchOptions:
     latency: bool = True
     parity_batch: int = 16
     export_missing_onnx: bool = True
+    sizes: tuple[tuple[int, int], ...] | None = None  # input (H, W) to time and judge at [default: the model's own]
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -331,6 +375,14 @@ class BenchOptions:
                             "--inputs (random inputs are already normalized).")
         if int(self.parity_batch) < 1:
             raise UserError(f"--parity-batch must be at least 1, not {self.parity_batch}.")
+        if self.sizes is not None:
+            self.sizes = tuple(dict.fromkeys((int(h), int(w)) for h, w in self.sizes))
+            if not self.sizes or any(not 8 <= v <= 4096 for hw in self.sizes for v in hw):
+                raise UserError(f"--input-size needs sizes from 8 to 4096 pixels such as 224,320,480 (or HxW), not "
+                                f"{','.join(f'{h}x{w}' for h, w in self.sizes) or 'nothing'}.")
+            if self.inputs is not None and any(h != w for h, w in self.sizes):
+                raise UserError("Real images (--inputs) are center-cropped to squares; give square --input-size values "
+                                "such as 320, or bench non-square sizes on random inputs.")
 
     def to_dict(self) -> dict:
         return {"backends": list(self.backends), "reference": self.reference, "batches": list(self.batches),
@@ -339,6 +391,7 @@ class BenchOptions:
                            "interleaved": True},
                 "threads": self.threads, "ort_providers": list(self.ort_providers), "torch_device": self.torch_device,
                 "trt_device": self.trt_device, "seed": self.seed, "parity": self.parity, "latency": self.latency,
+                "sizes": [list(hw) for hw in self.sizes] if self.sizes else None,
                 "tolerances": {p: tolerances_for(p, self.threshold_overrides).to_dict() for p in PRECISIONS}}
 
 
@@ -409,6 +462,23 @@ class ParityRow:
         return None if self.verdict is None else self.verdict.main.accuracy_reference
 
     @property
+    def outputs(self) -> list:
+        """The judge's figures per output (per input size and output name, ``320x320/feat_s8``)."""
+        return [] if self.verdict is None else list(self.verdict.outputs)
+
+    @property
+    def worst(self) -> dict | None:
+        """The worst figure of each kind over every output: what one table row shows."""
+        if not self.outputs:
+            return None
+        cs = [o.comparison for o in self.outputs]
+        return {"max_abs": max(c.max_abs for c in cs), "mean_abs": max(c.mean_abs for c in cs),
+                "min_required_atol": max(c.min_required_atol for c in cs),
+                "min_required_rtol": max(c.min_required_rtol for c in cs), "cosine": min(c.cosine for c in cs),
+                "top1_agreement": min(c.top1_agreement for c in cs) if self.outputs[0].classifier else None,
+                "top5_overlap": min(c.top5_overlap for c in cs) if self.outputs[0].classifier else None}
+
+    @property
     def passed(self) -> bool:
         return not self.failures
 
@@ -422,6 +492,7 @@ class ParityRow:
                 "is_reference": self.is_reference, "passed": self.passed, "failures": self.failures,
                 "comparison": self.comparison.to_dict() if self.comparison else None,
                 "tolerances": self.tolerances.to_dict() if self.tolerances else None,
+                "worst": self.worst, "outputs": [o.to_dict() for o in self.outputs],
                 "accuracy": self.accuracy.to_dict() if self.accuracy else None}
         if self.accuracy and self.reference_accuracy and not self.is_reference:
             data["accuracy_delta"] = {"top1": self.accuracy.top1 - self.reference_accuracy.top1,
@@ -442,10 +513,15 @@ class LatencyRow:
     warmup_iters: int
     mode: str = ""
     meaningful: bool = True  # False: a simulation or reference op, not deployment speed
+    size: tuple[int, int] | None = None  # input (H, W)
 
     @property
     def file(self) -> str:
         return artifact_name(self.artifact)
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size[0]}x{self.size[1]}" if self.size else ""
 
     @property
     def qps(self) -> float:
@@ -458,7 +534,8 @@ class LatencyRow:
     def to_dict(self) -> dict:
         data = {"model": self.model, "backend": self.backend, "precision": self.precision, "artifact": self.artifact,
                 "file": self.file, "mode": self.mode, "latency_meaningful": self.meaningful,
-                "batch": self.batch, "latency_ms": self.stats.to_dict(), "throughput_qps": self.qps,
+                "batch": self.batch, "input_size": list(self.size) if self.size else None,
+                "latency_ms": self.stats.to_dict(), "throughput_qps": self.qps,
                 "images_per_s": self.images_per_s, "warmup_iterations": self.warmup_iters,
                 "gpu": {f"{k}_ms": v.to_dict() for k, v in self.gpu.items()} if self.gpu else None}
         return data
@@ -475,6 +552,7 @@ class CompareRow:
     baseline_macs: int | None
     median_ms: float
     baseline_median_ms: float
+    size: tuple[int, int] | None = None
 
     @property
     def macs_ratio(self) -> float | None:
@@ -485,7 +563,8 @@ class CompareRow:
         return self.median_ms / self.baseline_median_ms
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "batch": self.batch, "model": self.model,
+        return {"backend": self.backend, "precision": self.precision, "batch": self.batch,
+                "input_size": list(self.size) if self.size else None, "model": self.model,
                 "baseline": self.baseline, "macs": self.macs, "baseline_macs": self.baseline_macs,
                 "macs_ratio": self.macs_ratio, "median_ms": self.median_ms,
                 "baseline_median_ms": self.baseline_median_ms, "latency_ratio": self.latency_ratio}
@@ -620,7 +699,7 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
             if not variants:
                 if spec.module is not None and options.export_missing_onnx:
                     event("export", model=spec.name)
-                    variants = [export_in_memory(spec)]
+                    variants = [export_in_memory(spec, sizes=options.sizes)]
                     spec.onnx = variants
                     spec.notes.append("ONNX exported in memory for the ort backend (export pipeline, not written)")
                 else:
@@ -661,21 +740,67 @@ def _pick_reference(entries: list[RunnerEntry], options: BenchOptions, warnings:
     return fallback
 
 
-def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> ImageSet:
+def parse_sizes(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """``"224,320,480"`` -> ((224, 224), (320, 320), (480, 480)); ``"320x480"`` -> ((320, 480),); None -> None."""
+    if text is None or not str(text).strip():
+        return None
+    sizes = []
+    for token in (t.strip().lower() for t in str(text).split(",") if t.strip()):
+        parts = token.split("x")
+        if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+            raise UserError(f"--input-size '{text}' is not a comma-separated list of sizes such as 224,320,480 (or "
+                            "HxW such as 320x480).")
+        h, w = int(parts[0]), int(parts[-1])
+        sizes.append((h, w))
+    return tuple(sizes)
+
+
+def _sizes(specs: list[ModelSpec], options: BenchOptions, warnings: list[str]) -> tuple[int, list[tuple[int, int]]]:
+    """(channels, the input (H, W) sizes to run): ``options.sizes``, else the models' common size; a size a model's
+    network cannot take (not a multiple of its stride) is refused, one outside its proven range warned about."""
     known = [(s, s.input_info()) for s in specs if s.input_info() is not None]
     if not known:
         raise UserError("Cannot tell the input shape: no checkpoint, sidecar, model spec or static ONNX input "
                         "describes the model; export with 'ulsam-deploy export' (it writes the sidecar) or give the checkpoint.")
-    spec, (channels, size, classes) = known[0]
-    shapes = {(c, z) for _, (c, z, _n) in known}
-    if len(shapes) > 1:
-        raise UserError(f"The models take different inputs ({', '.join(f'{c}x{z}x{z}' for c, z in sorted(shapes))}); "
-                        "compare models with the same input size and channels.")
+    channels = {c for _, (c, _z, _n) in known}
+    if len(channels) > 1:
+        raise UserError(f"The models take {' and '.join(map(str, sorted(channels)))} input channels; compare models "
+                        "with the same input channels.")
+    if options.sizes is None:
+        shapes = {(c, z) for _, (c, z, _n) in known}
+        if len(shapes) > 1:
+            listed = ", ".join(f"{c}x{z}x{z}" for c, z in sorted(shapes))
+            raise UserError(f"The models take different inputs ({listed}); compare models with the same input size and "
+                            "channels, or give --input-size.")
+        size = known[0][1][1]
+        return channels.pop(), [(size, size)]
+    for spec in specs:
+        dyn = spec.dynamic
+        multiple = getattr(dyn, "multiple_of", None)
+        for h, w in options.sizes:
+            bad = [v for v in (h, w) if multiple and v % multiple]
+            if bad:
+                below = bad[0] // multiple * multiple
+                near = f"{below} or {below + multiple}" if below else str(multiple)
+                raise UserError(f"--input-size {h}x{w}: {bad[0]} is not a multiple of {multiple}, the stride "
+                                f"{spec.name}'s network needs; use {near}.")
+            if dyn is not None and dyn.height and dyn.width and not (dyn.height[0] <= h <= dyn.height[2]
+                                                                    and dyn.width[0] <= w <= dyn.width[2]):
+                warnings.append(f"{spec.name}: {h}x{w} is outside {dyn.height[0]}..{dyn.height[2]} x {dyn.width[0]}.."
+                                f"{dyn.width[2]}, the range its export proved parity at (bench's own parity covers it)")
+    return channels.pop(), list(options.sizes)
+
+
+def _build_inputs(specs: list[ModelSpec], options: BenchOptions, channels: int,
+                  sizes: list[tuple[int, int]]) -> dict[tuple[int, int], ImageSet]:
+    """The inputs at each size: seeded random tensors, or the images preprocessed at that size."""
+    import dataclasses
+
     if options.inputs is None:
-        return random_images(options.num_inputs or 16, channels, size, options.seed)
-    preprocess = resolve_preprocess(size, channels, base=spec.preprocess, mean=options.mean, std=options.std,
-                                    resize=options.resize, crop_pct=options.crop_pct)
-    class_names = spec.class_names
+        return {hw: random_images(options.num_inputs or 16, channels, hw, options.seed) for hw in sizes}
+    spec = next(s for s in specs if s.input_info() is not None)
+    classes = spec.input_info()[2] if not spec.is_backbone else None
+    class_names = spec.class_names if not spec.is_backbone else None
     if class_names is None and classes == 1000 and channels == 3:
         try:
             from ulsam_deploy.data import imagenet_class_names
@@ -683,8 +808,19 @@ def _build_inputs(specs: list[ModelSpec], options: BenchOptions) -> ImageSet:
             class_names = imagenet_class_names()
         except Exception:  # noqa: BLE001 - optional nicety
             class_names = None
-    return load_images(options.inputs, preprocess, class_names=class_names, num_classes=classes,
-                       label_regex=options.label_regex, limit=options.num_inputs, seed=options.seed)
+    out = {}
+    for h, w in sizes:
+        base = dataclasses.replace(spec.preprocess, size=h) if spec.preprocess is not None else None
+        preprocess = resolve_preprocess(h, channels, base=base, mean=options.mean, std=options.std,
+                                        resize=options.resize, crop_pct=options.crop_pct)
+        out[(h, w)] = load_images(options.inputs, preprocess, class_names=class_names, num_classes=classes,
+                                  label_regex=options.label_regex, limit=options.num_inputs, seed=options.seed)
+    return out
+
+
+def _accepts(runner: Runner, hw: tuple[int, int]) -> bool:
+    limits = runner.size_limits()
+    return limits is None or all(lo <= v <= hi for v, (lo, hi) in zip(hw, limits))
 
 
 # ------------------------------------------------------------------------------------- bench
@@ -705,9 +841,11 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
     warnings: list[str] = []
     skipped: list[dict] = []
 
-    inputs = _build_inputs(specs, options)
-    warnings += inputs.warnings
-    event("inputs", inputs=inputs)
+    channels, sizes = _sizes(specs, options, warnings)
+    inputs = _build_inputs(specs, options, channels, sizes)
+    first = inputs[sizes[0]]
+    warnings += first.warnings
+    event("inputs", inputs=first, sizes=sizes)
 
     per_model: dict[str, list[RunnerEntry]] = {}
     try:
@@ -737,34 +875,70 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
         warnings += [f"{spec.name}: {note}" for note in spec.notes if "random weights" in note]
     return BenchReport(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=machine_info(), versions=versions(),
-        settings=options.to_dict(), inputs=inputs.describe(), models=[s.describe() for s in specs],
+        settings=options.to_dict(), inputs={**first.describe(), "sizes": [list(hw) for hw in sizes]},
+        models=[s.describe() for s in specs],
         runners=runners_info, skipped=skipped, parity=parity_rows, latency=latency_rows, compare=compare_rows,
         warnings=warnings, seconds=time.perf_counter() - started)
 
 
-def _parity(specs, per_model, inputs: ImageSet, options: BenchOptions, warnings, event) -> list[ParityRow]:
-    """Every runner on every input, judged against its model's reference runner (the one judge, per precision)."""
+def _output_names(entries: list[RunnerEntry], count: int) -> list[str]:
+    for entry in entries:
+        names = getattr(entry.runner, "output_names", None)
+        if names and len(names) == count:
+            return list(names)
+    return ["logits"] if count == 1 else [f"output{i}" for i in range(count)]
+
+
+def _parity(specs, per_model, inputs: dict, options: BenchOptions, warnings, event) -> list[ParityRow]:
+    """Every runner on every input at every size, judged against its model's reference runner (the one judge, per
+    precision; a backbone's feature maps without top-1), all outputs of all sizes in one verdict per runner."""
     rows = []
-    labels = inputs.labels if inputs.labelled else None
+    sizes = list(inputs)
+    multi_size = len(sizes) > 1
     for spec in specs:
         entries = per_model[spec.name]
         ref = _pick_reference(entries, options, warnings, spec.name)
         if ref is None:
             continue
-        outputs = {}
+        outputs: dict = {}
         for entry in entries:
             event("parity", model=spec.name, backend=entry.label, artifact=entry.artifact)
-            outputs[entry.key] = infer_in_chunks(entry.runner, inputs.images, options.parity_batch)[0]
-        ref_out = outputs[ref.key]
-        ref_acc = accuracy(ref_out, labels) if labels is not None else None
+            for hw in sizes:
+                if _accepts(entry.runner, hw):
+                    outputs[entry.key + (hw,)] = infer_in_chunks(entry.runner, inputs[hw].images, options.parity_batch)
+        ref_sizes = [hw for hw in sizes if ref.key + (hw,) in outputs]
+        if not ref_sizes:
+            warnings.append(f"{spec.name}: the reference {ref.label} takes none of the sizes "
+                            f"{', '.join(f'{h}x{w}' for h, w in sizes)}; no parity for this model")
+            continue
+        first = inputs[ref_sizes[0]]
+        labels = first.labels if first.labelled and not spec.is_backbone else None
+        ref_first = outputs[ref.key + (ref_sizes[0],)]
+        names = _output_names(entries, len(ref_first))
+        ref_acc = accuracy(ref_first[0], labels) if labels is not None else None
         facts = ref.describe_artifact()
         rows.append(ParityRow(spec.name, ref.label, ref.precision, ref.artifact, "reference", None, ref_acc,
                               facts["mode"], facts["int8_target"]))
         for entry in entries:
             if entry is ref:
                 continue
-            verdict = judge(ref_out, outputs[entry.key], tolerances_for(entry.precision, options.threshold_overrides),
-                            labels=labels)
+            common = [hw for hw in ref_sizes if entry.key + (hw,) in outputs]
+            if not common:
+                warnings.append(f"{spec.name} {entry.label} ({artifact_name(entry.artifact)}): takes none of the sizes "
+                                f"the reference ran; no parity")
+                continue
+            refs, cands, labelled = [], [], []
+            for hw in common:
+                a, b = outputs[ref.key + (hw,)], outputs[entry.key + (hw,)]
+                if len(a) != len(b):
+                    raise UserError(f"{spec.name}: {artifact_name(entry.artifact)} has {len(b)} outputs but the "
+                                    f"reference has {len(a)}; bench variants of one export together.")
+                refs += a
+                cands += b
+                labelled += [f"{hw[0]}x{hw[1]}/{n}" if multi_size else n for n in names]
+            verdict = judge(refs, cands, tolerances_for(entry.precision, options.threshold_overrides,
+                                                        features=spec.is_backbone),
+                            labels=labels, names=labelled, classifier=not spec.is_backbone)
             facts = entry.describe_artifact()
             rows.append(ParityRow(spec.name, entry.label, entry.precision, entry.artifact,
                                   f"{ref.label} ({ref.precision}, {artifact_name(ref.artifact)})", verdict,
@@ -772,34 +946,44 @@ def _parity(specs, per_model, inputs: ImageSet, options: BenchOptions, warnings,
     return rows
 
 
-def _latency(per_model, inputs: ImageSet, options: BenchOptions, skipped, event) -> list[LatencyRow]:
+def _latency(per_model, inputs: dict, options: BenchOptions, skipped, event) -> list[LatencyRow]:
+    """For each input size and batch, every runner that takes it, all timed in one interleaved loop."""
     rows = []
-    for batch in options.batches:
-        data = inputs.batch(batch)
-        targets, entries_by_key = [], {}
-        for entries in per_model.values():
-            for entry in entries:
-                limits = entry.runner.batch_limits()
-                if limits and not limits[0] <= batch <= limits[1]:
-                    skipped.append({"model": entry.model, "backend": entry.label, "artifact": entry.artifact,
-                                    "reason": f"batch {batch} is outside the model's batch range {limits[0]}..{limits[1]}",
-                                    "batch": batch})
-                    continue
-                run, stages = entry.runner.prepare(data)
-                key = entry.key + (batch,)
-                entries_by_key[key] = entry
-                targets.append(TimingTarget(key=key, run=run, stages=stages))
-        if not targets:
-            continue
-        event("latency_start", batch=batch, targets=len(targets), timing=options.timing)
-        results = measure_interleaved(targets, options.timing,
-                                      on_round=lambda r, ts, b=batch: event("latency_round", batch=b, round=r, targets=ts))
-        for result in results:
-            model, label, precision, artifact, b = result.key
-            facts = entries_by_key[result.key].describe_artifact()
-            rows.append(LatencyRow(model, label, precision, artifact, b, result.stats, result.samples_ms, result.gpu,
-                                   result.warmup_iters, facts["mode"], facts["latency_meaningful"]))
-        event("latency_done", batch=batch)
+    sized = len(inputs) > 1 or options.sizes is not None
+    for hw, images in inputs.items():
+        for batch in options.batches:
+            data = images.batch(batch)
+            targets, entries_by_key = [], {}
+            for entries in per_model.values():
+                for entry in entries:
+                    limits = entry.runner.batch_limits()
+                    if limits and not limits[0] <= batch <= limits[1]:
+                        skipped.append({"model": entry.model, "backend": entry.label, "artifact": entry.artifact,
+                                        "reason": f"batch {batch} is outside the model's batch range "
+                                                  f"{limits[0]}..{limits[1]}", "batch": batch})
+                        continue
+                    if not _accepts(entry.runner, hw):
+                        (h0, h1), (w0, w1) = entry.runner.size_limits()
+                        skipped.append({"model": entry.model, "backend": entry.label, "artifact": entry.artifact,
+                                        "reason": f"{hw[0]}x{hw[1]} is outside the sizes it takes ({h0}..{h1} x "
+                                                  f"{w0}..{w1})", "batch": batch, "size": list(hw)})
+                        continue
+                    run, stages = entry.runner.prepare(data)
+                    key = entry.key + (batch, hw)
+                    entries_by_key[key] = entry
+                    targets.append(TimingTarget(key=key, run=run, stages=stages))
+            if not targets:
+                continue
+            event("latency_start", batch=batch, size=hw if sized else None, targets=len(targets), timing=options.timing)
+            results = measure_interleaved(targets, options.timing, on_round=lambda r, ts, b=batch: event(
+                "latency_round", batch=b, round=r, targets=ts))
+            for result in results:
+                model, label, precision, artifact, b, size = result.key
+                facts = entries_by_key[result.key].describe_artifact()
+                rows.append(LatencyRow(model, label, precision, artifact, b, result.stats, result.samples_ms,
+                                       result.gpu, result.warmup_iters, facts["mode"], facts["latency_meaningful"],
+                                       size if sized else None))
+            event("latency_done", batch=batch)
     return rows
 
 
@@ -807,18 +991,18 @@ def _compare(specs: list[ModelSpec], latency_rows: list[LatencyRow]) -> list[Com
     base = specs[0]
     base_macs = base.cost()[0]
     rows = []
-    index = {(r.model, r.backend, r.precision, r.batch): r for r in latency_rows}
+    index = {(r.model, r.backend, r.precision, r.batch, r.size): r for r in latency_rows}
     for r in latency_rows:
         if r.model == base.name or not r.meaningful:
             continue
-        baseline = index.get((base.name, r.backend, r.precision, r.batch))
+        baseline = index.get((base.name, r.backend, r.precision, r.batch, r.size))
         if baseline is None:
             continue
         spec = next(s for s in specs if s.name == r.model)
         rows.append(CompareRow(r.backend, r.precision, r.batch, r.model, base.name, spec.cost()[0], base_macs,
-                               r.stats.median, baseline.stats.median))
+                               r.stats.median, baseline.stats.median, r.size))
     return rows
 
 
 __all__ = ["BACKENDS", "BenchOptions", "BenchReport", "CompareRow", "LatencyRow", "ModelSpec", "ParityRow", "SCHEMA",
-           "export_in_memory", "machine_info", "parse_model_spec", "resolve_model", "run_bench"]
+           "export_in_memory", "machine_info", "parse_model_spec", "parse_sizes", "resolve_model", "run_bench"]

@@ -17,14 +17,17 @@ from ulsam_deploy.errors import UserError
 
 def bench_tables(report) -> list[Table]:
     """The console view of a report: one line per row, failure reasons as numbered notes below the table."""
-    from ulsam_deploy.bench.report import describe_precision, fmt_diff, fmt_ms, fmt_pct, footnotes, rows
+    from ulsam_deploy.bench.report import (describe_precision, fmt_diff, fmt_ms, fmt_pct, footnotes, output_rows, rows,
+                                           tolerance_text, wants_output_table)
 
     multi = len(report.models) > 1
     gpu = any(r.gpu for r in report.latency)
     labels = report.has_labels
     notes_index, notes = footnotes(report)
     table = Table(title="bench: latency (ms) and parity against the reference", title_justify="left")
-    cols = (["model"] if multi else []) + ["artifact", "backend", "precision", "batch", "median", "p99", "CV", "img/s"]
+    sized = any(r.size for r in report.latency)
+    cols = (["model"] if multi else []) + ["artifact", "backend", "precision", "batch"]
+    cols += (["size"] if sized else []) + ["median", "p99", "CV", "img/s"]
     if gpu:
         cols += ["H2D", "GPU Compute", "D2H"]
     cols += ["max |diff|", "cosine", "top-1 agree"]
@@ -41,7 +44,8 @@ def bench_tables(report) -> list[Table]:
             median += "*"
             simulated = True
         cells = ([row["model"]] if multi else []) + [row["file"], row["backend"], describe_precision(row),
-                                                     str(row["batch"] or "-"), median, fmt_ms(row["latency_p99_ms"])]
+                                                     str(row["batch"] or "-")] + (
+            [row["input_size"] or "-"] if sized else []) + [median, fmt_ms(row["latency_p99_ms"])]
         cv = row["latency_cv"]
         cells.append("" if cv is None else (f"[yellow]{cv:.1%}![/]" if row["unstable"] else f"{cv:.1%}"))
         cells.append("" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}")
@@ -64,6 +68,8 @@ def bench_tables(report) -> list[Table]:
         table.add_row(*cells)
     caption = ["latency per batch in ms (host wall time, one query in flight); CV = std/mean, '!' = unstable "
                "(> 2.5 %, as trtexec)"]
+    if wants_output_table(report):
+        caption.append("max |diff| and cosine: the worst output; every output is in the next table")
     if gpu:
         caption.append("H2D / GPU Compute / D2H: medians from CUDA events")
     if simulated:
@@ -73,12 +79,25 @@ def bench_tables(report) -> list[Table]:
     table.caption = "\n".join(caption)
     table.caption_justify = "left"
     tables = [table]
+    if wants_output_table(report):
+        per = Table(title="parity per output (feature maps are judged without top-1)", title_justify="left")
+        for col in ("artifact", "output", "max |diff|", "req. rtol", "cosine", "gate", "result"):
+            per.add_column(col, justify="right" if col in ("max |diff|", "cosine", "req. rtol") else "left",
+                           no_wrap=col in ("output", "gate", "cosine"))
+        for o in output_rows(report):
+            per.add_row(f"{o['file']} ({o['backend']})", o["output"], fmt_diff(o["max_abs_diff"]),
+                        fmt_diff(o["min_required_rtol"]), f"{o['cosine']:.6f}", tolerance_text(o),
+                        "[red]FAIL[/]" if o["failed"] else "[green]PASS[/]")
+        per.caption = ("max |diff| is also the smallest atol that would pass; req. rtol the smallest rtol")
+        per.caption_justify = "left"
+        tables.append(per)
     if report.compare:
         cmp = Table(title="MACs ratio vs measured latency ratio (median, same interleaved run)", title_justify="left")
-        for col in ("backend", "precision", "batch", "model", "vs", "MACs ratio", "latency ratio"):
+        for col in ("backend", "precision", "batch", "size", "model", "vs", "MACs ratio", "latency ratio"):
             cmp.add_column(col, justify="right" if "ratio" in col or col == "batch" else "left")
         for c in report.compare:
-            cmp.add_row(c.backend, c.precision, str(c.batch), c.model, c.baseline,
+            cmp.add_row(c.backend, c.precision, str(c.batch), f"{c.size[0]}x{c.size[1]}" if c.size else "-", c.model,
+                        c.baseline,
                         "" if c.macs_ratio is None else f"{c.macs_ratio:.4f}", f"{c.latency_ratio:.3f}")
         tables.append(cmp)
     return tables
@@ -92,6 +111,7 @@ def bench(
     onnx: Optional[list[Path]] = typer.Option(None, "--onnx", help="Extra ONNX file(s) of the (single) model, e.g. fp16 / int8 / fused variants; repeatable."),
     engine: Optional[list[Path]] = typer.Option(None, "--engine", help="TensorRT engine(s) of the (single) model; repeatable."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,8,32."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input sizes to judge and time, e.g. 224,320,480 (or HxW); needs models with a dynamic H/W export (or checkpoints/specs) [default: the model's size]."),
     warmup: float = typer.Option(0.5, "--warmup", help="Warm-up per runner and batch, seconds."),
     iterations: int = typer.Option(10, "--iterations", help="At least this many timed iterations per row."),
     duration: float = typer.Option(3.0, "--duration", help="At least this many seconds of timed iterations per row."),
@@ -114,7 +134,7 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON ('-' for standard output; schema: docs/bench.md)."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per artifact x backend x batch ('-' for standard output)."),
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report ('-' for standard output)."),
-    chart_path: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG chart (latency distribution; accuracy vs latency; MACs vs latency ratio)."),
+    chart_path: Optional[Path] = typer.Option(None, "--chart", help="Write a PNG chart (latency distribution; latency vs input size; accuracy vs latency; MACs vs latency ratio)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.csv, bench.md and bench.png into this folder."),
     force: bool = typer.Option(False, "--force", help="Replace existing report files."),
 ) -> None:
@@ -122,7 +142,7 @@ def bench(
     from ulsam_deploy.backends.judge import parse_tolerance_overrides
     from ulsam_deploy.bench.latency import TimingConfig
     from ulsam_deploy.bench.report import write_reports
-    from ulsam_deploy.bench.run import BenchOptions, resolve_model, run_bench
+    from ulsam_deploy.bench.run import BenchOptions, parse_sizes, resolve_model, run_bench
 
     if compare and len(models) < 2:
         raise UserError("--compare needs two or more models, e.g. 'ulsam-deploy bench mv2 mv2+14,17 --compare'.")
@@ -134,7 +154,8 @@ def bench(
         ort_providers=csv_list(ort_provider, "--ort-provider") or ("cpu",), torch_device=device, trt_device=trt_device,
         inputs=inputs, num_inputs=num_inputs, seed=seed, label_regex=label_regex,
         mean=csv_list(mean, "--mean", float) or None, std=csv_list(std, "--std", float) or None, resize=resize,
-        crop_pct=crop_pct, threshold_overrides=parse_tolerance_overrides(threshold), parity=parity, latency=latency)
+        crop_pct=crop_pct, threshold_overrides=parse_tolerance_overrides(threshold), parity=parity, latency=latency,
+        sizes=parse_sizes(input_size))
     if out_dir is not None:
         json_path = json_path or out_dir / "bench.json"
         csv_path = csv_path or out_dir / "bench.csv"

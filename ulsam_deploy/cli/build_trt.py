@@ -17,7 +17,8 @@ from ulsam_deploy.cli.ui import BuildProgress, RichEvents, console
 def build_trt(
     model: Path = typer.Argument(..., metavar="MODEL", help="ONNX to build (fp32, or fp16/int8 from 'ulsam-deploy convert')."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Engine file to write (default: MODEL.engine); MODEL.engine.json goes beside it."),
-    batch_profile: Optional[str] = typer.Option(None, "--batch-profile", help="Batch optimization profile MIN:OPT:MAX (e.g. 1:8:32) or N; required for a dynamic batch axis."),
+    batch_profile: Optional[str] = typer.Option(None, "--batch-profile", help="Batch optimization profile MIN:OPT:MAX (e.g. 1:8:32) or N [default: the batch range in the ONNX sidecar; required without one]."),
+    size_profile: Optional[str] = typer.Option(None, "--size-profile", help="Height/width optimization profile MIN:OPT:MAX, each S or HxW (e.g. 256:320:640) [default: the ONNX sidecar's ranges, for a dynamic H/W export]."),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Workspace memory pool limit in MiB [default: TensorRT's]."),
     opt_level: Optional[int] = typer.Option(None, "--opt-level", help="Builder optimization level 0-5 [TensorRT's default: 3]."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: loaded if present, saved after the build."),
@@ -36,8 +37,8 @@ def build_trt(
     from ulsam_deploy.backends.trt.settings import BuildOptions
     from ulsam_deploy.steps.build_trt import build_engine
 
-    options = BuildOptions(batch=batch_profile, workspace_mib=workspace, opt_level=opt_level, timing_cache=timing_cache,
-                           dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
+    options = BuildOptions(batch=batch_profile, sizes=size_profile, workspace_mib=workspace, opt_level=opt_level,
+                           timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
                            weakly_typed=weakly_typed, fp16=fp16, int8=int8, tf32=tf32, force=force, verbose=verbose)
     result = build_engine(model, output, options, events=RichEvents(), progress=BuildProgress())
     data = result.sidecar
@@ -49,7 +50,9 @@ def build_trt(
     table.add_row("GPU", f"{gpu.get('name', '?')} ({gpu.get('sm', '?')})")
     details = data["precision_details"]
     table.add_row("precision", details["mode"] + (", strongly typed" if details["strongly_typed"] else ""))
-    table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}" for p in data["profiles"]))
+    table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}"
+                                       + (f" (from the {', '.join(sorted(set(p['source'].values())))})"
+                                          if p.get("source") else "") for p in data["profiles"]))
     if data.get("plugin"):
         p = data["plugin"]
         table.add_row("plugin", f"{p['route']}: {p.get('library') or p.get('python_module')} ({p['fused_blocks']} block(s))")

@@ -46,16 +46,26 @@ def convert(
     main = verdict.main
     table = Table(title=f"{precision} vs fp32 on ONNX Runtime CPU ({info['images']['source']}; {info['candidate']})",
                   title_justify="left")
-    for col in ("images", "top-1 agree", "top-5 overlap", "max |diff|", "cosine", "acc fp32", f"acc {precision}"):
-        table.add_column(col, justify="right")
-    acc = (lambda a: f"{a.top1:.2%}" if a is not None else "-")
     c = main.comparison
-    table.add_row(str(c.samples), f"{c.top1_agreement:.2%}", f"{c.top5_overlap:.2%}", f"{c.max_abs:.3g}",
-                  f"{c.cosine:.5f}", acc(main.accuracy_reference), acc(main.accuracy_candidate))
+    if result.sidecar.is_classifier:
+        for col in ("images", "top-1 agree", "top-5 overlap", "max |diff|", "cosine", "acc fp32", f"acc {precision}"):
+            table.add_column(col, justify="right")
+        acc = (lambda a: f"{a.top1:.2%}" if a is not None else "-")
+        table.add_row(str(c.samples), f"{c.top1_agreement:.2%}", f"{c.top5_overlap:.2%}", f"{c.max_abs:.3g}",
+                      f"{c.cosine:.5f}", acc(main.accuracy_reference), acc(main.accuracy_candidate))
+        drop = verdict.accuracy_drop_points()
+        gate = (f"top-1 agreement {c.top1_agreement:.2%}" if drop is None
+                else f"{drop:+.2f} points of top-1 accuracy lost") + " (passed)"
+    else:  # a backbone: each feature map on its own, no classes to agree on
+        for col in ("output", "images", "max |diff|", "mean |diff|", "required rtol", "cosine"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for out in verdict.outputs:
+            o = out.comparison
+            table.add_row(out.name, str(o.samples), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}",
+                          f"{o.min_required_rtol:.3g}", f"{o.cosine:.6f}")
+        gate = (f"cosine >= {verdict.tolerances.min_cosine:g} on {len(verdict.outputs)} feature map(s), lowest "
+                f"{min(o.comparison.cosine for o in verdict.outputs):.6f} (passed)")
     console.print(table)
-    drop = verdict.accuracy_drop_points()
-    gate = (f"top-1 agreement {c.top1_agreement:.2%}" if drop is None else f"{drop:+.2f} points of top-1 accuracy lost"
-            ) + " (passed)"
     kept = result.report.get("kept_fp32") or {}
     blocks = kept.get("ulsam_blocks", (result.report.get("int8") or {}).get("excluded_ulsam_blocks", 0))
     target_note = f", target {target}" if precision == "int8" else ""

@@ -132,8 +132,9 @@ class BenchProgress:
             timing = data["timing"]
             self.latency_started = time.perf_counter()
             self.latency_total = data["targets"] * (timing.warmup_s + max(timing.min_seconds, 0.1))
-            self.progress.update(self.task, description=f"latency: batch {data['batch']}, {data['targets']} runner(s) "
-                                 "interleaved", total=self.latency_total, completed=0)
+            size = f" at {data['size'][0]}x{data['size'][1]}" if data.get("size") else ""
+            self.progress.update(self.task, description=f"latency: batch {data['batch']}{size}, {data['targets']} "
+                                 "runner(s) interleaved", total=self.latency_total, completed=0)
         elif kind == "latency_round":
             elapsed = time.perf_counter() - self.latency_started
             self.progress.update(self.task, completed=min(elapsed, self.latency_total * 0.99))

@@ -115,3 +115,82 @@ def mv2_layer_specs(width: float, num_classes: int, in_channels: int = 3) -> lis
 def layer_specs(config: ModelConfig) -> list[LayerSpec]:
     fn = mv1_layer_specs if config.arch == "mv1" else mv2_layer_specs
     return fn(config.width, config.num_classes, config.in_channels)
+
+
+# ------------------------------------------------------------------------------------ features
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """One backbone output: the map after paper layer ``layer`` (and after a ULSAM inserted there, ``k:1``)."""
+
+    layer: int
+    stride: int  # input pixels per feature cell
+    channels: int
+    name: str  # graph output name: feat_s8 for the last layer at stride 8, feat_s8_l6 for an earlier one
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_strides(config: ModelConfig) -> dict[int, tuple[int, int]]:
+    """``{paper layer: (cumulative stride, output channels)}`` of every spatial layer (a replaced layer keeps both)."""
+    out, stride = {}, 1
+    for spec in layer_specs(config):
+        if not spec.spatial:
+            continue
+        stride *= spec.stride
+        out[spec.number] = (stride, spec.out_channels)
+    return out
+
+
+def stride_layers(config: ModelConfig) -> dict[int, int]:
+    """``{stride: the last paper layer at that stride}``: what ``s8`` names (MV2: s8 = 7, s16 = 14, s32 = 19)."""
+    return {stride: layer for layer, (stride, _) in sorted(layer_strides(config).items())}
+
+
+def _valid_features(config: ModelConfig) -> str:
+    layers = layer_strides(config)
+    strides = ", ".join(f"s{s} (layer {k})" for s, k in stride_layers(config).items())
+    return f"layers {min(layers)}-{max(layers)} or strides {strides}"
+
+
+def feature_taps(config: ModelConfig, text: str) -> list[FeatureTap]:
+    """Parse ``--features`` (``"7,14,19"`` paper layers, ``"s8,s16,s32"`` strides, or a mix) into taps sorted by
+    layer; a layer or stride this network does not have is a one-sentence :class:`ConfigError`."""
+    layers = layer_strides(config)
+    by_stride = stride_layers(config)
+    name = {"mv1": "MobileNet-V1", "mv2": "MobileNet-V2"}[config.arch]
+    chosen: list[int] = []
+    tokens = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not tokens:
+        raise ConfigError(f"--features is empty; choose {_valid_features(config)}, e.g. 's8,s16,s32'.")
+    for token in tokens:
+        if token.startswith("s") and token[1:].isdigit():
+            layer = by_stride.get(int(token[1:]))
+            if layer is None:
+                raise ConfigError(f"{name} has no feature map at stride {token[1:]} ('{token}'); choose "
+                                  f"{_valid_features(config)}.")
+        elif token.isdigit():
+            layer = int(token)
+            if layer not in layers:
+                what = " (the classifier)" if layer == max(layers) + 1 and config.arch == "mv2" else ""
+                raise ConfigError(f"{name} has no feature layer {layer}{what}; choose {_valid_features(config)}.")
+        else:
+            raise ConfigError(f"--features '{token}' is neither a paper layer number nor a stride such as s8; choose "
+                              f"{_valid_features(config)}.")
+        if layer in chosen:
+            raise ConfigError(f"--features names layer {layer} twice ('{text}'); list each feature map once.")
+        chosen.append(layer)
+    taps = []
+    for layer in sorted(chosen):
+        stride, channels = layers[layer]
+        tag = f"feat_s{stride}" if by_stride[stride] == layer else f"feat_s{stride}_l{layer}"
+        taps.append(FeatureTap(layer, stride, channels, tag))
+    return taps
+
+
+def network_stride(config: ModelConfig, taps: list[FeatureTap] | None = None) -> int:
+    """The stride of the deepest map the exported graph computes: input sizes must be multiples of it."""
+    if taps:
+        return max(t.stride for t in taps)
+    return max(stride for stride, _ in layer_strides(config).values())

@@ -131,6 +131,30 @@ class MobileNetULSAM(nn.Module):
         return self.classifier(x)
 
 
+class Backbone(nn.Module):
+    """The feature maps of a :class:`MobileNetULSAM` after the paper layers ``layers`` (each with the ULSAM inserted
+    after it, ``k:1``), as a tuple in layer order; layers past the deepest one and the classifier are not run."""
+
+    def __init__(self, model: nn.Module, layers: list[int]):
+        super().__init__()
+        if not layers:
+            raise ValueError("a backbone needs at least one feature layer")
+        self.model = model
+        self.config = model.config
+        self.layers = sorted(int(k) for k in layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        taps, wanted = [], set(self.layers)
+        for index in range(self.layers[-1]):
+            x = self.model.features[index](x)
+            key = str(index + 1)
+            if key in self.model.ulsam_after:
+                x = self.model.ulsam_after[key](x)
+            if index + 1 in wanted:
+                taps.append(x)
+        return tuple(taps)
+
+
 def build_model(
     arch: str = "mv2",
     width: float = 1.0,

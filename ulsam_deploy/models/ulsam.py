@@ -131,8 +131,10 @@ class ULSAMExport(nn.Module):
         return cls(fold_ulsam(module))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, c, h, w = x.shape
-        g = self.groups
+        # h and w are traced (symbolic in a dynamic-H/W export); the channel count is this module's constant, so the
+        # reshapes keep a static channel axis that shape inference can carry to the graph outputs
+        _, _, h, w = x.shape
+        c, g = self.channels, self.groups
         a = self.dw(x)
         if self.relu_dw:
             a = torch.relu(a)

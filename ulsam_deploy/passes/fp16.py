@@ -56,12 +56,35 @@ def _dedupe_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def isolate_outputs(model: onnx.ModelProto) -> int:
+    """Give every graph output that nodes inside the graph also read (a backbone's feature maps feed the next
+    layer) its own ``Identity``, in place; returns how many. With fp32 graph I/O the converter casts such an output
+    back to fp32 under its own name, so the inner readers would get the fp32 tensor next to fp16 weights."""
+    from onnx import helper
+
+    from ulsam_deploy.passes.common import tensor_names, unique_namer
+
+    readers = {i for n in model.graph.node for i in n.input}
+    outputs = [o.name for o in model.graph.output if o.name in readers]
+    if not outputs:
+        return 0
+    fresh = unique_namer(tensor_names(model.graph) | {n.name for n in model.graph.node})
+    renamed = {name: fresh(f"{name}::inner") for name in outputs}
+    for node in model.graph.node:
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+    for name, inner in renamed.items():
+        model.graph.node.append(helper.make_node("Identity", [inner], [name], name=fresh(f"{name}::output")))
+    return len(renamed)
+
+
 def to_fp16(model: onnx.ModelProto, io_fp16: bool = False, keep_ulsam_fp32: bool = True) -> tuple[onnx.ModelProto, dict]:
     """The fp16 graph (not verified) and what was kept in fp32 (ops by type, unfused ULSAM blocks by node)."""
     from ulsam_deploy.passes.ulsam_pattern import find_ulsam_blocks
 
     convert, default_block, tool = _converter()
     model = name_nodes(copy.deepcopy(model))
+    isolated = isolate_outputs(model) if not io_fp16 else 0
     blocks = find_ulsam_blocks(model).blocks if keep_ulsam_fp32 else []
     node_block = [name for b in blocks for name in b.nodes]
     ops = list(default_block) + list(FP16_BLOCKED_OPS)
@@ -75,8 +98,8 @@ def to_fp16(model: onnx.ModelProto, io_fp16: bool = False, keep_ulsam_fp32: bool
     casts = lambda m: sum(1 for n in m.graph.node if n.op_type == "Cast")  # noqa: E731
     kept = {"op_types": [op for op in FP16_BLOCKED_OPS if any(n.op_type == op for n in model.graph.node)],
             "ulsam_blocks": len(blocks), "ulsam_nodes": node_block, "fused_fp16": len(fused_nodes(model)),
-            "casts_added": casts(converted) - casts(model), "tool": tool}
+            "casts_added": casts(converted) - casts(model), "outputs_isolated": isolated, "tool": tool}
     return converted, kept
 
 
-__all__ = ["FP16_BLOCKED_OPS", "to_fp16"]
+__all__ = ["FP16_BLOCKED_OPS", "isolate_outputs", "to_fp16"]

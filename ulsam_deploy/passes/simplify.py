@@ -23,6 +23,32 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def tighten_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace symbolic graph-output dims that shape inference (with data propagation) proves constant by that
+    constant, in place: once H and W are symbolic the exporter declares every dim of a reshape's result dynamic,
+    though the channel count is fixed."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for out in probe.graph.output:  # inference keeps declared output shapes: let it derive them afresh
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - nothing is tightened where inference cannot run
+        return model
+    facts = {o.name: list(o.type.tensor_type.shape.dim) for o in inferred.graph.output
+             if o.type.tensor_type.HasField("shape")}
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        fact = facts.get(out.name, [])
+        if len(fact) != len(dims):
+            continue
+        for declared, known in zip(dims, fact):
+            if not (declared.HasField("dim_value") and declared.dim_value > 0) and known.dim_value > 0:
+                declared.Clear()
+                declared.dim_value = known.dim_value
+    return model
+
+
 def simplify_model(model: onnx.ModelProto, *, check_n: int = 0) -> onnx.ModelProto:
     """Run onnxsim (constant folding, dead code, shape inference) and tidy constants."""
     try:

@@ -8,6 +8,10 @@ through the runner that runs it everywhere else (an int8 model for TensorRT as e
 Runtime in a default session), and asks the one judge with the precision's tolerances
 (:func:`ulsam_deploy.backends.judge.tolerances_for`; ``--min-agreement`` and ``--max-drop`` override
 them). Nothing is written when the verdict fails.
+
+A backbone (feature-map outputs) is judged on every map with the precision's element-wise and cosine limits,
+without top-1 (it has no classes); a dynamic-H/W model is calibrated and verified at its preprocessing size,
+which is the opt size of its range.
 """
 
 from __future__ import annotations
@@ -92,14 +96,20 @@ def _images(data, preprocess, split: str, limit, sidecar, what: str, events: Eve
 
     if isinstance(data, ImageSet):
         return data
+    backbone = not sidecar.is_classifier
     num_classes = sidecar.num_classes
-    class_names = sidecar.model.class_names if sidecar.model is not None else None
+    class_names = sidecar.model.class_names if sidecar.model is not None and not backbone else None
     if data is None:
+        # a backbone has no classes: the default photos of its channel count do, unlabelled
+        classes = (10 if preprocess.in_channels == 1 else 1000) if backbone else num_classes
         with events.stage(f"Reading the default {what} images"):
-            images = default_verify_set(num_classes, preprocess, limit)
+            images = default_verify_set(classes, preprocess, limit)
         if images is None:
             raise UserError(f"No default {what} images fit this model (they exist for 1-channel 10-class and "
-                            f"3-channel 1000-class classifiers); pass --verify-data DIR with real images.")
+                            f"3-channel 1000-class classifiers, and for backbones); pass --verify-data DIR with "
+                            "real images.")
+        if backbone:
+            images.labels = None
         return images
     with events.stage(f"Reading {what} images from {data}"):
         images = load_images(data, preprocess, split=split, limit=limit, class_names=class_names,
@@ -110,9 +120,10 @@ def _images(data, preprocess, split: str, limit, sidecar, what: str, events: Eve
 
 
 def verify(reference, candidate, images, precision: str, overrides: dict, *, batch: int = 32, threads=None,
-           events: Events = SILENT):
+           events: Events = SILENT, features: bool = False):
     """The judge's verdict on ``candidate`` against ``reference`` (ModelProtos) over ``images``, each run by the
-    ONNX Runtime runner that runs it everywhere else."""
+    ONNX Runtime runner that runs it everywhere else, on every output (``features``: a backbone's feature maps,
+    judged without top-1, see :func:`~ulsam_deploy.backends.judge.tolerances_for`)."""
     from ulsam_deploy.backends.base import infer_in_chunks
     from ulsam_deploy.backends.judge import judge, tolerances_for
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
@@ -122,10 +133,11 @@ def verify(reference, candidate, images, precision: str, overrides: dict, *, bat
     for k, model in enumerate((reference, candidate)):
         with OrtRunner(model.SerializeToString(), threads=threads) as runner:
             done = lambda d, n, k=k: events.progress("Verifying", k * n + d, 2 * n)  # noqa: E731
-            outputs.append(infer_in_chunks(runner, images.images, batch, progress=done)[0])
-            mode = runner.mode
-    verdict = judge(outputs[0], outputs[1], tolerances_for(precision, overrides),
-                    labels=images.labels if images.labelled else None)
+            outputs.append(infer_in_chunks(runner, images.images, batch, progress=done))
+            mode, names = runner.mode, list(runner.output_names)
+    verdict = judge(outputs[0], outputs[1], tolerances_for(precision, overrides, features=features),
+                    labels=images.labels if images.labelled and not features else None, names=names,
+                    classifier=False if features else None)
     return verdict, {"images": images.describe(), "samples": total, "reference": "fp32 ONNX on onnxruntime CPU",
                      "candidate": f"{precision} ONNX on onnxruntime CPU" + (f" ({mode})" if mode else "")}
 
@@ -158,9 +170,6 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
             if current != "fp32":
                 raise UserError(f"'{source}' is already {current}; convert the fp32 ONNX from 'ulsam-deploy export' "
                                 "instead.")
-            if not sidecar.is_classifier:
-                raise UserError(f"'{source}' is not a classifier (outputs {', '.join(o.name for o in sidecar.outputs)}); "
-                                "convert verifies on top-1 agreement and accuracy, so convert the classifier export.")
             if precision == "int8" and fused_nodes(model):
                 raise UserError(f"'{source}' is already fused; int8 calibrates the unfused graph (softmax/attention "
                                 "kept out of int8), so pass the unfused ONNX from 'ulsam-deploy export' and add --fuse.")
@@ -218,7 +227,8 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
                         "verify"):
             verdict, report["verification"] = verify(model, converted, verify_set, precision,
                                                      options.tolerance_overrides(), batch=options.batch,
-                                                     threads=options.threads, events=events)
+                                                     threads=options.threads, events=events,
+                                                     features=not sidecar.is_classifier)
         step.require(verdict, f"{precision} misses its gate on {len(verify_set)} real images",
                      "try more calibration images, another --calib-method, --target ort for ONNX Runtime, or "
                      "labelled --verify-data" if precision == "int8" else

@@ -20,6 +20,9 @@ from ulsam_deploy.steps._step import Step, StepResult
 OPSETS = (13, 21)  # the exporter's range; TensorRT 10's ONNX parser reads up to 20
 TRT10_MAX_OPSET = 20
 MAX_DYNAMIC_BATCH = 4096
+# the batch range a dynamic-batch export records: what TensorRT's profile is built for unless --batch-profile says
+DEFAULT_BATCH_RANGE = (1, 1, 8)
+MAX_INPUT_SIZE = 4096
 ACTIVATION_FACTOR = 64  # bytes of activations per input byte a MobileNet needs, roughly (parity runs both)
 
 
@@ -34,6 +37,8 @@ class ExportOptions:
     fuse: bool = False
     seed: int = 0
     parity_batches: tuple[int, ...] = (1, 3)
+    input_range: tuple[int, int, int] | None = None  # symbolic H and W, each in (min, opt, max) pixels
+    features: str | None = None  # backbone outputs: paper layers "7,14,19" or strides "s8,s16,s32" (no classifier)
 
     def __post_init__(self) -> None:
         if not OPSETS[0] <= int(self.opset) <= OPSETS[1]:
@@ -45,6 +50,72 @@ class ExportOptions:
             raise UserError(f"Unknown exporter '{self.exporter}'; choose 'torchscript' or 'dynamo'.")
         if not (np.isfinite(self.atol) and self.atol > 0):
             raise UserError(f"--atol must be a positive number, not {self.atol}.")
+        if self.input_range is not None:
+            self.input_range = check_range(self.input_range)
+
+
+def check_range(values) -> tuple[int, int, int]:
+    """``(min, opt, max)`` as ints with ``1 <= min <= opt <= max <= MAX_INPUT_SIZE``, else one sentence."""
+    lo, opt, hi = (int(v) for v in values)
+    text = f"{lo}:{opt}:{hi}"
+    if lo > hi:
+        raise UserError(f"--input-size {text}: the minimum {lo} is larger than the maximum {hi}; give MIN:OPT:MAX in "
+                        "increasing order, e.g. 256:320:640.")
+    if not lo <= opt <= hi:
+        raise UserError(f"--input-size {text}: the opt size {opt} is outside {lo}..{hi}; give MIN <= OPT <= MAX.")
+    if lo < 8 or hi > MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {text}: sizes must be from 8 to {MAX_INPUT_SIZE} pixels.")
+    return lo, opt, hi
+
+
+def parse_input_size(text: str | int | None) -> tuple[int | None, tuple[int, int, int] | None]:
+    """``"224"`` -> ``(224, None)``; ``"256:320:640"`` -> ``(320, (256, 320, 640))`` (symbolic H and W in that range,
+    traced and proven at 320); ``None`` -> ``(None, None)``."""
+    if text is None or str(text).strip() == "":
+        return None, None
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) not in (1, 3) or not all(p.isdigit() for p in parts):
+        raise UserError(f"--input-size takes one size (e.g. 224) or MIN:OPT:MAX for a dynamic height and width "
+                        f"(e.g. 256:320:640), not '{text}'.")
+    if len(parts) == 1:
+        return int(parts[0]), None
+    lo, opt, hi = check_range(int(p) for p in parts)
+    return opt, (lo, opt, hi)
+
+
+def nearest_legal(size: int, multiple: int) -> str:
+    """The multiples of ``multiple`` around ``size``, in words ("288 or 320")."""
+    below = size // multiple * multiple
+    return f"{below} or {below + multiple}" if below >= multiple else str(multiple)
+
+
+def check_sizes(config, taps, input_range) -> int:
+    """The stride input sizes must be multiples of (see :func:`~ulsam_deploy.models.config.network_stride`), after
+    refusing, in one sentence, a size that is not: a dynamic range, or the size of a backbone (its feature maps would
+    not tile the image). A fixed-size classifier keeps any size: its global pool absorbs the rounding."""
+    from ulsam_deploy.models.config import network_stride
+
+    stride = network_stride(config, taps)
+    deepest = max(t.layer for t in taps) if taps else None
+    where = f"the stride of layer {deepest}, the deepest exported map" if deepest else "MobileNet's output stride"
+    sizes = list(input_range) if input_range else ([config.input_size] if taps else [])
+    for size in sizes:
+        if size % stride:
+            raise UserError(f"Input size {size} is not a multiple of {stride} ({where}), so the network would round "
+                            f"its feature maps and they would not tile the image; use {nearest_legal(size, stride)}.")
+    return stride
+
+
+def parity_sizes(input_range, stride: int, size: int) -> list[tuple[int, int]]:
+    """(H, W) pairs an export is proven at: the opt size first, then min, max and one non-square legal size inside
+    the range (e.g. 288x608 for 256:320:640), so a reshape that hard-codes one axis cannot pass."""
+    if input_range is None:
+        return [(size, size)]
+    lo, opt, hi = input_range
+    odd = (min(lo + stride, hi), max(hi - stride, lo))
+    if odd[0] == odd[1]:
+        odd = (lo, hi)
+    return list(dict.fromkeys([(opt, opt), (lo, lo), (hi, hi), odd]))
 
 
 def to_export_form(model):
@@ -60,28 +131,40 @@ def to_export_form(model):
     return deploy
 
 
-def torch_to_onnx(model, input_size: int, in_channels: int, options: ExportOptions):
-    """Trace to ONNX with ``input`` (N,C,H,W float32) and ``logits``; batch axis dynamic unless fixed."""
+def torch_to_onnx(model, input_size: int, in_channels: int, options: ExportOptions,
+                  output_names: tuple[str, ...] = ("logits",)):
+    """Trace to ONNX with ``input`` (N,C,H,W float32) and ``output_names``; the batch axis is dynamic unless fixed,
+    H and W are symbolic (``height``, ``width``) with ``options.input_range``."""
     import onnx
     import torch
 
     from ulsam_deploy import __version__
 
     example = torch.zeros(options.batch or 1, in_channels, input_size, input_size)
+    spatial = options.input_range is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if options.exporter == "dynamo":
-            dynamic = None if options.batch else {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
+            dims = {} if options.batch else {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}
+            if spatial:
+                lo, _, hi = options.input_range
+                dims.update({2: torch.export.Dim("height", min=lo, max=hi),
+                             3: torch.export.Dim("width", min=lo, max=hi)})
             program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
-                                        output_names=["logits"], opset_version=options.opset,
-                                        dynamic_shapes=dynamic, verbose=False)
+                                        output_names=list(output_names), opset_version=options.opset,
+                                        dynamic_shapes={"x": dims} if dims else None, verbose=False)
             proto = program.model_proto
         else:
             buffer = io.BytesIO()
-            axes = None if options.batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
+            axes: dict = {}
+            batch_axis = {} if options.batch else {0: "batch"}
+            axes["input"] = {**batch_axis, **({2: "height", 3: "width"} if spatial else {})}
+            for name in output_names:
+                axes[name] = {**batch_axis, **({2: f"{name}_height", 3: f"{name}_width"}
+                                               if spatial and name != "logits" else {})}
             torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["input"],
-                              output_names=["logits"], opset_version=options.opset, dynamic_axes=axes,
-                              do_constant_folding=True)
+                              output_names=list(output_names), opset_version=options.opset,
+                              dynamic_axes={k: v for k, v in axes.items() if v} or None, do_constant_folding=True)
             proto = onnx.load_from_string(buffer.getvalue())
     proto.producer_name = "ulsam-deploy"
     proto.producer_version = __version__
@@ -95,17 +178,29 @@ def onnx_from_model(model, options: ExportOptions, stage=None):
     """
     import contextlib
 
+    from ulsam_deploy.models.config import feature_taps
+
     stage = stage or (lambda _t: contextlib.nullcontext())
     config = model.config
+    taps = feature_taps(config, options.features) if options.features else None
     with stage("Folding ULSAM into its export form"):
         deploy = to_export_form(model)
+        if taps:
+            from ulsam_deploy.models.mobilenet import Backbone
+
+            deploy = Backbone(deploy, [t.layer for t in taps])
+    names = tuple(t.name for t in taps) if taps else ("logits",)
     with stage(f"Exporting ONNX (opset {options.opset}, {options.exporter})"):
-        proto = torch_to_onnx(deploy, config.input_size, config.in_channels, options)
+        proto = torch_to_onnx(deploy, config.input_size, config.in_channels, options, names)
     if options.simplify:
         from ulsam_deploy.passes.simplify import simplify_model
 
         with stage("Simplifying with onnxsim"):
             proto = simplify_model(proto)
+    if options.input_range is not None:
+        from ulsam_deploy.passes.simplify import tighten_output_shapes
+
+        tighten_output_shapes(proto)
     fusion = None
     if options.fuse:
         from ulsam_deploy.passes.fuse import fuse_model
@@ -115,9 +210,10 @@ def onnx_from_model(model, options: ExportOptions, stage=None):
     return proto, fusion
 
 
-def parity_inputs(batch: int, in_channels: int, size: int, seed: int) -> np.ndarray:
-    """Seeded inputs shaped like normalized images (roughly N(0,1))."""
-    return np.random.default_rng(seed + batch).standard_normal((batch, in_channels, size, size)).astype(np.float32)
+def parity_inputs(batch: int, in_channels: int, size: int | tuple[int, int], seed: int) -> np.ndarray:
+    """Seeded inputs shaped like normalized images (roughly N(0,1)); ``size`` is square or (H, W)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.random.default_rng(seed + batch).standard_normal((batch, in_channels, h, w)).astype(np.float32)
 
 
 def preprocess_spec(info) -> PreprocessSpec:
@@ -141,51 +237,85 @@ def preprocess_spec(info) -> PreprocessSpec:
 
 def export_model(model, info, output: str | os.PathLike, options: ExportOptions, events: Events = SILENT,
                  source: str | os.PathLike | None = None) -> StepResult:
-    """Export an eval-mode model; write ``output`` and ``output.json`` only when every check passed."""
+    """Export an eval-mode model; write ``output`` and ``output.json`` only when every check passed.
+
+    With ``options.features`` the graph is a backbone (the feature maps, no classifier); with
+    ``options.input_range`` its H and W are symbolic. Parity with PyTorch is judged on every output, at every
+    batch of ``options.parity_batches`` at the opt size and at the sizes of :func:`parity_sizes`.
+    """
     from ulsam_deploy.backends.judge import Tolerances, judge
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
     from ulsam_deploy.backends.torch.runner import TorchRunner
+    from ulsam_deploy.models.config import feature_taps
+    from ulsam_deploy.passes.common import io_specs
 
     config = info.config
+    taps = feature_taps(config, options.features) if options.features else None
+    if options.input_range is not None and options.input_range[1] != config.input_size:
+        raise UserError(f"The opt size {options.input_range[1]} of --input-size is not the model's input size "
+                        f"{config.input_size}; export with --input-size {options.input_range[0]}:{config.input_size}:"
+                        f"{options.input_range[2]} or set the model's size to the opt size.")
+    stride = check_sizes(config, taps, options.input_range)
     if options.opset > TRT10_MAX_OPSET:
         events.warn(f"Opset {options.opset}: TensorRT 10's ONNX parser reads opsets up to {TRT10_MAX_OPSET}; export "
                     f"with --opset {TRT10_MAX_OPSET} or lower to build engines on JetPack 6.")
-    per_image = config.in_channels * config.input_size ** 2 * 4 * ACTIVATION_FACTOR
+    sizes = parity_sizes(options.input_range, stride, config.input_size)
+    biggest = max(h * w for h, w in sizes)
+    per_image = config.in_channels * biggest * 4 * ACTIVATION_FACTOR
     batches = (options.batch,) if options.batch else options.parity_batches
     fit_count(max(batches), per_image, "images per parity batch", "--batch")
+    runs = [(b, sizes[0]) for b in batches] + [(batches[0], hw) for hw in sizes[1:]]
     inputs = [source] if source is not None and Path(source).exists() else []
     with Step("export", output, force=options.force, inputs=inputs, events=events,
               options={k: v for k, v in asdict(options).items() if k != "force"}) as step:
         with step.stage("Exporting", "export"):
             proto, fusion = onnx_from_model(model, options, events.stage)
         proto = step.finalize(proto)
-        with step.stage(f"Proving ONNX Runtime == PyTorch (batch {', '.join(map(str, batches))})", "parity"):
+        where = ", ".join(f"batch {b} at {h}x{w}" for b, (h, w) in runs) if options.input_range else \
+            f"batch {', '.join(map(str, batches))}"
+        with step.stage(f"Proving ONNX Runtime == PyTorch ({where})", "parity"):
+            reference_model = model
+            if taps:
+                from ulsam_deploy.models.mobilenet import Backbone
+
+                reference_model = Backbone(model, [t.layer for t in taps])
             refs, cands, names = [], [], []
-            with TorchRunner(model) as reference, OrtRunner(proto.SerializeToString(), custom_ops=options.fuse) as cand:
-                for batch in batches:
-                    x = parity_inputs(batch, config.in_channels, config.input_size, options.seed)
-                    refs.append(reference.infer(x))
-                    cands.append(cand.infer(x))
-                    names.append(f"batch {batch}")
+            with TorchRunner(reference_model) as reference, \
+                    OrtRunner(proto.SerializeToString(), custom_ops=options.fuse) as cand:
+                for batch, hw in runs:
+                    x = parity_inputs(batch, config.in_channels, hw, options.seed)
+                    tag = f"batch {batch}" + (f", {hw[0]}x{hw[1]}" if options.input_range else "")
+                    outs_ref, outs_cand = reference.infer_all(x), cand.infer_all(x)
+                    refs += outs_ref
+                    cands += outs_cand
+                    names += [tag] if not taps else [f"{tag}/{n}" for n in cand.output_names]
             verdict = judge(refs, cands, Tolerances(atol=options.atol), names=names, classifier=False)
         step.require(verdict, f"ONNX Runtime differs from PyTorch (max abs {verdict.max_abs:.3g}, --atol "
                      f"{options.atol:g})", "re-export with --no-simplify or --exporter dynamo, or report this model")
-        batch_dim: int | str = options.batch or "batch"
         checkpoint = Path(source).resolve() if source is not None and Path(source).is_file() else None
+        graph_inputs, graph_outputs = io_specs(proto)
+        by_name = {t.name: t for t in taps or []}
+        outputs = [TensorSpec(**spec, **({"layer": by_name[spec["name"]].layer, "stride": by_name[spec["name"]].stride,
+                                          "channels": by_name[spec["name"]].channels}
+                                         if spec["name"] in by_name else {})) for spec in graph_outputs]
+        dynamic = None
+        if not options.batch or options.input_range:
+            batch_range = DEFAULT_BATCH_RANGE if not options.batch else (options.batch,) * 3
+            dynamic = DynamicRange(batch=batch_range, height=options.input_range, width=options.input_range,
+                                   multiple_of=stride if (options.input_range or taps) else None)
         sidecar = OnnxSidecar(
             onnx=Path(output).name, sha256="0" * 64,
             model=ModelInfo(config=config.to_dict(), description=config.describe(),
-                            class_names=list(info.class_names) if info.class_names else None,
+                            class_names=list(info.class_names) if info.class_names and not taps else None,
                             checkpoint=str(checkpoint) if checkpoint else (str(source) if source else None),
                             checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
                             meta=_plain(info.meta)),
             preprocess=preprocess_spec(info),
-            inputs=[TensorSpec(name="input", shape=[batch_dim, config.in_channels, config.input_size,
-                                                    config.input_size])],
-            outputs=[TensorSpec(name="logits", shape=[batch_dim, config.num_classes])],
-            dynamic=None if options.batch else DynamicRange(batch=(1, 1, MAX_DYNAMIC_BATCH)),
+            inputs=[TensorSpec(**spec) for spec in graph_inputs], outputs=outputs, dynamic=dynamic,
             fused_blocks=int((fusion or {}).get("fused", 0)))
-        report = {"exporter": options.exporter, "simplified": options.simplify, "fusion": fusion}
+        report = {"exporter": options.exporter, "simplified": options.simplify, "fusion": fusion,
+                  "features": [t.to_dict() for t in taps] if taps else None,
+                  "parity_shapes": [[b, config.in_channels, h, w] for b, (h, w) in runs]}
         record = step.record(source=checkpoint, report=report, verdict=verdict, versions=("torch", "onnx",
                                                                                        "onnxruntime", "onnxsim"))
         return step.write_onnx(proto, sidecar, record, verdict=verdict, report=report)
@@ -209,6 +339,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
 
     options = options or ExportOptions()
+    if options.input_range is not None:
+        overrides = {**overrides, "input_size": options.input_range[1]}
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else default_output(checkpoint)
     with events.stage(f"Loading {checkpoint}"):
@@ -221,5 +353,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     return export_model(model, info, output, options, events, source=checkpoint)
 
 
-__all__ = ["ExportOptions", "default_output", "export_checkpoint", "export_model", "onnx_from_model", "parity_inputs",
+__all__ = ["DEFAULT_BATCH_RANGE", "ExportOptions", "check_range", "check_sizes", "default_output", "export_checkpoint",
+           "export_model", "nearest_legal", "onnx_from_model", "parity_inputs", "parity_sizes", "parse_input_size",
            "to_export_form", "torch_to_onnx"]

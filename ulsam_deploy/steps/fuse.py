@@ -26,7 +26,8 @@ def default_output(model: Path) -> Path:
 
 
 def parity_shapes(model, sidecar: OnnxSidecar | None) -> list[tuple[int, ...]]:
-    """Input shapes the proof runs: two batch sizes for a dynamic batch, the sidecar's sizes for dynamic H/W."""
+    """Input shapes the proof runs: batch 1 and 2 (for a dynamic batch) at the opt size; for a dynamic H/W also
+    batch 1 at the sidecar's min, max and a non-square (min H, max W) size."""
     from ulsam_deploy.passes.common import dims_of, graph_inputs
 
     inputs = graph_inputs(model)
@@ -35,24 +36,23 @@ def parity_shapes(model, sidecar: OnnxSidecar | None) -> list[tuple[int, ...]]:
     dims = dims_of(inputs[0])
     if len(dims) != 4:
         raise UserError(f"Input '{inputs[0].name}' has shape {dims}; ulsam-deploy handles [N, C, H, W] image models.")
+    if not isinstance(dims[1], int):
+        raise UserError(f"Input '{inputs[0].name}' has a dynamic channel axis; export with a fixed channel count.")
     batches = (1, 2) if isinstance(dims[0], str) else (dims[0],)
-    spatial = []
+    ranges = []
     for axis, what in ((2, "height"), (3, "width")):
         if isinstance(dims[axis], int):
-            spatial.append((dims[axis],))
+            ranges.append((dims[axis],) * 3)
             continue
         rng = getattr(sidecar.dynamic, what, None) if sidecar is not None and sidecar.dynamic is not None else None
         if rng is None:
             raise UserError(f"Input '{inputs[0].name}' has a dynamic {what} ('{dims[axis]}') and no sidecar gives its "
                             "range; export with ulsam-deploy (it records the range) or with a fixed input size.")
-        spatial.append(tuple(dict.fromkeys((rng[0], rng[2]))))
-    if not isinstance(dims[1], int):
-        raise UserError(f"Input '{inputs[0].name}' has a dynamic channel axis; export with a fixed channel count.")
-    shapes = []
-    for b in batches:
-        for h in spatial[0]:
-            for w in spatial[1]:
-                shapes.append((b, dims[1], h, w))
+        ranges.append(tuple(rng))
+    (h_lo, h_opt, h_hi), (w_lo, w_opt, w_hi) = ranges
+    sizes = list(dict.fromkeys([(h_opt, w_opt), (h_lo, w_lo), (h_hi, w_hi), (h_lo, w_hi)]))
+    shapes = [(b, dims[1], h_opt, w_opt) for b in batches]
+    shapes += [(batches[0], dims[1], h, w) for h, w in sizes[1:]]
     return shapes
 
 
@@ -100,8 +100,8 @@ def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = 
         with step.stage("Fusing ULSAM blocks into SubspaceAttention", "fuse"):
             fused, report = fuse_model(original)
         fused = step.finalize(fused)
-        batches = sorted({s[0] for s in shapes})
-        with step.stage(f"Proving fused == unfused on ONNX Runtime (batch {', '.join(map(str, batches))})", "parity"):
+        where = ", ".join("x".join(map(str, s)) for s in shapes)
+        with step.stage(f"Proving fused == unfused on ONNX Runtime ({where})", "parity"):
             verdict = prove_on_ort(original, fused, shapes, Tolerances(atol=atol), seed,
                                    probes=tuple(b["output"] for b in report["blocks"]))
         step.require(verdict, f"The fused graph differs from the unfused one on ONNX Runtime (max abs "

@@ -185,6 +185,12 @@ class OrtRunner(Runner):
         dim = self.input_shape[0] if getattr(self, "input_shape", None) else None
         return (dim, dim) if isinstance(dim, int) and dim > 0 else None
 
+    def size_limits(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        shape = getattr(self, "input_shape", None) or []
+        if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            return None  # symbolic H/W: any size the network's stride allows (the sidecar's range is checked by bench)
+        return (shape[2], shape[2]), (shape[3], shape[3])
+
     def describe(self) -> dict:
         import onnxruntime as ort
 

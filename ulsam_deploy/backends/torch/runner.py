@@ -10,6 +10,11 @@ import torch
 from ulsam_deploy.backends.base import Runner, RunnerUnavailable
 
 
+def _outputs(out) -> tuple:
+    """A model's outputs as a tuple (a backbone returns several feature maps, a classifier one tensor)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
 class TorchRunner(Runner):
     name = "torch"
 
@@ -43,10 +48,12 @@ class TorchRunner(Runner):
         self.model = self.model.to(self.device).eval()
 
     @torch.inference_mode()
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        out = self.model(tensor)
-        return out.float().cpu().numpy()
+        return [o.float().cpu().numpy() for o in _outputs(self.model(tensor))]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer_all(batch)[0]
 
     def prepare(self, batch: np.ndarray):
         model = self.model
@@ -60,8 +67,8 @@ class TorchRunner(Runner):
         host = host.pin_memory()
         device_in = torch.empty_like(host, device=self.device)
         with torch.inference_mode():
-            out_shape = model(device_in.copy_(host)).shape
-        host_out = torch.empty(out_shape, dtype=torch.float32).pin_memory()
+            shapes = [o.shape for o in _outputs(model(device_in.copy_(host)))]
+        host_outs = [torch.empty(shape, dtype=torch.float32).pin_memory() for shape in shapes]
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         stream = torch.cuda.current_stream(self.device)
 
@@ -70,12 +77,13 @@ class TorchRunner(Runner):
                 events[0].record(stream)
                 device_in.copy_(host, non_blocking=True)
                 events[1].record(stream)
-                out = model(device_in)
+                outs = _outputs(model(device_in))
                 events[2].record(stream)
-                host_out.copy_(out, non_blocking=True)
+                for host_out, out in zip(host_outs, outs):
+                    host_out.copy_(out, non_blocking=True)
                 events[3].record(stream)
                 events[3].synchronize()
-            return host_out
+            return host_outs
 
         def stages():
             return {"h2d": events[0].elapsed_time(events[1]), "compute": events[1].elapsed_time(events[2]),

@@ -118,7 +118,11 @@ def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOpti
     TensorRT's warnings); ``progress`` receives TensorRT's build phases (a silent sink when None).
     """
     stage, warn, details = events.stage, events.warn, events.detail
-    info = describe_onnx(model, onnx_path)
+    from ulsam_deploy.artifacts import read_sidecar
+
+    onnx_sidecar = read_sidecar(onnx_path, required=False)  # its ranges are the profile flags' defaults
+    dynamic = onnx_sidecar.dynamic.model_dump() if onnx_sidecar is not None and onnx_sidecar.dynamic else None
+    info = describe_onnx(model, onnx_path, dynamic)
     plan_build(options, info, None)  # option/model mistakes first: reported even where TensorRT is missing
 
     trt = import_tensorrt()
@@ -155,7 +159,7 @@ def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOpti
                 route, fusion = None, None
             else:
                 model = fused
-                info = describe_onnx(model, onnx_path)
+                info = describe_onnx(model, onnx_path, dynamic)
                 data = model.SerializeToString()
     if route is not None and route.route == "python":  # the AOT Python plugin has its own node signature
         from ulsam_deploy.backends.trt.plugins import to_qdp_model
@@ -262,8 +266,8 @@ def engine_sidecar(output: Path, onnx_path: Path, build: EngineBuild, options: B
                       "preprocess": onnx_sidecar.preprocess.model_dump() if onnx_sidecar.preprocess else None}
         converts = [s for s in onnx_sidecar.steps if s.step == "convert"]
         verification = converts[-1].verdict if converts else None
-    profiles = [{"input": name, "min": list(v[0]), "opt": list(v[1]), "max": list(v[2])}
-                for name, v in (plan.profile or {}).items()]
+    profiles = [{"input": name, "min": list(v[0]), "opt": list(v[1]), "max": list(v[2]),
+                 "source": dict(plan.profile_source)} for name, v in (plan.profile or {}).items()]
     profiles += [{"input": name, "min": list(v), "opt": list(v), "max": list(v), "static": True}
                  for name, v in plan.static_shapes.items()]
     return {
@@ -294,7 +298,7 @@ def engine_sidecar(output: Path, onnx_path: Path, build: EngineBuild, options: B
                   "default_device": plan.default_device, "dla_core": plan.dla_core,
                   "version_compatible": False, "hardware_compatibility_level": "NONE",
                   "seconds": round(seconds, 3), "warnings": warnings},
-        "rebuild_command": rebuild_command(onnx_path, output, options),
+        "rebuild_command": rebuild_command(onnx_path, output, options, plan),
         "versions": {"ulsam_deploy": __version__, "onnx": onnx.__version__, "python": platform.python_version()},
         "host": {"machine": platform.machine(), "system": platform.system()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -89,8 +89,8 @@ class TrtRunner(Runner):
         self.engine = None
         self.context = None
         self.plugin = None
-        self._buffers: dict[int, dict] = {}
-        self._bound: int | None = None
+        self._buffers: dict[tuple[int, ...], dict] = {}
+        self._bound: tuple[int, ...] | None = None
 
     # -------------------------------------------------------------------------------- loading
 
@@ -163,7 +163,7 @@ class TrtRunner(Runner):
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or not outputs:
             raise UserError(f"'{self.engine_path}' has {len(inputs)} inputs and {len(outputs)} outputs; bench expects "
-                            "one image input and a logits output.")
+                            "one image input and at least one output (logits, or a backbone's feature maps).")
         self.input_name, self.output_names = inputs[0], outputs
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self.output_dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in outputs}
@@ -185,16 +185,39 @@ class TrtRunner(Runner):
 
     # ------------------------------------------------------------------------------ inference
 
-    def _bind(self, batch_size: int) -> dict:
-        """Buffers and tensor addresses for one batch size (cached); the context's shapes set for it."""
+    def size_limits(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """((min H, max H), (min W, max W)) of the engine's profile; None for fixed sizes or before load."""
+        if self.engine is None or len(self.input_shape) != 4 or min(self.input_shape[2:]) >= 0:
+            return None
+        lo, _opt, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        return (int(lo[2]), int(hi[2])), (int(lo[3]), int(hi[3]))
+
+    def _shape_of(self, batch: np.ndarray) -> tuple[int, ...]:
+        """The input shape to bind for ``batch``: its batch size, and its H/W where the engine's are dynamic."""
+        fixed = tuple(self.input_shape[1:])
+        rest = tuple(int(b) if d < 0 else int(d) for d, b in zip(fixed, batch.shape[1:]))
+        if rest != tuple(batch.shape[1:]):
+            raise UserError(f"'{self.engine_path}' takes inputs of shape [N, {', '.join(map(str, fixed))}], not "
+                            f"{list(batch.shape)}; rebuild it for this size.")
+        return (int(batch.shape[0]),) + rest
+
+    def _bind(self, shape: tuple[int, ...] | int) -> dict:
+        """Buffers and tensor addresses for one input shape (cached); the context's shapes set for it."""
+        if isinstance(shape, int):
+            shape = (shape,) + tuple(self.input_shape[1:])
+        batch_size = shape[0]
         limits = self.batch_limits()
         if limits and not limits[0] <= batch_size <= limits[1]:
             raise UserError(f"'{self.engine_path}' accepts batch {limits[0]}..{limits[1]}, not {batch_size}; rebuild it "
                             f"with 'ulsam-deploy build-trt --batch-profile 1:{batch_size}:{max(batch_size, limits[1])}'.")
-        shape = (batch_size,) + tuple(self.input_shape[1:])
+        sizes = self.size_limits()
+        if sizes and not all(lo <= v <= hi for v, (lo, hi) in zip(shape[2:], sizes)):
+            (h0, h1), (w0, w1) = sizes
+            raise UserError(f"'{self.engine_path}' accepts {h0}..{h1} x {w0}..{w1} pixels, not {shape[2]}x{shape[3]}; "
+                            "rebuild it with a wider 'ulsam-deploy build-trt --size-profile MIN:OPT:MAX'.")
         if not self.context.set_input_shape(self.input_name, shape):
             raise UserError(f"TensorRT rejected input shape {shape} for '{self.engine_path}'.")
-        if batch_size not in self._buffers:
+        if shape not in self._buffers:
             cuda = self.cuda
             bufs = {"in_host": cuda.host_empty(shape, self.input_dtype),
                     "in_dev": cuda.device_empty(shape, self.input_dtype), "out": {},
@@ -203,12 +226,12 @@ class TrtRunner(Runner):
                 out_shape = tuple(self.context.get_tensor_shape(name))
                 dtype = self.output_dtypes[name]
                 bufs["out"][name] = (cuda.host_empty(out_shape, dtype), cuda.device_empty(out_shape, dtype))
-            self._buffers[batch_size] = bufs
-        bufs = self._buffers[batch_size]
+            self._buffers[shape] = bufs
+        bufs = self._buffers[shape]
         self.context.set_tensor_address(self.input_name, self.cuda.device_ptr(bufs["in_dev"]))
         for name, (_host, dev) in bufs["out"].items():
             self.context.set_tensor_address(name, self.cuda.device_ptr(dev))
-        self._bound = batch_size
+        self._bound = shape
         return bufs
 
     def _execute(self, bufs: dict) -> None:
@@ -231,21 +254,23 @@ class TrtRunner(Runner):
         return {"h2d": cuda.elapsed_ms(e[0], e[1]), "compute": cuda.elapsed_ms(e[1], e[2]),
                 "d2h": cuda.elapsed_ms(e[2], e[3])}
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        bufs = self._bind(int(batch.shape[0]))
+    def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        bufs = self._bind(self._shape_of(batch))
         np.copyto(bufs["in_host"], batch, casting="unsafe")
         self._execute(bufs)
-        host = bufs["out"][self.output_names[0]][0]
-        return np.array(host, dtype=np.float32, copy=True)
+        return [np.array(bufs["out"][name][0], dtype=np.float32, copy=True) for name in self.output_names]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer_all(batch)[0]
 
     def prepare(self, batch: np.ndarray):
-        size = int(batch.shape[0])
-        bufs = self._bind(size)
+        shape = self._shape_of(batch)
+        bufs = self._bind(shape)
         np.copyto(bufs["in_host"], batch, casting="unsafe")
 
         def run():
-            if self._bound != size:  # another batch size was bound since
-                self._bind(size)
+            if self._bound != shape:  # another shape was bound since
+                self._bind(shape)
             self._execute(bufs)
 
         return run, (lambda: self._stages(bufs))
@@ -265,6 +290,7 @@ class TrtRunner(Runner):
                                   "plugin": (sidecar.get("plugin") or {}).get("library")}
         if self.engine is not None:
             info["batch_limits"] = self.batch_limits()
+            info["size_limits"] = self.size_limits()
         return info
 
     def close(self) -> None:

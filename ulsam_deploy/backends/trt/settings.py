@@ -72,9 +72,51 @@ class BatchProfile:
         return self.min == self.opt == self.max
 
 
+def _hw(text: str, flag: str, example: str) -> tuple[int, int]:
+    parts = text.strip().lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"{flag} takes MIN:OPT:MAX sizes, each S or HxW (e.g. {example}), not '{text}'.")
+    h, w = (int(parts[0]),) * 2 if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    return h, w
+
+
+@dataclass(frozen=True)
+class SizeProfile:
+    """Height and width of an optimization profile: (h, w) at min, opt and max."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    @classmethod
+    def parse(cls, text: str | None) -> "SizeProfile | None":
+        """'256:320:640' -> square sizes; '256x320:320x480:640x960' -> (H, W) each; '320' or '320x480' -> static."""
+        if text is None or str(text).strip() == "":
+            return None
+        parts = str(text).split(":")
+        if len(parts) not in (1, 3):
+            raise UserError(f"--size-profile takes MIN:OPT:MAX (e.g. 256:320:640, or 256x320:320x480:640x960) or one "
+                            f"size, not '{text}'.")
+        sizes = [_hw(p, "--size-profile", "256:320:640") for p in parts] * (3 if len(parts) == 1 else 1)
+        lo, opt, hi = sizes
+        for axis, what in ((0, "height"), (1, "width")):
+            if lo[axis] < 1 or not lo[axis] <= opt[axis] <= hi[axis]:
+                raise UserError(f"--size-profile {text}: the {what}s {lo[axis]}, {opt[axis]}, {hi[axis]} must satisfy "
+                                "1 <= MIN <= OPT <= MAX.")
+        return cls(lo, opt, hi)
+
+    @classmethod
+    def from_ranges(cls, height, width) -> "SizeProfile":
+        return cls((height[0], width[0]), (height[1], width[1]), (height[2], width[2]))
+
+    def __str__(self) -> str:
+        return ":".join(f"{h}x{w}" if h != w else str(h) for h, w in (self.min, self.opt, self.max))
+
+
 @dataclass
 class BuildOptions:
-    batch: BatchProfile | None = None  # profile for a dynamic batch axis (required then)
+    batch: BatchProfile | None = None  # profile for a dynamic batch axis [default: the ONNX sidecar's batch range]
+    sizes: SizeProfile | None = None  # profile for a dynamic H and W [default: the sidecar's height/width ranges]
     workspace_mib: int | None = None  # MemoryPoolType.WORKSPACE limit; None: TensorRT's default (device memory)
     opt_level: int | None = None  # builder_optimization_level 0..5; None: TensorRT's default (3)
     timing_cache: Path | None = None  # loaded when present, saved after the build
@@ -92,6 +134,8 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)):
             self.batch = BatchProfile.parse(self.batch)
+        if isinstance(self.sizes, (str, int)):
+            self.sizes = SizeProfile.parse(str(self.sizes))
         if self.workspace_mib is not None and int(self.workspace_mib) < 1:
             raise UserError(f"--workspace is in MiB and must be positive, not {self.workspace_mib}.")
         if self.opt_level is not None and int(self.opt_level) not in OPT_LEVELS:
@@ -125,6 +169,7 @@ class BuildOptions:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["batch"] = str(self.batch) if self.batch else None
+        data["sizes"] = str(self.sizes) if self.sizes else None
         for key in ("timing_cache", "plugin_lib"):
             data[key] = str(data[key]) if data[key] is not None else None
         return data
@@ -153,13 +198,15 @@ class OnnxInfo:
     opset: int | None
     has_qdq: bool = False
     extra: dict = field(default_factory=dict)
+    # the ONNX sidecar's ranges (artifacts.DynamicRange as a dict: batch, height, width, multiple_of), if any
+    dynamic: dict | None = None
 
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT8: "int8",
            onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}
 
 
-def describe_onnx(model: onnx.ModelProto, path: Path) -> OnnxInfo:
+def describe_onnx(model: onnx.ModelProto, path: Path, dynamic: dict | None = None) -> OnnxInfo:
     from ulsam_deploy.passes.common import opset_of
     from ulsam_deploy.passes.common import fused_nodes, precision_of
 
@@ -173,7 +220,7 @@ def describe_onnx(model: onnx.ModelProto, path: Path) -> OnnxInfo:
         inputs.append(OnnxInput(vi.name, dims, _DTYPES.get(tt.elem_type, str(tt.elem_type))))
     ops = {n.op_type for n in model.graph.node}
     return OnnxInfo(path, inputs, precision_of(model), len(fused_nodes(model)), opset_of(model),
-                    bool({"QuantizeLinear", "DequantizeLinear"} & ops))
+                    bool({"QuantizeLinear", "DequantizeLinear"} & ops), dynamic=dynamic)
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -196,12 +243,17 @@ class BuildPlan:
     warnings: list[str] = field(default_factory=list)
     clear_flags: list[str] = field(default_factory=list)  # BuilderFlags on by default that the plan turns off
     tf32: bool = False
+    profile_source: dict[str, str] = field(default_factory=dict)  # {"batch"|"sizes": "--batch-profile"|"sidecar"}
+    batch: BatchProfile | None = None  # the profile's batch and sizes, whichever source gave them
+    sizes: SizeProfile | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
         if self.profile:
             data["profile"] = {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in self.profile.items()}
+        data["batch"] = str(self.batch) if self.batch else None
+        data["sizes"] = str(self.sizes) if self.sizes else None
         return data
 
 
@@ -254,26 +306,7 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
         precision += ", TF32 allowed for fp32 layers"
     clear_flags = [] if options.tf32 else ["TF32"]  # TF32 is on by default: "fp32" would not be fp32
 
-    # shapes: only the batch axis may be dynamic (our exports), and then a profile is required
-    profile, static = {}, {}
-    for inp in info.inputs:
-        dyn = inp.dynamic_axes
-        if any(axis != 0 for axis in dyn):
-            raise UserError(f"Input '{inp.name}' has dynamic axes {dyn} (shape {inp.dims}); build-trt supports a "
-                            "dynamic batch axis only, so re-export with a fixed input size.")
-        rest = tuple(int(d) for d in inp.dims[1:])
-        if dyn:
-            if options.batch is None:
-                raise UserError(f"Input '{inp.name}' has a dynamic batch axis and TensorRT needs an optimization "
-                                "profile for it; pass --batch-profile MIN:OPT:MAX (e.g. --batch-profile 1:8:32) or --batch-profile N.")
-            b = options.batch
-            profile[inp.name] = ((b.min,) + rest, (b.opt,) + rest, (b.max,) + rest)
-        else:
-            fixed = int(inp.dims[0]) if inp.dims else 1
-            if options.batch is not None and not (options.batch.static and options.batch.min == fixed):
-                raise UserError(f"Input '{inp.name}' has a static batch of {fixed}, so --batch-profile {options.batch} cannot "
-                                f"apply; drop --batch-profile, or re-export without --static-batch for a dynamic batch axis.")
-            static[inp.name] = tuple(int(d) for d in inp.dims)
+    profile, static, source, batch, sizes = _plan_shapes(options, info, warnings)
 
     device, dla_core = "GPU", None
     if options.dla_core is not None:
@@ -304,7 +337,92 @@ def plan_build(options: BuildOptions, info: OnnxInfo, trt_version: str | None, n
     pools = {"WORKSPACE": int(options.workspace_mib) << 20} if options.workspace_mib else {}
     return BuildPlan(major or 0, not options.weakly_typed, network_flags, builder_flags, pools, options.opt_level,
                      profile or None, static, device, dla_core, options.timing_cache, precision, warnings,
-                     clear_flags=clear_flags, tf32=bool(options.tf32))
+                     clear_flags=clear_flags, tf32=bool(options.tf32), profile_source=source, batch=batch,
+                     sizes=sizes)
+
+
+def _plan_shapes(options: BuildOptions, info: OnnxInfo, warnings: list[str]):
+    """(profile, static shapes, where each profile axis came from, batch, sizes): a dynamic batch takes
+    --batch-profile, else the sidecar's batch range; a dynamic H/W takes --size-profile, else the sidecar's height
+    and width ranges; any other dynamic axis, or a range nobody gives, is refused in one sentence."""
+    dynamic = info.dynamic or {}
+    profile, static, source = {}, {}, {}
+    batch_used, sizes_used = None, None
+    for inp in info.inputs:
+        dyn = inp.dynamic_axes
+        allowed = (0, 2, 3) if len(inp.dims) == 4 else (0,)
+        if any(axis not in allowed for axis in dyn):
+            raise UserError(f"Input '{inp.name}' has dynamic axes {dyn} (shape {inp.dims}); build-trt takes a dynamic "
+                            "batch, height and width of an N x C x H x W input only, so re-export it with fixed "
+                            "other axes.")
+        spatial = [axis for axis in dyn if axis in (2, 3)]
+        if options.sizes is not None and not spatial and len(inp.dims) == 4:
+            raise UserError(f"Input '{inp.name}' has a fixed size {inp.dims[2]}x{inp.dims[3]}, so --size-profile "
+                            f"{options.sizes} cannot apply; drop it, or export with --input-size MIN:OPT:MAX for a "
+                            "dynamic height and width.")
+        lo, opt, hi = list(inp.dims), list(inp.dims), list(inp.dims)
+        if 0 in dyn:
+            b = options.batch
+            if b is None and dynamic.get("batch"):
+                b = BatchProfile(*(int(v) for v in dynamic["batch"]))
+                source["batch"] = "sidecar"
+            elif b is not None:
+                source["batch"] = "--batch-profile"
+            if b is None:
+                raise UserError(f"Input '{inp.name}' has a dynamic batch axis and TensorRT needs an optimization "
+                                "profile for it; pass --batch-profile MIN:OPT:MAX (e.g. --batch-profile 1:8:32) or "
+                                "--batch-profile N (no sidecar records a batch range).")
+            lo[0], opt[0], hi[0] = b.min, b.opt, b.max
+            batch_used = b
+        else:
+            fixed = int(inp.dims[0]) if inp.dims else 1
+            if options.batch is not None and not (options.batch.static and options.batch.min == fixed):
+                raise UserError(f"Input '{inp.name}' has a static batch of {fixed}, so --batch-profile {options.batch} "
+                                "cannot apply; drop --batch-profile, or re-export without --static-batch for a dynamic "
+                                "batch axis.")
+        if spatial:
+            sizes = options.sizes
+            if sizes is None:
+                ranges = [dynamic.get(what) for what in ("height", "width")]
+                if any(r is None for axis, r in zip((2, 3), ranges) if axis in spatial):
+                    raise UserError(f"Input '{inp.name}' has a dynamic height and width and no sidecar records their "
+                                    "range; pass --size-profile MIN:OPT:MAX (e.g. --size-profile 256:320:640).")
+                height = ranges[0] or (inp.dims[2],) * 3
+                width = ranges[1] or (inp.dims[3],) * 3
+                sizes = SizeProfile.from_ranges([int(v) for v in height], [int(v) for v in width])
+                source["sizes"] = "sidecar"
+            else:
+                source["sizes"] = "--size-profile"
+                _check_sizes(sizes, dynamic, warnings)
+            for axis, k in ((2, 0), (3, 1)):
+                if axis in spatial:
+                    lo[axis], opt[axis], hi[axis] = sizes.min[k], sizes.opt[k], sizes.max[k]
+                elif not sizes.min[k] == sizes.opt[k] == sizes.max[k] == inp.dims[axis]:
+                    raise UserError(f"--size-profile {sizes} changes the fixed {'height' if k == 0 else 'width'} "
+                                    f"{inp.dims[axis]} of input '{inp.name}'; keep it at {inp.dims[axis]}.")
+            sizes_used = sizes
+        if dyn:
+            profile[inp.name] = (tuple(int(v) for v in lo), tuple(int(v) for v in opt), tuple(int(v) for v in hi))
+        else:
+            static[inp.name] = tuple(int(d) for d in inp.dims)
+    return profile, static, source, batch_used, sizes_used
+
+
+def _check_sizes(sizes: SizeProfile, dynamic: dict, warnings: list[str]) -> None:
+    """Refuse sizes that are not multiples of the network's stride (the sidecar says); warn outside its proven range."""
+    multiple = dynamic.get("multiple_of")
+    for h, w in (sizes.min, sizes.opt, sizes.max):
+        for value in (h, w):
+            if multiple and value % int(multiple):
+                below = value // multiple * multiple
+                near = f"{below} or {below + multiple}" if below else str(multiple)
+                raise UserError(f"--size-profile {sizes}: {value} is not a multiple of {multiple}, the stride the "
+                                f"exported network needs; use {near}.")
+    height, width = dynamic.get("height"), dynamic.get("width")
+    if height and width and (min(sizes.min[0], sizes.min[1]) < min(height[0], width[0])
+                             or max(sizes.max[0], sizes.max[1]) > max(height[2], width[2])):
+        warnings.append(f"--size-profile {sizes} reaches outside {height[0]}..{height[2]} x {width[0]}..{width[2]}, "
+                        "the range export proved parity at; bench the engine at the new sizes before trusting it.")
 
 
 # ---------------------------------------------------------------------------------- applying
@@ -373,11 +491,17 @@ def apply_plan(trt, builder, config, plan: BuildPlan, timing_cache_bytes: bytes 
 # ----------------------------------------------------------------------------- rebuild command
 
 
-def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOptions) -> str:
-    """The ``ulsam-deploy build-trt`` command that reproduces this build (stored in the engine sidecar)."""
+def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOptions,
+                    plan: "BuildPlan | None" = None) -> str:
+    """The ``ulsam-deploy build-trt`` command that reproduces this build (stored in the engine sidecar); profiles
+    the plan took from the sidecar are spelled out, so the command does not depend on it."""
     args = ["ulsam-deploy", "build-trt", str(onnx_path), "-o", str(engine)]
-    if options.batch:
-        args += ["--batch-profile", str(options.batch)]
+    batch = options.batch or (plan.batch if plan is not None else None)
+    sizes = options.sizes or (plan.sizes if plan is not None else None)
+    if batch:
+        args += ["--batch-profile", str(batch)]
+    if sizes:
+        args += ["--size-profile", str(sizes)]
     if options.workspace_mib:
         args += ["--workspace", str(options.workspace_mib)]
     if options.opt_level is not None:
@@ -404,5 +528,6 @@ def rebuild_command(onnx_path: str | Path, engine: str | Path, options: BuildOpt
     return shlex.join(args)
 
 
-__all__ = ["BatchProfile", "BuildOptions", "BuildPlan", "OnnxInfo", "OnnxInput", "apply_plan", "describe_onnx",
+__all__ = ["BatchProfile", "BuildOptions", "BuildPlan", "OnnxInfo", "OnnxInput", "SizeProfile", "apply_plan",
+           "describe_onnx",
            "network_creation_flags", "plan_build", "rebuild_command"]
