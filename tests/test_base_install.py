@@ -183,8 +183,12 @@ def test_inspect_fuse_convert_bench_of_the_copied_onnx(board):
 
 
 def test_build_trt_and_build_plugin_stop_at_the_boundary(board):
-    no_profile = _cli(board, "build-trt", board["model"])
+    bare = Path(board["model"]).with_name("bare.onnx")  # no sidecar: nothing says the batch range
+    shutil.copy(board["model"], bare)
+    no_profile = _cli(board, "build-trt", bare)
     assert no_profile.returncode == 2 and "--batch-profile" in no_profile.stderr, no_profile.stderr
+    from_sidecar = _cli(board, "build-trt", board["model"])  # the sidecar's batch range is the default profile
+    assert from_sidecar.returncode == 4 and "TensorRT's Python package is not installed" in from_sidecar.stderr
     no_trt = _cli(board, "build-trt", board["model"], "--batch-profile", "1:4:8")
     assert no_trt.returncode == 4 and "TensorRT's Python package is not installed" in no_trt.stderr, no_trt.stderr
     plugin = _cli(board, "build-plugin")  # a non-editable install carries no C++ sources: say how to get them

@@ -752,7 +752,7 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
 def test_dynamic_hw_profile_from_the_sidecar_on_the_real_api(trt, tmp_path, monkeypatch):
     """A symbolic-H/W ONNX whose sidecar records its ranges: the profile's set_shape gets them, flags win."""
     from ulsam_deploy.artifacts import DynamicRange, OnnxSidecar, TensorSpec, sha256_file, sidecar_path
-    from ulsam_deploy.backends.trt.build import build_engine
+    from ulsam_deploy.steps.build_trt import build_engine
 
     model = tiny_onnx(tmp_path / "d.onnx", size="height")
     proto = onnx.load(model)
