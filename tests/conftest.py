@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("COLUMNS", "160")
+# PyTorch's OpenMP threads spin-wait by default; on a shared 2-core machine a descheduled spinner stalls every
+# operator (5-10x slower). Set before any test module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _has_cuda_gpu() -> bool:
