@@ -135,6 +135,7 @@ def test_judge_names_the_failing_feature_map():
     pytest.param("mv2", 0.25, "13,16", 8, marks=pytest.mark.slow),
     pytest.param("mv1", 0.25, "13:1", 16, marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_symbolic_hw_export_matches_pytorch_at_every_legal_size(tmp_path, arch, width, ulsam, groups):
     ck, model = _ck(tmp_path, arch, width, ulsam, groups)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(input_range=RANGE))
@@ -155,6 +156,7 @@ def test_symbolic_hw_export_matches_pytorch_at_every_legal_size(tmp_path, arch, 
             np.testing.assert_allclose(sess.run(None, {"input": x})[0], model(torch.from_numpy(x)).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_backbone_export_outputs_each_feature_map(tmp_path):
     ck, model = _ck(tmp_path)
     result = export_checkpoint(ck, tmp_path / "b.onnx", ExportOptions(features="s8,14,s32", input_range=RANGE))
@@ -346,6 +348,7 @@ def _fast(**kw):
     return BenchOptions(**kw)
 
 
+@pytest.mark.slow
 def test_bench_backbone_per_output_and_per_size(dynamic_backbone, tmp_path):
     from ulsam_deploy.bench.report import chart_png, csv_text, markdown, output_rows
     from ulsam_deploy.bench.run import run_bench
