@@ -130,12 +130,11 @@ def test_judge_names_the_failing_feature_map():
 # ----------------------------------------------------------------------------------- export (torch)
 
 @pytest.mark.parametrize("arch,width,ulsam,groups", [
-    ("mv2", 0.25, "7:1,14,17:1", 4),
+    pytest.param("mv2", 0.25, "7:1,14,17:1", 4, marks=pytest.mark.slow),
     ("mv1", 0.25, "8:1,9:1,11", 4),
     pytest.param("mv2", 0.25, "13,16", 8, marks=pytest.mark.slow),
     pytest.param("mv1", 0.25, "13:1", 16, marks=pytest.mark.slow),
 ])
-@pytest.mark.slow
 def test_symbolic_hw_export_matches_pytorch_at_every_legal_size(tmp_path, arch, width, ulsam, groups):
     ck, model = _ck(tmp_path, arch, width, ulsam, groups)
     result = export_checkpoint(ck, tmp_path / "m.onnx", ExportOptions(input_range=RANGE))
