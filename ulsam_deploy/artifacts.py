@@ -53,6 +53,9 @@ def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
     Refused: a directory, a symlink, a FIFO/device/socket, an existing regular file without ``force``,
     one of the ``inputs`` themselves, and a parent that is not a writable directory.
     """
+    if is_stdout(path):
+        raise UserError(f"The {what} cannot go to standard output ('{path}'); give a file path ('-' is for the "
+                        "JSON, CSV and Markdown reports).")
     path = Path(path)
     if str(path) in ("", "."):
         raise UserError(f"The {what} path '{path}' is a directory; give a file name such as 'model.onnx'.")
@@ -180,6 +183,9 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+MAX_ONNX_BYTES = 2 << 30  # protobuf's limit; weights beyond it live in external data files
+
+
 def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
     """A readable, non-empty ONNX model, or one sentence saying why not (external data is checked too)."""
     import onnx
@@ -189,8 +195,12 @@ def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
         raise UserError(f"{what[:1].upper() + what[1:]} '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
     if not path.is_file():
         raise UserError(f"'{path}' is not a file; give the path of an .onnx model.")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise UserError(f"'{path}' is empty, not an ONNX model; re-export it.")
+    if size > MAX_ONNX_BYTES:
+        raise UserError(f"'{path}' is {size / 2**30:.1f} GiB, larger than an ONNX file can be (2 GiB, external data "
+                        "aside); it is not an ONNX model: check the path.")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, external-data errors and friends
@@ -253,11 +263,30 @@ class ModelInfo(_Strict):
     """What the network is (torch-free: the config as a plain dict, see ModelConfig.from_dict)."""
 
     config: dict[str, Any]
-    description: str = ""
+    description: str = Field(default="", max_length=4096)
     class_names: list[str] | None = Field(default=None, max_length=100_000)
-    checkpoint: str | None = None  # absolute path of the source checkpoint
-    checkpoint_sha256: str | None = None
+    checkpoint: str | None = Field(default=None, min_length=1, max_length=4096)  # absolute path of the source
+    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The same rules as every model config (types, ranges, positions), so later steps can trust it."""
+        from ulsam_deploy.models.config import ModelConfig
+
+        try:
+            ModelConfig.from_dict(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def checkpoint_path(self, sidecar_file: str | os.PathLike) -> Path | None:
+        """The recorded checkpoint as a path: absolute as recorded, or relative to the sidecar's folder."""
+        if not self.checkpoint or ":" in self.checkpoint.split("/")[0]:  # none, or a name such as 'bundled:...'
+            return None
+        path = Path(self.checkpoint).expanduser()
+        return path if path.is_absolute() else Path(sidecar_file).parent / path
 
 
 class DynamicRange(_Strict):
@@ -284,8 +313,8 @@ class DynamicRange(_Strict):
 class StepRecord(_Strict):
     """One step that produced (or changed) the artifact: what ran, on what, and the judge's verdict."""
 
-    step: str
-    created: str
+    step: str = Field(max_length=64)
+    created: str = Field(max_length=64)
     source: dict[str, Any] | None = None  # {"path": absolute path, "sha256": ...}
     options: dict[str, Any] = Field(default_factory=dict)
     report: dict[str, Any] = Field(default_factory=dict)
@@ -299,7 +328,7 @@ class OnnxSidecar(_Strict):
 
     schema_: Literal["ulsam-deploy/onnx"] = Field(default=SIDECAR_SCHEMA, alias="schema")
     version: Literal[2] = SIDECAR_VERSION
-    onnx: str
+    onnx: str = Field(min_length=1, max_length=4096)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     model: ModelInfo | None = None
     preprocess: PreprocessSpec | None = None
@@ -308,9 +337,9 @@ class OnnxSidecar(_Strict):
     dynamic: DynamicRange | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     int8_target: Literal["tensorrt", "ort"] | None = None
-    fused_blocks: int = Field(default=0, ge=0)
-    graph: dict[str, Any] = Field(default_factory=dict)  # opset, ir_version, nodes, ops
-    steps: list[StepRecord] = Field(default_factory=list)
+    fused_blocks: int = Field(default=0, ge=0, le=10_000)
+    graph: dict[str, Any] = Field(default_factory=dict, max_length=64)  # opset, ir_version, nodes, ops
+    steps: list[StepRecord] = Field(default_factory=list, max_length=1000)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -357,6 +386,9 @@ def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_h
     """
     onnx_path = Path(onnx_path)
     path = sidecar_path(onnx_path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"The sidecar '{path}' is not a regular file (a folder, device or FIFO); remove it and "
+                        "re-export the model.")
     if not path.is_file():
         if required:
             raise UserError(f"'{path}' (written by 'ulsam-deploy export' beside the ONNX) is missing; re-export the "
@@ -366,8 +398,9 @@ def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_h
         if path.stat().st_size > MAX_SIDECAR_BYTES:
             raise UserError(f"The sidecar '{path}' is larger than {MAX_SIDECAR_BYTES >> 20} MiB, so it is not ours; "
                             "re-export the model.")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UserError(f"The sidecar '{path}' is not readable JSON ({type(exc).__name__}); re-export the model or "
                         "delete the damaged file.") from None
     if not isinstance(data, dict):
@@ -378,7 +411,7 @@ def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_h
                         f"'{SIDECAR_SCHEMA}' version {SIDECAR_VERSION}; it was written by another ulsam-deploy "
                         "version: re-export the model with this one.")
     try:
-        sidecar = OnnxSidecar.model_validate(data)
+        sidecar = OnnxSidecar.model_validate_json(text, strict=True)  # strict: JSON types exactly, no coercion
     except ValidationError as exc:
         raise UserError(f"The sidecar '{path}' is invalid ({_validation_sentence(exc)}); re-export the model.") \
             from None

@@ -5,12 +5,17 @@ the position grammar and the cost counting alike.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from ulsam_deploy.errors import ConfigError
 from ulsam_deploy.models.positions import LayerSpec, Position, format_positions, parse_positions
 
 ARCHS = ("mv1", "mv2")
+MAX_INPUT_SIZE = 4096  # the sidecar schema's bound too
+MAX_IN_CHANNELS = 64
+MAX_CLASSES = 1_000_000
 ARCH_ALIASES = {
     "mv1": "mv1", "mobilenet_v1": "mv1", "mobilenetv1": "mv1", "mobilenet-v1": "mv1",
     "mv2": "mv2", "mobilenet_v2": "mv2", "mobilenetv2": "mv2", "mobilenet-v2": "mv2",
@@ -40,10 +45,19 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not isinstance(self.ulsam, str):
+            raise ConfigError(f"arch and ulsam must be text, not {self.arch!r} and {self.ulsam!r}.")
         self.arch = canonical_arch(self.arch)
-        self.width = float(self.width)
-        self.groups, self.num_classes = int(self.groups), int(self.num_classes)
-        self.input_size, self.in_channels = int(self.input_size), int(self.in_channels)
+        self.width = _number(self.width, "width", float)
+        self.groups = _number(self.groups, "groups", int)
+        self.num_classes = _number(self.num_classes, "num_classes", int)
+        self.input_size = _number(self.input_size, "input_size", int)
+        self.in_channels = _number(self.in_channels, "in_channels", int)
+        self.dropout = _number(self.dropout, "dropout", float)
+        if not isinstance(self.plain_ulsam, bool):
+            raise ConfigError(f"plain_ulsam must be true or false, not {self.plain_ulsam!r}.")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a mapping, not {type(self.extra).__name__}.")
         self.ulsam = format_positions(parse_positions(self.ulsam))
         if self.width <= 0 or self.width > 4:
             raise ConfigError(f"Width multiplier {self.width} is out of range; use a value in (0, 4], e.g. 1.0, 0.75, 0.5.")
@@ -53,14 +67,42 @@ class ModelConfig:
             raise ConfigError(f"num_classes must be at least 1, not {self.num_classes}.")
         if self.input_size < 8:
             raise ConfigError(f"Input size {self.input_size} is too small; use at least 8 pixels (224 for ImageNet).")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise ConfigError(f"Input size {self.input_size} is too large; use at most {MAX_INPUT_SIZE} pixels.")
+        if not 1 <= self.in_channels <= MAX_IN_CHANNELS:
+            raise ConfigError(f"in_channels must be from 1 to {MAX_IN_CHANNELS}, not {self.in_channels}.")
+        if self.num_classes > MAX_CLASSES:
+            raise ConfigError(f"{self.num_classes:,} classes are more than the {MAX_CLASSES:,} ulsam-deploy builds "
+                              "(a damaged file, or a typo in --num-classes).")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """A config from stored data (checkpoint, sidecar): anything of the wrong kind is a ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"The model config must be a mapping, not {type(data).__name__}.")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def parameter_count(self) -> int:
+        """Weights of the network, estimated from the layer table (torch-free; within a few percent)."""
+        total = 0
+        for spec in layer_specs(self):
+            cin, cout = spec.in_channels, spec.out_channels
+            if spec.op == "conv3x3":
+                total += cin * cout * 9
+            elif spec.op == "dws":
+                total += cin * 9 + cin * cout
+            elif spec.op.startswith("inverted_residual"):
+                hidden = cin * int(spec.op.split("t=")[1].rstrip(")"))
+                total += cin * hidden + hidden * 9 + hidden * cout
+            else:  # conv1x1, classifier
+                total += cin * cout + cout
+        return total
 
     @property
     def positions(self) -> list[Position]:
@@ -70,6 +112,21 @@ class ModelConfig:
         name = {"mv1": "MobileNet-V1", "mv2": "MobileNet-V2"}[self.arch]
         att = f" + ULSAM {self.ulsam} (g={self.groups})" if self.ulsam else ""
         return f"{name} x{self.width:g}{att}, {self.num_classes} classes, {self.input_size}x{self.input_size}"
+
+
+def _number(value, name: str, kind):
+    """``value`` as ``kind`` (int or float); booleans, text and fractions for ints are refused (stored configs are
+    untrusted input)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, not {value!r}.")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, not {value!r}.")
+    if kind is int:
+        if number != int(number):
+            raise ConfigError(f"{name} must be a whole number, not {value!r}.")
+        return int(number)
+    return number
 
 
 # ---------------------------------------------------------------------------------------- layers

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,26 @@ def check_sidecar_matches(model, sidecar, path: Path) -> None:
             if not same:
                 raise UserError(f"The sidecar of '{path}' says {kind} '{d.name}' is {d.shape} but the ONNX has "
                                 f"'{a['name']}' {a['shape']}; re-run the step that wrote it.")
+    shape = inputs[0]["shape"] if len(inputs) == 1 and len(inputs[0]["shape"]) == 4 else None
+    if shape is None:
+        return
+    claims = []  # (what the sidecar says, the value, the ONNX's value): fixed sizes must agree
+    if sidecar.preprocess is not None:
+        p = sidecar.preprocess
+        claims += [("preprocess.in_channels", p.in_channels, shape[1]), ("preprocess.size", p.size, shape[2]),
+                   ("preprocess.size", p.size, shape[3])]
+    if sidecar.model is not None:
+        from ulsam_deploy.models.config import ModelConfig
+
+        config = ModelConfig.from_dict(sidecar.model.config)
+        claims += [("model.config.in_channels", config.in_channels, shape[1]),
+                   ("model.config.input_size", config.input_size, shape[2])]
+        if sidecar.is_classifier:
+            claims.append(("model.config.num_classes", config.num_classes, outputs[0]["shape"][-1]))
+    for field_name, claimed, actual in claims:
+        if isinstance(actual, int) and claimed != actual:
+            raise UserError(f"The sidecar of '{path}' says {field_name} is {claimed} but the ONNX has {actual}; "
+                            "re-run the step that wrote it.")
 
 
 def load_with_sidecar(path: str | os.PathLike, *, required: bool = True):
@@ -80,15 +101,23 @@ def serialize_onnx(model) -> bytes:
     return model.SerializeToString()
 
 
-_LOCK_DIR = Path(tempfile.gettempdir()) / "ulsam-deploy-locks"
+def _lock_dir() -> Path:
+    """This user's private lock folder (in the shared temp folder, so never a link or someone else's folder)."""
+    folder = Path(tempfile.gettempdir()) / f"ulsam-deploy-locks-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise UserError(f"The lock folder '{folder}' is not a private folder of yours (a link, or another user's); "
+                        "remove it and run the command again.")
+    return folder
 
 
 @contextlib.contextmanager
 def output_lock(path: Path):
     """Hold an exclusive lock on ``path`` for the whole step: a second writer fails at once with one sentence."""
-    _LOCK_DIR.mkdir(mode=0o777, exist_ok=True)
     key = hashlib.sha256(str(Path(os.path.abspath(path))).encode()).hexdigest()[:32]
-    fd = os.open(_LOCK_DIR / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(_lock_dir() / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,10 +135,11 @@ class Step:
     def __init__(self, name: str, output: str | os.PathLike, *, force: bool, inputs=(), events: Events = SILENT,
                  options: dict | None = None, sidecar: bool = True):
         self.name = name
-        self.output = check_output(output, force=force, what=f"{name} output", inputs=tuple(inputs))
+        guarded = tuple(inputs) + tuple(sidecar_path(p) for p in inputs)  # an input's sidecar is never overwritten
+        self.output = check_output(output, force=force, what=f"{name} output", inputs=guarded)
         self.sidecar_file = sidecar_path(self.output) if sidecar else None
         if self.sidecar_file is not None:
-            check_output(self.sidecar_file, force=True, what="sidecar", inputs=tuple(inputs))
+            check_output(self.sidecar_file, force=True, what="sidecar", inputs=guarded)
         self.inputs = [Path(p) for p in inputs]
         self.events = events
         self.options = dict(options or {})
