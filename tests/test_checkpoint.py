@@ -82,7 +82,7 @@ def test_shape_mismatch_is_reported(tmp_path, small_model):
 def test_missing_corrupt_and_directory(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "bad.pt").write_bytes(b"\x00not a checkpoint at all")
     with pytest.raises(CheckpointError, match="corrupt or not a PyTorch file"):
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="is a directory"):

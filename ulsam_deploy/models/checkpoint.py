@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,29 +66,88 @@ def save_checkpoint(model: MobileNetULSAM, path: str | os.PathLike, *, class_nam
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> object:
-    """``torch.load(weights_only=True)`` with one-sentence errors for missing/corrupt/unsafe files."""
+    """``torch.load(weights_only=True)`` with one-sentence errors for missing/corrupt/unsafe/foreign files.
+
+    The sentences are ours, never PyTorch's (its messages run to paragraphs about ``weights_only``)."""
+    from ulsam_deploy.limits import HEADROOM, available_memory
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint '{path}' does not exist; check the path.")
     if path.is_dir():
         raise CheckpointError(f"'{path}' is a directory, not a checkpoint file; pass the .pt/.pth file inside it.")
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' is not a regular file (a device, FIFO or socket); pass a .pt/.pth file.")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"Checkpoint '{path}' is empty; re-export or re-download it.")
+    if size * 2 > available_memory() * HEADROOM:  # the file's bytes and the tensors read from them
+        raise CheckpointError(f"Checkpoint '{path}' is {size / 2**30:.1f} GiB, more than this machine can load; it is "
+                              "not a MobileNet checkpoint, or load it on a larger machine.")
+    kind = _foreign_kind(path)
+    if kind is not None:
+        where = (" (ONNX models go to 'ulsam-deploy fuse', 'convert', 'build-trt' or 'bench')"
+                 if kind == "an ONNX model" else "")
+        raise CheckpointError(f"'{path}' is {kind}, not a PyTorch checkpoint; pass the .pt/.pth file{where}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" in text or "GLOBAL" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found or "GLOBAL" in str(exc):
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"Checkpoint '{path}' contains Python objects beyond tensors and plain data, which are not loaded "
-                "for safety (weights_only=True); re-save it as a state dict: torch.save(model.state_dict(), path)."
+                f"Checkpoint '{path}' contains Python objects{what} beyond tensors and plain data, which are not "
+                "loaded for safety (weights_only=True); re-save it as a state dict: torch.save(model.state_dict(), "
+                "path)."
             ) from exc
-        raise CheckpointError(f"Checkpoint '{path}' is corrupt or not a PyTorch file ({_first_line(exc)}); re-export or re-download it.") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"Checkpoint '{path}' is corrupt or not a PyTorch file ({_first_line(exc)}); re-export or re-download it.") from exc
+        raise CheckpointError(f"Checkpoint '{path}' is {_damage(path)}; re-export or re-download it.") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything at all on a damaged file
+        raise CheckpointError(f"Checkpoint '{path}' is {_damage(path)}; re-export or re-download it.") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+def _damage(path: Path) -> str:
+    """What is wrong with a file torch.load refused, in our words."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":
+        return "truncated or corrupt (its zip archive is incomplete or damaged)"
+    if head[:1] == b"\x80":
+        return "truncated or corrupt (an incomplete or damaged pickle)"
+    return "corrupt or not a PyTorch file (no zip archive or pickle inside)"
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """'an ONNX model', 'a JSON file'... when the file is recognisably something other than a checkpoint."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # torch's zip format, or its legacy pickle
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        return "an image"
+    if path.suffix.lower() in (".engine", ".plan", ".trt"):
+        return "a TensorRT engine"
+    if (head[:1] == b"\x08" or path.suffix.lower() == ".onnx") and _is_onnx(path):  # ModelProto starts with ir_version
+        return "an ONNX model"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if all(ch.isprintable() or ch.isspace() for ch in text):
+        return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
+    return None
+
+
+def _is_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        return bool(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 - not ONNX either: torch.load will say it is damaged
+        return False
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -162,29 +221,36 @@ def load_checkpoint_with_info(path: str | os.PathLike, **overrides) -> tuple[Mob
     overrides = {k: v for k, v in overrides.items() if v is not None}
     stored = container.get("config") if isinstance(container.get("config"), dict) else None
     inferred = False
-    if stored is not None:
-        config_dict = dict(stored)
-        conflicts = {k: (config_dict.get(k), v) for k, v in overrides.items()
-                     if k in config_dict and k not in ("input_size",) and _differs(config_dict[k], v, k)}
-        if conflicts:
-            desc = ", ".join(f"--{k.replace('_', '-')} {v!s} (checkpoint: {c!s})" for k, (c, v) in conflicts.items())
-            raise CheckpointError(
-                f"'{path}' is a self-describing checkpoint and {desc} contradicts it; drop those flags."
-            )
-        config_dict.update(overrides)
-        config = ModelConfig.from_dict(config_dict)
-    else:
-        guess = _safe_infer(state, overrides.get("input_size", container.get("input_size", 224)))
-        if guess is None and "arch" not in overrides:
-            raise CheckpointError(
-                f"'{path}' carries no model config and its keys do not reveal one; pass --arch, --width, --ulsam, "
-                "--groups and --num-classes."
-            )
-        same_arch = guess is not None and ("arch" not in overrides or ModelConfig(arch=overrides["arch"]).arch == guess.arch)
-        base = guess.to_dict() if same_arch else {}
-        base.update(overrides)
-        config = ModelConfig.from_dict(base)
-        inferred = guess is not None and not overrides.keys() & {"arch", "width", "ulsam", "groups", "num_classes"}
+    try:
+        if stored is not None:
+            config_dict = dict(stored)
+            conflicts = {k: (config_dict.get(k), v) for k, v in overrides.items()
+                         if k in config_dict and k not in ("input_size",) and _differs(config_dict[k], v, k)}
+            if conflicts:
+                desc = ", ".join(f"--{k.replace('_', '-')} {v!s} (checkpoint: {c!s})" for k, (c, v) in conflicts.items())
+                raise CheckpointError(
+                    f"'{path}' is a self-describing checkpoint and {desc} contradicts it; drop those flags."
+                )
+            config_dict.update(overrides)
+            config = ModelConfig.from_dict(config_dict)
+        else:
+            size = overrides.get("input_size", container.get("input_size", 224))
+            try:
+                guess = infer_config(state, size)
+            except CheckpointError:
+                guess = None
+            if guess is None and "arch" not in overrides:
+                raise CheckpointError(
+                    f"'{path}' carries no model config and its keys do not reveal one; pass --arch, --width, --ulsam, "
+                    "--groups and --num-classes."
+                )
+            same_arch = guess is not None and ("arch" not in overrides or ModelConfig(arch=overrides["arch"]).arch == guess.arch)
+            base = guess.to_dict() if same_arch else {}
+            base.update(overrides)
+            config = ModelConfig.from_dict(base)
+            inferred = guess is not None and not overrides.keys() & {"arch", "width", "ulsam", "groups", "num_classes"}
+    except (ConfigError, TypeError, ValueError) as exc:  # a stored config is untrusted input
+        raise CheckpointError(f"Cannot use '{path}': {exc}") from None
     try:
         model = MobileNetULSAM(config)
     except ConfigError as exc:
@@ -193,14 +259,40 @@ def load_checkpoint_with_info(path: str | os.PathLike, **overrides) -> tuple[Mob
     model.eval()
     info = CheckpointInfo(
         config=config,
-        class_names=container.get("class_names"),
-        mean=tuple(container.get("mean") or IMAGENET_MEAN),
-        std=tuple(container.get("std") or IMAGENET_STD),
-        meta=container.get("meta") or {},
-        source_format=container.get("format", "state_dict"),
+        class_names=_class_names(container.get("class_names"), config.num_classes, path),
+        mean=_stats(container.get("mean"), IMAGENET_MEAN, "mean", path),
+        std=_stats(container.get("std"), IMAGENET_STD, "std", path),
+        meta=container.get("meta") if isinstance(container.get("meta"), dict) else {},
+        source_format=str(container.get("format", "state_dict")),
         inferred=inferred,
     )
     return model, info
+
+
+def _class_names(value, num_classes: int, path) -> list[str] | None:
+    """Stored class names: None, or one string per class (anything else is refused, never guessed)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"'{path}' stores class names that are not a list of strings; re-save the checkpoint.")
+    if len(value) != num_classes:
+        raise CheckpointError(f"'{path}' stores {len(value)} class names for {num_classes} classes; re-save the "
+                              "checkpoint with one name per class.")
+    return list(value)
+
+
+def _stats(value, default: tuple[float, ...], what: str, path) -> tuple[float, ...]:
+    """Stored mean/std: 1 or 3 finite numbers (std positive); absent means ImageNet's."""
+    import math
+
+    if value is None:
+        return default
+    ok = isinstance(value, (list, tuple)) and len(value) in (1, 3) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or (what == "std" and not all(v > 0 for v in value)):
+        raise CheckpointError(f"'{path}' stores an invalid {what} ({value!r}); it needs 1 or 3 finite numbers"
+                              + (", all positive" if what == "std" else "") + ".")
+    return tuple(float(v) for v in value)
 
 
 def _differs(stored, given, key) -> bool:
