@@ -6,6 +6,8 @@ import os
 
 # keep this share of the available memory for everything else (ONNX Runtime's own arenas, Python)
 HEADROOM = 0.5
+# bytes of activations per input byte a MobileNet forward needs, roughly (steps.export uses the same figure)
+ACTIVATION_FACTOR = 64
 
 
 def available_memory() -> int:
@@ -31,13 +33,44 @@ def fit_count(count: int, bytes_each: int, what: str, flag: str, *, budget: int 
     need = int(count) * max(int(bytes_each), 1)
     if need > budget:
         largest = max(budget // max(int(bytes_each), 1), 0)
+        if largest < 1:
+            raise UserError(f"Even one of the {what} needs about {_gib(int(bytes_each))} of memory, more than this "
+                            f"machine can spare ({_gib(budget)}); use a smaller input size.")
         raise UserError(f"{count:,} {what} need about {_gib(need)} of memory, more than this machine can spare "
                         f"({_gib(budget)}); use {flag} {largest:,} or less.")
     return int(count)
+
+
+def fit_weights(params: int, what: str, *, budget: int | None = None) -> None:
+    """Refuse (ConfigError) a network whose weights cannot fit in memory, before any tensor is allocated.
+
+    Counted twice: the network's own weights and a state dict being loaded into it."""
+    from ulsam_deploy.errors import ConfigError
+
+    budget = int((available_memory() if budget is None else budget) * HEADROOM)
+    need = int(params) * 4 * 2
+    if need > budget:
+        raise ConfigError(f"{what} has about {int(params):,} weights ({_gib(need)} to build and load), more than this "
+                          f"machine can spare ({_gib(budget)}); such a configuration is a damaged or foreign file, "
+                          "or a typo in the flags.")
+
+
+def fit_side(side: int, bytes_per_pixel: int, what: str, flag: str, *, budget: int | None = None) -> int:
+    """``side`` when a ``side`` x ``side`` image costing ``bytes_per_pixel`` fits the memory budget, else a UserError
+    giving the largest side that fits."""
+    from ulsam_deploy.errors import UserError
+
+    budget = int((available_memory() if budget is None else budget) * HEADROOM)
+    need = int(side) ** 2 * max(int(bytes_per_pixel), 1)
+    if need > budget:
+        largest = int((budget // max(int(bytes_per_pixel), 1)) ** 0.5)
+        raise UserError(f"{what} at {side}x{side} needs about {_gib(need)} of memory, more than this machine can spare "
+                        f"({_gib(budget)}); use {flag} {largest} or less.")
+    return int(side)
 
 
 def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
 
 
-__all__ = ["available_memory", "fit_count"]
+__all__ = ["available_memory", "fit_count", "fit_side", "fit_weights"]

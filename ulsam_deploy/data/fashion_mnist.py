@@ -37,13 +37,28 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             ndim = header[3]
             dims = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
             dtype = np.dtype(_IDX_TYPES[header[2]])
-            count = int(np.prod(dims, dtype=np.int64))
+            count = 1
+            for d in dims:
+                count *= int(d)  # Python ints: a hostile header cannot overflow the product
+            _fits(path, count * dtype.itemsize, dims)
             data = fh.read(count * dtype.itemsize)
     except (OSError, EOFError, struct.error) as exc:
         raise UserError(f"'{path}' cannot be read as an idx file ({type(exc).__name__}); reinstall the data set.") from exc
     if len(data) != count * dtype.itemsize:
         raise UserError(f"'{path}' is truncated ({len(data)} of {count * dtype.itemsize} bytes); reinstall the data set.")
     return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))  # a writable copy
+
+
+def _fits(path: Path, nbytes: int, dims) -> None:
+    """Refuse an idx header that declares more data than the file holds (plain files) or memory can take."""
+    from ulsam_deploy.limits import HEADROOM, available_memory
+
+    if path.suffix != ".gz" and nbytes > path.stat().st_size:
+        raise UserError(f"'{path}' declares {list(dims)} items but is only {path.stat().st_size:,} bytes long; it is "
+                        "truncated or damaged: reinstall the data set.")
+    if nbytes > available_memory() * HEADROOM:
+        raise UserError(f"'{path}' declares {list(dims)} items ({nbytes / 2**30:.1f} GiB), more than this machine can "
+                        "spare; it is damaged or not an idx file of images.")
 
 
 def load_arrays(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,9 @@ class MobileNetULSAM(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        from ulsam_deploy.limits import fit_weights
+
+        fit_weights(config.parameter_count(), config.describe())  # before any tensor exists
         self.config = config
         specs = layer_specs(config)
         positions = config.positions

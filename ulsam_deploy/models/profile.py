@@ -57,8 +57,11 @@ def _owner(name: str) -> str:
 
 @torch.no_grad()
 def profile_model(model: MobileNetULSAM, input_size: int | None = None) -> ModelCost:
+    from ulsam_deploy.limits import ACTIVATION_FACTOR, fit_side
+
     config = model.config
     size = input_size or config.input_size
+    fit_side(size, config.in_channels * 4 * ACTIVATION_FACTOR, "Counting MACs (one forward pass)", "--input-size")
     costs: dict[str, list[int]] = {}
     out_hw: dict[str, str] = {}
     hooks = []

@@ -263,7 +263,7 @@ def export_model(model, info, output: str | os.PathLike, options: ExportOptions,
     biggest = max(h * w for h, w in sizes)
     per_image = config.in_channels * biggest * 4 * ACTIVATION_FACTOR
     batches = (options.batch,) if options.batch else options.parity_batches
-    fit_count(max(batches), per_image, "images per parity batch", "--batch")
+    fit_count(max(batches), per_image, "images per parity batch", "--static-batch")
     runs = [(b, sizes[0]) for b in batches] + [(batches[0], hw) for hw in sizes[1:]]
     inputs = [source] if source is not None and Path(source).exists() else []
     with Step("export", output, force=options.force, inputs=inputs, events=events,
@@ -346,10 +346,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     with events.stage(f"Loading {checkpoint}"):
         model, info = load_checkpoint_with_info(checkpoint, **overrides)
     stored = info.meta.get("preprocess", {}).get("size") if isinstance(info.meta.get("preprocess"), dict) else None
-    if stored and int(stored) != info.config.input_size:
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored != info.config.input_size:
+        # on purpose (a detector's backbone, a larger crop): allowed, said, and recorded in the sidecar's meta
         events.warn(f"The checkpoint was trained at {stored}x{stored}; exporting at {info.config.input_size}x"
-                    f"{info.config.input_size} as asked (the preprocessing follows the new size).")
-        info.meta = {**info.meta, "preprocess": {**info.meta["preprocess"], "size": info.config.input_size}}
+                    f"{info.config.input_size} as asked (the preprocessing follows the new size; accuracy at this size "
+                    "is not the trained one).")
+        info.meta = {**info.meta, "trained_input_size": stored,
+                     "preprocess": {**info.meta["preprocess"], "size": info.config.input_size}}
     return export_model(model, info, output, options, events, source=checkpoint)
 
 
