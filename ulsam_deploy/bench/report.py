@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -365,24 +366,36 @@ def chart_png(report: BenchReport) -> bytes:
     return buffer.getvalue()
 
 
+def check_report_paths(*, json_path=None, csv_path=None, markdown_path=None, chart_path=None, force: bool = False,
+                       inputs=()) -> None:
+    """Refuse, before any work, a report path that cannot or must not be written (same rules as every output; ``-``
+    and ``/dev/stdout`` mean standard output, except for the PNG chart). ``inputs``: files the reports must not
+    replace (the models being benchmarked)."""
+    from ulsam_deploy.errors import UserError
+
+    if chart_path is not None:
+        if is_stdout(chart_path):
+            raise UserError("--chart writes a PNG file; give a file path ending in .png, not standard output.")
+        if Path(chart_path).suffix.lower() != ".png":
+            raise UserError(f"--chart writes a PNG; give a path ending in .png, not '{chart_path}'.")
+    files = [p for p in (json_path, csv_path, markdown_path, chart_path) if p is not None and not is_stdout(p)]
+    if len({os.path.abspath(p) for p in files}) < len(files):
+        raise UserError("Two reports were given the same file; give each of --json, --csv, --markdown and --chart its "
+                        "own path.")
+    for path, what in ((json_path, "JSON report"), (csv_path, "CSV report"), (markdown_path, "Markdown report"),
+                       (chart_path, "chart")):
+        if path is not None and not is_stdout(path):
+            check_output(path, force=force, what=what, inputs=tuple(inputs))
+
+
 def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdown_path=None, chart_path=None,
-                  force: bool = False) -> list[Path]:
+                  force: bool = False, inputs=()) -> list[Path]:
     """Check every path first, render everything, then write each file (``-`` = standard output)."""
+    check_report_paths(json_path=json_path, csv_path=csv_path, markdown_path=markdown_path, chart_path=chart_path,
+                       force=force, inputs=inputs)
     planned = [(path, what, render) for path, what, render in (
         (json_path, "JSON report", report_json), (csv_path, "CSV report", csv_text),
         (markdown_path, "Markdown report", markdown)) if path is not None]
-    if chart_path is not None:
-        if is_stdout(chart_path):
-            from ulsam_deploy.errors import UserError
-
-            raise UserError("--chart writes a PNG file; give a file path ending in .png, not standard output.")
-        if Path(chart_path).suffix.lower() != ".png":
-            from ulsam_deploy.errors import UserError
-
-            raise UserError(f"--chart writes a PNG; give a path ending in .png, not '{chart_path}'.")
-    for path, what, _ in planned + ([(chart_path, "chart", None)] if chart_path is not None else []):
-        if not is_stdout(path):
-            check_output(path, force=force, what=what)
     texts = [(path, what, render(report)) for path, what, render in planned]
     png = chart_png(report) if chart_path is not None else None
     written = []
@@ -394,6 +407,6 @@ def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdow
     return written
 
 
-__all__ = ["CSV_COLUMNS", "chart_png", "csv_text", "describe_precision", "fmt_diff", "fmt_ms", "fmt_pct", "footnotes",
-           "markdown", "mode_notes", "output_rows", "report_json", "rows", "tolerance_text", "wants_output_table",
-           "write_reports"]
+__all__ = ["CSV_COLUMNS", "chart_png", "check_report_paths", "csv_text", "describe_precision", "fmt_diff", "fmt_ms",
+           "fmt_pct", "footnotes", "markdown", "mode_notes", "output_rows", "report_json", "rows", "tolerance_text",
+           "wants_output_table", "write_reports"]

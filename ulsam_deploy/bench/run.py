@@ -69,6 +69,7 @@ class ModelSpec:
     graph_shape: tuple | None = None  # (channels, size, classes) read from an ONNX graph without sidecar
     features: list | None = None  # paper layers of a backbone's outputs (from its sidecar); None: a classifier
     dynamic: object | None = None  # artifacts.DynamicRange of its ONNX: the sizes it is proven at
+    warnings: list = field(default_factory=list)  # what the report must say (a reference that could not be used)
     _macs: int | None = None
     _params: int | None = None
 
@@ -132,24 +133,26 @@ def parse_model_spec(text: str):
 
 
 def _engine_sidecar_onnx(engine: Path) -> Path | None:
-    from ulsam_deploy.backends.trt.compat import engine_sidecar_path
+    """The ONNX an engine was built from (recorded in its validated sidecar, matching the recorded sha256), else the
+    ONNX beside it of the same stem."""
+    from ulsam_deploy.artifacts import sha256_file
+    from ulsam_deploy.backends.trt.compat import engine_sidecar_path, read_engine_sidecar
 
-    path = engine_sidecar_path(engine)
-    if path.exists():
-        import json
-
+    data: dict = {}
+    if engine_sidecar_path(engine).exists():
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        ref = data.get("onnx")
-        ref = ref.get("path") if isinstance(ref, dict) else ref
-        if isinstance(ref, str):
-            candidate = Path(ref) if Path(ref).is_absolute() else engine.parent / ref
-            if candidate.exists():
-                return candidate
+            data = read_engine_sidecar(engine)
+        except UserError:
+            data = {}  # the runner refuses the engine with the sentence; no metadata from it here
+    ref = data.get("onnx")
+    recorded_sha = ref.get("sha256") if isinstance(ref, dict) else None
+    ref = (ref.get("file") or ref.get("path")) if isinstance(ref, dict) else ref
+    if isinstance(ref, str) and ref:
+        candidate = Path(ref) if Path(ref).is_absolute() else engine.parent / Path(ref).name
+        if candidate.is_file() and (not isinstance(recorded_sha, str) or sha256_file(candidate) == recorded_sha):
+            return candidate
     guess = engine.with_suffix(".onnx")
-    return guess if guess.exists() else None
+    return guess if guess.is_file() else None
 
 
 def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
@@ -175,21 +178,24 @@ def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
     spec.class_names = spec.class_names or (sidecar.model.class_names if sidecar.model else None)
     recorded = sidecar.model.checkpoint if sidecar.model else None
     if spec.checkpoint is None and recorded:
-        if Path(recorded).is_file():
-            spec.checkpoint = Path(recorded)
+        from ulsam_deploy.artifacts import sidecar_path
+
+        where = sidecar.model.checkpoint_path(sidecar_path(onnx_path))
+        if where is not None and where.is_file():
+            spec.checkpoint = where
         else:
-            spec.notes.append(f"the checkpoint '{recorded}' recorded in {onnx_path.name}'s sidecar is not there: no "
-                              "torch reference (pass the checkpoint as the model to get one)")
+            message = (f"the checkpoint '{recorded}' recorded in {onnx_path.name}'s sidecar is not there, so there is "
+                       "no torch reference and parity compares ONNX artifacts only; pass the checkpoint as the model "
+                       f"('ulsam-deploy bench CHECKPOINT --onnx {onnx_path}') to compare with PyTorch")
+            spec.notes.append(message)
+            spec.warnings.append(message)
 
 
 def _graph_shape(onnx_path: Path) -> tuple | None:
     """(channels, size, classes) of an N x C x S x S image model, read from its graph (no weights loaded)."""
-    import onnx
+    from ulsam_deploy.artifacts import load_onnx
 
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - reported later as "cannot tell the input shape"
-        return None
+    proto = load_onnx(onnx_path)  # one sentence for an empty, damaged or foreign file
     inits = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if not inputs:
@@ -282,6 +288,9 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         if not p.exists():
             raise UserError(f"Engine '{p}' does not exist; build one with 'ulsam-deploy build-trt'.")
         spec.engines.append(p)
+    for artifact in spec.onnx:
+        if not isinstance(artifact, (bytes, bytearray)):
+            check_onnx_fits(spec, Path(artifact))
     return spec
 
 
@@ -302,6 +311,61 @@ def _check_variants(spec: ModelSpec) -> None:
                             "variants (fp16, int8, fused) of one export together, and other models as separate "
                             "arguments.")
         seen = seen or (path, names)
+
+
+def check_onnx_fits(spec: ModelSpec, path: Path) -> None:
+    """Refuse, before any runner opens, an ONNX that cannot be judged as this model: not one image input, neither a
+    classifier nor a backbone its sidecar describes, another input or class count, or (by its sidecar) another
+    network or checkpoint."""
+    from ulsam_deploy.artifacts import load_onnx, read_sidecar, sha256_file
+    from ulsam_deploy.passes.common import io_specs
+    from ulsam_deploy.steps._step import check_sidecar_matches
+
+    model = load_onnx(path)
+    inputs, outputs = io_specs(model)
+    if len(inputs) != 1:
+        raise UserError(f"'{path}' has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs) or 'none'}); bench "
+                        "runs image models with exactly one input.")
+    shape = inputs[0]["shape"]
+    if len(shape) != 4:
+        raise UserError(f"'{path}' takes input '{inputs[0]['name']}' of shape {shape}; bench runs [N, C, H, W] image "
+                        "models.")
+    sidecar = read_sidecar(path, required=False)
+    backbone = spec.is_backbone or (sidecar is not None and any(o.layer is not None for o in sidecar.outputs))
+    if not backbone and (len(outputs) != 1 or len(outputs[0]["shape"]) != 2):
+        described = ", ".join(f"{o['name']} {o['shape']}" for o in outputs)
+        raise UserError(f"'{path}' is not a classifier (outputs {described}) and no sidecar names its feature layers; "
+                        "bench judges classifiers on their [N, classes] logits and backbones from 'ulsam-deploy "
+                        "export --features' on their feature maps.")
+    known = spec.input_info()
+    if known is not None:
+        channels, size, classes = known
+        for axis, want in ((1, channels), (2, size), (3, size)):  # fixed sizes only (a symbolic H/W takes any)
+            if isinstance(shape[axis], int) and shape[axis] != want:
+                raise UserError(f"'{path}' takes {shape[1:]} inputs but {spec.name} takes [{channels}, {size}, "
+                                f"{size}]; bench each model with its own exports.")
+        got = outputs[0]["shape"][-1]
+        if not backbone and classes and isinstance(got, int) and got != classes:
+            raise UserError(f"'{path}' gives {got} classes but {spec.name} has {classes}; bench each model with its "
+                            "own exports.")
+    if sidecar is None or sidecar.model is None:
+        return
+    check_sidecar_matches(model, sidecar, path)
+    if spec.config is not None:
+        from ulsam_deploy.models.config import ModelConfig
+
+        theirs = ModelConfig.from_dict(sidecar.model.config)
+        mine, other = spec.config.to_dict(), theirs.to_dict()
+        mine.pop("input_size"), other.pop("input_size")
+        if mine != other:
+            raise UserError(f"'{path}' is {theirs.describe()}, but {spec.name} is {spec.config.describe()}; bench each "
+                            "model with its own exports.")
+    recorded = sidecar.model.checkpoint_sha256
+    actual = sha256_file(spec.checkpoint) if spec.checkpoint is not None and recorded else recorded
+    if actual != recorded:
+        raise UserError(f"'{path}' was exported from another checkpoint than '{spec.checkpoint}' (its sidecar records "
+                        f"sha256 {recorded[:12]}..., the checkpoint is {actual[:12]}...); bench a checkpoint with its "
+                        "own exports, or re-export it.")
 
 
 def export_in_memory(spec: ModelSpec, opset: int = 17, sizes: Sequence[tuple[int, int]] | None = None) -> bytes:
@@ -358,7 +422,7 @@ class BenchOptions:
         if self.reference not in BACKENDS:
             raise UserError(f"--reference must be one of {', '.join(BACKENDS)}, not '{self.reference}'.")
         if not self.batches or any(not 1 <= int(b) <= MAX_BATCH for b in self.batches):
-            raise UserError(f"--batch needs integers from 1 to {MAX_BATCH} such as 1,8,32, not "
+            raise UserError(f"--batch-sizes needs integers from 1 to {MAX_BATCH} such as 1,8,32, not "
                             f"{','.join(map(str, self.batches))}.")
         self.batches = tuple(dict.fromkeys(int(b) for b in self.batches))
         if self.threads is not None and int(self.threads) < 1:
@@ -842,9 +906,15 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
     skipped: list[dict] = []
 
     channels, sizes = _sizes(specs, options, warnings)
+    from ulsam_deploy.limits import ACTIVATION_FACTOR, fit_count
+
+    fit_count(max(max(options.batches), options.parity_batch), channels * max(h * w for h, w in sizes) * 4 *
+              ACTIVATION_FACTOR, "images per batch", "--batch-sizes")  # before any input or runner exists
     inputs = _build_inputs(specs, options, channels, sizes)
     first = inputs[sizes[0]]
     warnings += first.warnings
+    for spec in specs:
+        warnings += [f"{spec.name}: {message}" for message in spec.warnings]
     event("inputs", inputs=first, sizes=sizes)
 
     per_model: dict[str, list[RunnerEntry]] = {}

@@ -123,10 +123,10 @@ def bench(
     num_inputs: Optional[int] = typer.Option(None, "--num-inputs", help="Random inputs to make [default: 16], or most images to read (a seeded subset) [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and of spec-built models)."),
     label_regex: Optional[str] = typer.Option(None, "--label-regex", help="Take labels from file names: regex with one group (class index or name), e.g. '_(\\d+)$'."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Override mean, e.g. 0.485,0.456,0.406 (one value per input channel)."),
-    std: Optional[str] = typer.Option(None, "--std", help="Override std (positive, one value per input channel)."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to this before the center crop."),
-    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction (0.875 = resize 256, crop 224)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Override mean, e.g. 0.485,0.456,0.406 (one value per input channel) [default: the model's]."),
+    std: Optional[str] = typer.Option(None, "--std", help="Override std (positive, one value per input channel) [default: the model's]."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to this before the center crop [default: the model's crop]."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction (0.875 = resize 256, crop 224) [default: the model's]."),
     threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a parity tolerance: KEY=VALUE or PRECISION:KEY=VALUE (keys: atol, rtol, min_cosine, min_top1_agreement, min_top5_overlap, max_top1_drop; 'none' disables)."),
     parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare every backend with the reference."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency."),
@@ -141,7 +141,7 @@ def bench(
     """Parity and latency of every backend (torch, ort, trt) on identical inputs, trtexec-style figures."""
     from ulsam_deploy.backends.judge import parse_tolerance_overrides
     from ulsam_deploy.bench.latency import TimingConfig
-    from ulsam_deploy.bench.report import write_reports
+    from ulsam_deploy.bench.report import check_report_paths, write_reports
     from ulsam_deploy.bench.run import BenchOptions, parse_sizes, resolve_model, run_bench
 
     if compare and len(models) < 2:
@@ -161,6 +161,9 @@ def bench(
         csv_path = csv_path or out_dir / "bench.csv"
         markdown_path = markdown_path or out_dir / "bench.md"
         chart_path = chart_path or out_dir / "bench.png"
+    given = [Path(m) for m in models if Path(m).exists()] + list(onnx or ()) + list(engine or ())
+    check_report_paths(json_path=json_path, csv_path=csv_path, markdown_path=markdown_path, chart_path=chart_path,
+                       force=force, inputs=given)  # before the run, not after minutes of timing
     specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
     with BenchProgress() as progress:
         report = run_bench(specs, options, event=progress)
@@ -171,14 +174,19 @@ def bench(
                       + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {escape(item['reason'])}",
                       soft_wrap=True)
     for warning in report.warnings:
-        print_warning(warning)
+        if warning not in progress.shown:  # the inputs' warnings were shown as the inputs were read
+            print_warning(warning)
     if any(r.stats.unstable for r in report.latency):
         print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
                       "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
     written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
-                            chart_path=chart_path, force=force)
+                            chart_path=chart_path, force=force, inputs=given)
     for path in written:
         console.print(f"[green]Wrote[/] {path}")
     report.raise_for_parity()
-    if report.parity:
-        console.print(f"[green]Parity passed[/] for {sum(not r.is_reference for r in report.parity)} backend(s).")
+    compared = sum(not r.is_reference for r in report.parity)
+    if compared:
+        console.print(f"[green]Parity passed[/] for {compared} backend(s).")
+    elif parity:
+        print_warning("Nothing was compared for parity: each model ran on one backend only (see 'skipped' above); "
+                      "give the checkpoint, or more artifacts with --onnx/--engine, to compare backends.")

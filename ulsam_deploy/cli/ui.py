@@ -103,6 +103,7 @@ class BenchProgress:
         self.task = None
         self.latency_started = 0.0
         self.latency_total = 1.0
+        self.shown: list[str] = []  # warnings already printed (the caller prints the report's others)
 
     def __enter__(self):
         self.progress.start()
@@ -126,6 +127,7 @@ class BenchProgress:
                                + (f", {len(inputs.skipped)} skipped" if inputs.skipped else "") + ")")
             for warning in inputs.warnings:
                 self.console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+                self.shown.append(warning)
         elif kind == "parity":
             self.progress.update(self.task, description=f"parity: {data['backend']} on {data['model']}", total=None)
         elif kind == "latency_start":

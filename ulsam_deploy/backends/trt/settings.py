@@ -39,6 +39,7 @@ from ulsam_deploy.backends.trt.runtime import parse_version
 PLUGIN_ROUTES = ("auto", "lib", "python")
 ONNX_OPSET_MAX_TRT10 = 20  # onnx-tensorrt 10.x documents ONNX opsets 9 to 20
 OPT_LEVELS = range(0, 6)
+MAX_TIMING_CACHE_BYTES = 1 << 30  # TensorRT's caches are megabytes
 
 
 # ----------------------------------------------------------------------------------- options
@@ -160,9 +161,17 @@ class BuildOptions:
         if self.plugin == "python" and self.plugin_lib is not None:
             raise UserError("--plugin-lib gives the C++ plugin library; it does not go with --plugin python.")
         if self.timing_cache is not None:
+            from ulsam_deploy.artifacts import check_output
+
             self.timing_cache = Path(self.timing_cache)
-            if self.timing_cache.is_dir():
+            if self.timing_cache.is_dir() and not self.timing_cache.is_symlink():
                 raise UserError(f"--timing-cache '{self.timing_cache}' is a directory; give a file path.")
+            # read when present and rewritten after the build: a regular file (or none yet), never a link or device
+            check_output(self.timing_cache, force=True, what="timing cache (--timing-cache)")
+            if self.timing_cache.is_file() and self.timing_cache.stat().st_size > MAX_TIMING_CACHE_BYTES:
+                raise UserError(f"--timing-cache '{self.timing_cache}' is larger than "
+                                f"{MAX_TIMING_CACHE_BYTES >> 20} MiB, so it is not a TensorRT timing cache; give "
+                                "another path.")
         if self.plugin_lib is not None:
             self.plugin_lib = Path(self.plugin_lib)
 
