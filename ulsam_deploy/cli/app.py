@@ -39,12 +39,62 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _plain_help() -> None:
+    """Typer's help, corrected once for every command: usage lines name arguments as their metavar (``CHECKPOINT``,
+    where Typer 0.29 prints ``{CHECKPOINT}`` for required ones) and flags show no ``<bool>`` type."""
+    from typer.core import TyperArgument, TyperOption
+
+    def usage_name(self) -> str:
+        name = self.display_name_raw
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required or name.startswith("[") else f"[{name}]"
+
+    typed = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else typed(self, ctx)
+
+    TyperArgument._usage_display_name = usage_name
+    TyperOption.display_type_rich = display_type_rich
+
+
+_plain_help()
+_DOCUMENTED: set[int] = set()
+
+
+def document_defaults(fn):
+    """Every option of ``fn`` states its default: Typer shows set values; an off flag says ``off``, an unset option
+    ``none`` unless its help text already names the default. Help texts are shown literally (``[default: ...]``
+    is text, not Rich markup)."""
+    import inspect as pyinspect  # not the 'inspect' command module
+
+    from rich.markup import escape
+    from typer.models import OptionInfo, ParameterInfo
+
+    for param in pyinspect.signature(fn).parameters.values():
+        info = param.default
+        if not isinstance(info, ParameterInfo) or id(info) in _DOCUMENTED:
+            continue
+        _DOCUMENTED.add(id(info))  # options shared by several commands are one object
+        text = info.help or ""
+        if isinstance(info, OptionInfo) and "default:" not in text and info.default is not ...:
+            two_way = any("/" in decl for decl in info.param_decls or ())
+            if info.default is None or (info.default is False and not two_way):
+                text = f"{text} [default: {'off' if info.default is False else 'none'}]".strip()
+        info.help = escape(text)
+    return fn
+
+
 @app.callback()
 def main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also accepted after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     STATE["debug"] = debug or STATE.pop("debug_anywhere", False)
+
+
+document_defaults(main)
 
 
 def handle_errors(fn):
@@ -85,12 +135,13 @@ def handle_errors(fn):
 def command(name: str | None = None, **kwargs):
     """Register a command with the error policy."""
     def decorate(fn):
-        return app.command(name, **kwargs)(handle_errors(fn))
+        return app.command(name, **kwargs)(handle_errors(document_defaults(fn)))
 
     return decorate
 
 
 def _on_sigterm(_signum, _frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # unwind once: a second SIGTERM must not interrupt the cleanup
     raise Terminated()
 
 
@@ -104,6 +155,8 @@ def run(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=args, prog_name="ulsam-deploy")
+    except Terminated:  # outside a command (while parsing the command line): nothing to clean up
+        sys.exit(143)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -8,12 +8,12 @@ import typer
 
 from ulsam_deploy.errors import UserError
 
-ArchOpt = typer.Option(None, "--arch", help="mv1 or mv2 (for checkpoints that do not describe themselves; train: mv2).")
-WidthOpt = typer.Option(None, "--width", help="Width multiplier (1.0, 0.75, 0.5, ...).")
-UlsamOpt = typer.Option(None, "--ulsam", help="ULSAM positions in the paper's notation, e.g. '8:1,9:1,11' or '14,17'.")
-GroupsOpt = typer.Option(None, "--groups", help="ULSAM groups g (1, 2, 4, 8, 16) [train: 4].")
-ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes.")
-SizeOpt = typer.Option(None, "--input-size", help="Input resolution (square).")
+ArchOpt = typer.Option(None, "--arch", help="mv1 or mv2, for checkpoints that do not describe themselves [default: the checkpoint's; train: mv2].")
+WidthOpt = typer.Option(None, "--width", help="Width multiplier (1.0, 0.75, 0.5, ...) [default: the checkpoint's, else 1.0].")
+UlsamOpt = typer.Option(None, "--ulsam", help="ULSAM positions in the paper's notation, e.g. '8:1,9:1,11' or '14,17' [default: the checkpoint's, else none].")
+GroupsOpt = typer.Option(None, "--groups", help="ULSAM groups g (1, 2, 4, 8, 16) [default: the checkpoint's, else 4].")
+ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes [default: the checkpoint's, else 1000].")
+SizeOpt = typer.Option(None, "--input-size", help="Input resolution (square) [default: the checkpoint's, else 224].")
 ForceOpt = typer.Option(False, "--force", help="Replace existing output files (never links, devices or folders).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
 
