@@ -142,13 +142,19 @@ def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t:
     started = time.perf_counter()
     entry = bundled.get(opts.model)
     out = Path(opts.out) if opts.out is not None else default_out(entry.name)
+    if out.is_symlink():
+        raise UserError(f"--out '{out}' is a symbolic link; ulsam-deploy never replaces links, so give the real "
+                        "folder's path or another one.")
     if out.exists():
         if not out.is_dir():
-            raise UserError(f"'{out}' is a file; give a folder path for the report.")
+            raise UserError(f"'{out}' is a file, not a folder; give a folder path for the report.")
         if any(out.iterdir()) and not opts.force:
             raise UserError(f"'{out}' already exists and is not empty; pass --force to replace it or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:  # a file where a folder should be, a read-only place
+        raise UserError(f"Cannot create the report folder '{out}' ({exc.strerror}); choose another --out.") from None
     threads_before = None
     try:
         if opts.threads:

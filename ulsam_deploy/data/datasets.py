@@ -105,6 +105,8 @@ def export_fashion_mnist_folder(output: str | os.PathLike, count: int = 1000, sp
     output = Path(output)
     if count < 1:
         raise UserError(f"count must be a positive number of images, not {count}.")
+    if output.is_symlink():
+        raise UserError(f"'{output}' is a symbolic link; ulsam-deploy never replaces links, so choose a folder path.")
     if output.exists():
         if not force:
             raise UserError(f"'{output}' already exists; pass --force to replace it or choose another folder.")
@@ -118,6 +120,9 @@ def export_fashion_mnist_folder(output: str | os.PathLike, count: int = 1000, sp
             (tmp / name).mkdir()
         for index, (image, label) in enumerate(zip(images, labels)):
             Image.fromarray(image).save(tmp / FOLDER_NAMES[label] / f"{split}_{index:05d}.png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the folder is for reading
         if output.exists():
             shutil.rmtree(output)
         os.replace(tmp, output)
