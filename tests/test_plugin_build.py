@@ -145,6 +145,14 @@ def test_cmake_refuses_an_edited_image(tmp_path):
     assert res.returncode != 0 and "does not match its manifest SHA-256" in res.stderr
 
 
+@pytest.mark.slow  # builds the launcher with CMake (~15 s, once per module)
+@needs_toolchain
+def test_the_build_leaves_no_temp_file(built):
+    """The embedded image table is written through a temp file, removed once copied (issue 15)."""
+    assert list(built.build_dir.rglob("image_table.cpp"))
+    assert not list(built.build_dir.rglob("*.tmp"))
+
+
 def _plan_cases():
     cases = []
     for n in (1, 2, 5, 64):
