@@ -350,6 +350,9 @@ def _hostile_checkpoints(root: Path, ck: Path) -> dict[str, tuple[Path, str]]:
     state["classifier.1.bias"] = torch.zeros(1).expand(10**8)
     torch.save(state, root / "huge_classes.pt")
     files["huge_classes"] = (root / "huge_classes.pt", "100,000,000 classes")
+    torch.save({**payload, "config": {**payload["config"], "num_classes": 10**8}, "state_dict": state},
+               root / "huge_classes_ours.pt")  # the same, claimed by a self-describing checkpoint's config
+    files["huge_classes_ours"] = (root / "huge_classes_ours.pt", "100,000,000 classes")
     for name, change, needle in (("config_types", {"groups": "four"}, "groups must be a number"),
                                  ("config_size", {"input_size": 100000}, "too large"),
                                  ("config_bool", {"plain_ulsam": "false"}, "plain_ulsam")):
@@ -369,7 +372,7 @@ def bad_checkpoints(tmp_path_factory, ck):
 
 
 @pytest.mark.parametrize("name", ["empty.pt", "truncated.pt", "random.pt", "text.pt", "json.pt", "onnx", "fifo", "dir",
-                                  "missing", "code", "huge_classes", "config_types", "config_size", "config_bool",
+                                  "missing", "code", "huge_classes", "huge_classes_ours", "config_types", "config_size", "config_bool",
                                   "names", "std"])
 def test_every_bad_checkpoint_is_one_sentence(cli_runner, bad_checkpoints, name):
     """Missing, empty, truncated, random, wrong-kind and hostile checkpoints: one sentence in our words (no cut-off
