@@ -6,7 +6,7 @@ import os
 
 # keep this share of the available memory for everything else (ONNX Runtime's own arenas, Python)
 HEADROOM = 0.5
-# bytes of activations per input byte a MobileNet forward needs, roughly (steps.export uses the same figure)
+# bytes of activations per input byte a MobileNet forward needs, roughly (export, bench and profiling bound with it)
 ACTIVATION_FACTOR = 64
 
 

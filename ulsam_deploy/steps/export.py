@@ -14,7 +14,7 @@ import numpy as np
 from ulsam_deploy.artifacts import ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, DynamicRange, sha256_file
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
-from ulsam_deploy.limits import fit_count
+from ulsam_deploy.limits import ACTIVATION_FACTOR, fit_count
 from ulsam_deploy.steps._step import Step, StepResult
 
 OPSETS = (13, 21)  # the exporter's range; TensorRT 10's ONNX parser reads up to 20
@@ -23,7 +23,6 @@ MAX_DYNAMIC_BATCH = 4096
 # the batch range a dynamic-batch export records: what TensorRT's profile is built for unless --batch-profile says
 DEFAULT_BATCH_RANGE = (1, 1, 8)
 MAX_INPUT_SIZE = 4096
-ACTIVATION_FACTOR = 64  # bytes of activations per input byte a MobileNet needs, roughly (parity runs both)
 
 
 @dataclass
