@@ -7,6 +7,7 @@ classifiers (Conv -> GlobalAveragePool -> Gemm) with sidecars written by the sch
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -319,14 +320,17 @@ def test_the_lock_folder_must_be_private(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------- checkpoints
 
+def _put(root: Path, files: dict, name: str, payload: bytes, needle: str) -> None:
+    """Write one hostile file and record the word its one-sentence error must contain."""
+    (root / name).write_bytes(payload)
+    files[name] = (root / name, needle)
+
+
 def _hostile_checkpoints(root: Path, ck: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, a word the sentence must contain)."""
     data = ck.read_bytes()
     files = {}
-
-    def put(name, payload, needle):
-        (root / name).write_bytes(payload)
-        files[name] = (root / name, needle)
+    put = functools.partial(_put, root, files)
 
     put("empty.pt", b"", "empty")
     put("truncated.pt", data[: len(data) // 2], "truncated")
@@ -406,10 +410,7 @@ def bad_onnx(tmp_path_factory, ck):
     root = tmp_path_factory.mktemp("badonnx")
     good = tiny_onnx(root / "good.onnx", sidecar=False).read_bytes()
     files = {}
-
-    def put(name, payload, needle):
-        (root / name).write_bytes(payload)
-        files[name] = (root / name, needle)
+    put = functools.partial(_put, root, files)
 
     put("empty.onnx", b"", "empty")
     put("truncated.onnx", good[: len(good) // 2], "not a readable ONNX")
@@ -418,7 +419,7 @@ def bad_onnx(tmp_path_factory, ck):
     put("nograph.onnx", onnx.ModelProto(ir_version=8).SerializeToString(), "no ONNX graph")
     files["missing"] = (root / "nope.onnx", "does not exist")
     os.mkfifo(root / "fifo.onnx")
-    files["fifo"] = (root / "fifo.onnx", "not a file")
+    files["fifo"] = (root / "fifo.onnx", "not a regular file")
     # external data that points outside the model's folder: onnx's own reason is shown
     (root / "ext").mkdir()
     model = onnx.load_model_from_string(good)

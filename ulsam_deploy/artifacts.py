@@ -186,18 +186,32 @@ def now() -> str:
 MAX_ONNX_BYTES = 2 << 30  # protobuf's limit; weights beyond it live in external data files
 
 
+def check_input_file(path: str | os.PathLike, what: str, fix: str, *, remake: str | None = None,
+                     error: type[UserError] = UserError) -> Path:
+    """The checks every file argument passes before it is opened: it exists, is a regular file and is not empty.
+
+    ``what`` names the file ("ONNX file", "engine"), ``fix`` says what to do when it is missing and ``remake``
+    (default ``fix``) when it is empty. A FIFO is refused here because reading one would hang."""
+    path = Path(path)
+    article = "an" if what[:1].lower() in "aeiou" else "a"
+    if not path.exists():
+        raise error(f"{what[:1].upper() + what[1:]} '{path}' does not exist; {fix}.")
+    if path.is_dir():
+        raise error(f"'{path}' is a directory, not {article} {what}; give the path of the file itself.")
+    if not path.is_file():
+        raise error(f"'{path}' is not a regular file (a device, FIFO or socket), so not {article} {what}; give the "
+                    "path of the file itself.")
+    if path.stat().st_size == 0:
+        raise error(f"{what[:1].upper() + what[1:]} '{path}' is empty; {remake or fix}.")
+    return path
+
+
 def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
     """A readable, non-empty ONNX model, or one sentence saying why not (external data is checked too)."""
     import onnx
 
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what[:1].upper() + what[1:]} '{path}' does not exist; check the path or run 'ulsam-deploy export' first.")
-    if not path.is_file():
-        raise UserError(f"'{path}' is not a file; give the path of an .onnx model.")
+    path = check_input_file(path, what, "check the path or run 'ulsam-deploy export' first", remake="re-export it")
     size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"'{path}' is empty, not an ONNX model; re-export it.")
     if size > MAX_ONNX_BYTES:
         raise UserError(f"'{path}' is {size / 2**30:.1f} GiB, larger than an ONNX file can be (2 GiB, external data "
                         "aside); it is not an ONNX model: check the path.")

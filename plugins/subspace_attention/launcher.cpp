@@ -394,6 +394,8 @@ int loadKernel(Driver& d, int cc, int dtype, int variant, LoadedKernel* out)
 // Looks up the prepared state of the current context (no driver call besides the key).
 int preparedState(Driver& d, int dtype, uint64_t* key, DeviceInfo* info, LoadedKernel* kernels)
 {
+    if (!d.loaded)
+        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     int const st = currentContext(d, nullptr, key);
     if (st != ULSAM_SA_OK)
         return st;
@@ -627,8 +629,6 @@ int ulsam_sa_launch(void const* x, void* y, int dtype, int N, int C, int H, int 
             workspaceBytes_, &st))
         return st;
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     DeviceInfo info;
     LoadedKernel kernels[kNumVariants];
@@ -711,8 +711,6 @@ int ulsam_sa_launch_with_constants(void const* x, void* y, int dtype, int N, int
     if (!validLaunchArgs(x, y, dtype, N, C, H, W, k->groups, base, base, base, base, workspace, workspaceBytes_, &st))
         return st;
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     DeviceInfo info;
     LoadedKernel kernels[kNumVariants];

@@ -32,8 +32,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 
+from ulsam_deploy.artifacts import check_input_file
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
 from ulsam_deploy.backends.judge import PRECISIONS, Tolerances, Verdict, accuracy, judge, tolerances_for
+from ulsam_deploy.backends.trt.runner import BUILD_ENGINE
 from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved, throughput
 from ulsam_deploy.data.sources import ImageSet, load_images, random_images, resolve_preprocess
 from ulsam_deploy.errors import BackendUnavailable, ParityError, UserError
@@ -276,18 +278,14 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
             spec.preprocess = Preprocess(pre.size, pre.in_channels, pre.crop_pct, tuple(pre.mean), tuple(pre.std))
         spec.class_names = spec.class_names or info.class_names
     for extra in onnx:
-        p = Path(extra)
-        if not p.exists():
-            raise UserError(f"ONNX file '{p}' does not exist; check the path or run 'ulsam-deploy export' first.")
+        p = check_input_file(extra, "ONNX file", "check the path or run 'ulsam-deploy export' first",
+                             remake="re-export it")
         spec.onnx.append(p)
         if spec.config is None:
             _apply_onnx_sidecar(spec, p)
     _check_variants(spec)
     for extra in engines:
-        p = Path(extra)
-        if not p.exists():
-            raise UserError(f"Engine '{p}' does not exist; build one with 'ulsam-deploy build-trt'.")
-        spec.engines.append(p)
+        spec.engines.append(check_input_file(extra, "engine", BUILD_ENGINE))
     for artifact in spec.onnx:
         if not isinstance(artifact, (bytes, bytearray)):
             check_onnx_fits(spec, Path(artifact))

@@ -69,18 +69,12 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     """``torch.load(weights_only=True)`` with one-sentence errors for missing/corrupt/unsafe/foreign files.
 
     The sentences are ours, never PyTorch's (its messages run to paragraphs about ``weights_only``)."""
+    from ulsam_deploy.artifacts import check_input_file
     from ulsam_deploy.limits import HEADROOM, available_memory
 
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"Checkpoint '{path}' does not exist; check the path.")
-    if path.is_dir():
-        raise CheckpointError(f"'{path}' is a directory, not a checkpoint file; pass the .pt/.pth file inside it.")
-    if not path.is_file():
-        raise CheckpointError(f"'{path}' is not a regular file (a device, FIFO or socket); pass a .pt/.pth file.")
+    path = check_input_file(path, "checkpoint", "check the path", remake="re-export or re-download it",
+                            error=CheckpointError)
     size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"Checkpoint '{path}' is empty; re-export or re-download it.")
     if size * 2 > available_memory() * HEADROOM:  # the file's bytes and the tensors read from them
         raise CheckpointError(f"Checkpoint '{path}' is {size / 2**30:.1f} GiB, more than this machine can load; it is "
                               "not a MobileNet checkpoint, or load it on a larger machine.")

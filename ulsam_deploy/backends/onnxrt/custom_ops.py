@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -162,10 +161,9 @@ def _load(model) -> onnx.ModelProto:
         return proto
     if isinstance(model, (bytes, bytearray)):
         return onnx.load_from_string(bytes(model))
-    path = Path(model)
-    if not path.exists():
-        raise UserError(f"ONNX file '{path}' does not exist; check the path.")
-    return onnx.load(str(path))
+    from ulsam_deploy.artifacts import load_onnx
+
+    return load_onnx(model)
 
 
 def is_fused(model: onnx.ModelProto) -> bool:

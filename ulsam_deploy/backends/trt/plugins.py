@@ -25,9 +25,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ulsam_deploy.artifacts import check_input_file
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.op_spec import OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from ulsam_deploy.backends.trt.runtime import parse_version
+
+BUILD_PLUGIN = "build it with 'ulsam-deploy build-plugin' and pass the path it prints"
 
 PLUGIN_LIBRARY_ENV = "ULSAM_PLUGIN_LIBRARY"
 PYTHON_PLUGIN_MODULE = "ulsam_deploy.kernels.qdp_plugin"
@@ -65,11 +68,7 @@ def plugin_library_candidates() -> list[Path]:
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path | None:
     if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise UserError(f"Plugin library '{path}' does not exist; build it with 'ulsam-deploy build-plugin' and "
-                            "pass the path it prints.")
-        return path
+        return check_input_file(explicit, "plugin library", BUILD_PLUGIN)
     return next((p for p in plugin_library_candidates() if p.is_file()), None)
 
 
@@ -130,10 +129,7 @@ def ensure_plugin_library(registry, library: str | os.PathLike, trt_version: str
     creator must be there: a library that loads but registers nothing is refused. There is no
     fallback to a plain ``dlopen``, which would register nothing and fail later, vaguely.
     """
-    path = Path(library)
-    if not path.is_file():
-        raise UserError(f"The plugin library '{path}' does not exist; build it with 'ulsam-deploy build-plugin' and "
-                        "pass the path it prints.")
+    path = check_input_file(library, "plugin library", BUILD_PLUGIN)
     if registry is None:
         raise BackendUnavailable(f"TensorRT {trt_version} has no plugin registry here (its libnvinfer is not a "
                                  f"working TensorRT library), so '{path}' cannot be loaded; reinstall TensorRT.")

@@ -26,9 +26,12 @@ from typing import Callable
 
 import numpy as np
 
+from ulsam_deploy.artifacts import check_input_file
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.backends.base import Runner, RunnerUnavailable
 from ulsam_deploy.backends.trt.cuda import CudaMemory, open_cuda_memory
+
+BUILD_ENGINE = "build one with 'ulsam-deploy build-trt'"
 
 
 def _make_logger(trt):
@@ -124,8 +127,7 @@ class TrtRunner(Runner):
         check_engine_compat(sidecar, runtime=self.runtime, warn=self._note)
 
     def load(self) -> None:
-        if not self.engine_path.exists():
-            raise UserError(f"Engine '{self.engine_path}' does not exist; build one with 'ulsam-deploy build-trt'.")
+        check_input_file(self.engine_path, "engine", BUILD_ENGINE)
         if self.trt is None:
             from ulsam_deploy.backends.trt.runtime import import_tensorrt
 
