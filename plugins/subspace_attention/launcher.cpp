@@ -411,9 +411,9 @@ int preparedState(Driver& d, int dtype, uint64_t* key, DeviceInfo* info, LoadedK
     return ULSAM_SA_OK;
 }
 
-int launchPrepared(Driver& d, DeviceInfo const& info, LoadedKernel const* kernels, void const* x, void* y, int dtype,
-    int N, int C, int H, int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight,
-    float const* pwBias, int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream);
+int launchInCurrentContext(uint64_t const* constantsContext, void const* x, void* y, int dtype, int N, int C, int H,
+    int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight, float const* pwBias,
+    int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream);
 
 } // namespace
 
@@ -450,12 +450,25 @@ bool validLaunchArgs(void const* x, void* y, int dtype, int N, int C, int H, int
     return false;
 }
 
-int launchPrepared(Driver& d, DeviceInfo const& info, LoadedKernel const* kernels, void const* x, void* y, int dtype,
-    int N, int C, int H, int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight,
-    float const* pwBias, int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream)
+// Launches with the kernels ulsam_sa_prepare loaded in the current context; constants uploaded by
+// ulsam_sa_constants_create must live in that same context.
+int launchInCurrentContext(uint64_t const* constantsContext, void const* x, void* y, int dtype, int N, int C, int H,
+    int W, int groups, float const* dwScale, float const* dwShift, float const* pwWeight, float const* pwBias,
+    int reluDw, int reluPw, void* workspace, size_t workspaceBytes_, ulsam_sa_stream_t stream)
 {
+    Driver& d = driver();
+    uint64_t key = 0;
+    DeviceInfo info;
+    LoadedKernel kernels[kNumVariants];
+    int st = preparedState(d, dtype, &key, &info, kernels);
+    if (st != ULSAM_SA_OK)
+        return st;
+    if (constantsContext && key != *constantsContext)
+        return fail(ULSAM_SA_ERR_NOT_PREPARED,
+            "the constants were uploaded in CUDA context %llu, the current one is %llu",
+            static_cast<unsigned long long>(*constantsContext), static_cast<unsigned long long>(key));
     ulsam_sa_plan_t plan;
-    int st = ulsam_sa_plan(dtype, N, C, H, W, groups, info.smCount, info.l2Bytes, workspaceBytes_, &plan);
+    st = ulsam_sa_plan(dtype, N, C, H, W, groups, info.smCount, info.l2Bytes, workspaceBytes_, &plan);
     if (st != ULSAM_SA_OK)
         return st;
     LoadedKernel const& lk = kernels[plan.variant];
@@ -628,13 +641,7 @@ int ulsam_sa_launch(void const* x, void* y, int dtype, int N, int C, int H, int 
     if (!validLaunchArgs(x, y, dtype, N, C, H, W, groups, dwScale, dwShift, pwWeight, pwBias, workspace,
             workspaceBytes_, &st))
         return st;
-    Driver& d = driver();
-    uint64_t key = 0;
-    DeviceInfo info;
-    LoadedKernel kernels[kNumVariants];
-    if ((st = preparedState(d, dtype, &key, &info, kernels)) != ULSAM_SA_OK)
-        return st;
-    return launchPrepared(d, info, kernels, x, y, dtype, N, C, H, W, groups, dwScale, dwShift, pwWeight, pwBias,
+    return launchInCurrentContext(nullptr, x, y, dtype, N, C, H, W, groups, dwScale, dwShift, pwWeight, pwBias,
         reluDw, reluPw, workspace, workspaceBytes_, stream);
 }
 
@@ -710,17 +717,7 @@ int ulsam_sa_launch_with_constants(void const* x, void* y, int dtype, int N, int
     int st = ULSAM_SA_OK;
     if (!validLaunchArgs(x, y, dtype, N, C, H, W, k->groups, base, base, base, base, workspace, workspaceBytes_, &st))
         return st;
-    Driver& d = driver();
-    uint64_t key = 0;
-    DeviceInfo info;
-    LoadedKernel kernels[kNumVariants];
-    if ((st = preparedState(d, dtype, &key, &info, kernels)) != ULSAM_SA_OK)
-        return st;
-    if (key != k->context)
-        return fail(ULSAM_SA_ERR_NOT_PREPARED,
-            "the constants were uploaded in CUDA context %llu, the current one is %llu",
-            static_cast<unsigned long long>(k->context), static_cast<unsigned long long>(key));
-    return launchPrepared(d, info, kernels, x, y, dtype, N, C, H, W, k->groups, base, base + C, base + 2 * C,
+    return launchInCurrentContext(&k->context, x, y, dtype, N, C, H, W, k->groups, base, base + C, base + 2 * C,
         base + 3 * C, reluDw, reluPw, workspace, workspaceBytes_, stream);
 }
 
