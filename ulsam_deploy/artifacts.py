@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from ulsam_deploy.errors import UserError
 
 SIDECAR_SCHEMA = "ulsam-deploy/onnx"
 SIDECAR_VERSION = 2
+_SHA256 = r"^[0-9a-f]{64}$"
 STDOUT_NAMES = ("-", "/dev/stdout")
 
 
@@ -280,7 +282,7 @@ class ModelInfo(_Strict):
     description: str = Field(default="", max_length=4096)
     class_names: list[str] | None = Field(default=None, max_length=100_000)
     checkpoint: str | None = Field(default=None, min_length=1, max_length=4096)  # absolute path of the source
-    checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    checkpoint_sha256: str | None = Field(default=None, pattern=_SHA256)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("config")
@@ -343,7 +345,7 @@ class OnnxSidecar(_Strict):
     schema_: Literal["ulsam-deploy/onnx"] = Field(default=SIDECAR_SCHEMA, alias="schema")
     version: Literal[2] = SIDECAR_VERSION
     onnx: str = Field(min_length=1, max_length=4096)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=_SHA256)
     model: ModelInfo | None = None
     preprocess: PreprocessSpec | None = None
     inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
@@ -377,6 +379,57 @@ class OnnxSidecar(_Strict):
         return out
 
 
+ENGINE_SIDECAR_FORMAT = "ulsam-deploy-engine/1"
+class _Open(BaseModel):
+    """An engine-sidecar section: the fields read back are typed, the rest is informational and kept as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EngineTensorRT(_Open):
+    version: str | None = None
+
+
+class EngineGpu(_Open):
+    name: str | None = None
+    compute_capability: str | None = None
+
+
+class EnginePlugin(_Open):
+    library: str | None = None
+    library_sha256: str | None = Field(default=None, pattern=_SHA256)
+
+
+class EngineBuild(_Open):
+    hardware_compatibility_level: str | None = None
+    version_compatible: bool | None = None
+
+
+class EngineSidecar(_Open):
+    """``model.engine.json`` (written by build-trt): what :mod:`ulsam_deploy.backends.trt.compat` and the runner read
+    back to decide whether, and how, the engine loads here."""
+
+    format: Literal[ENGINE_SIDECAR_FORMAT]
+    engine: str | None = None
+    engine_sha256: str | None = None
+    rebuild_command: str | None = None
+    tensorrt: EngineTensorRT | None = None
+    gpu: EngineGpu | None = None
+    build: EngineBuild | None = None
+    plugin: EnginePlugin | None = None
+    precision: str | dict[str, Any] | None = None
+    onnx: str | dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    profiles: list[Any] | None = None
+
+    @field_validator("engine_sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_SHA256, value):
+            raise ValueError("not a sha256")
+        return value
+
+
 def sidecar_path(artifact: str | os.PathLike) -> Path:
     """``model.onnx`` -> ``model.onnx.json`` (the same rule for engines: ``model.engine.json``)."""
     artifact = Path(artifact)
@@ -392,6 +445,38 @@ def _validation_sentence(exc: ValidationError) -> str:
     return f"field '{where}': {first.get('msg', 'invalid')}"
 
 
+def read_sidecar_json(path: Path, fix: str) -> tuple[str, Any]:
+    """The text and JSON value of the sidecar file ``path``, read as untrusted input: a regular file (a FIFO would
+    hang), at most 64 MiB, valid UTF-8 JSON; otherwise one sentence ending in ``fix``."""
+    if not path.is_file():
+        raise UserError(f"The sidecar '{path}' is not a regular file (a folder, device or FIFO); {fix}.")
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise UserError(f"The sidecar '{path}' is larger than {MAX_SIDECAR_BYTES >> 20} MiB, so it is not ours; "
+                            f"{fix}.")
+        text = path.read_text(encoding="utf-8")
+        return text, json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"The sidecar '{path}' is not readable JSON ({type(exc).__name__}); {fix}.") from None
+
+
+def validate_sidecar(schema: type[BaseModel], text: str, path: Path, fix: str):
+    """``schema`` validated strictly (JSON types exactly, no coercion) over ``text``, or one sentence naming the
+    first bad field."""
+    try:
+        return schema.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise UserError(f"The sidecar '{path}' is invalid ({_validation_sentence(exc)}); {fix}.") from None
+
+
+def check_recorded_sha256(artifact: Path, recorded: str, sidecar_file: Path, noun: str, fix: str) -> None:
+    """Refuse a sidecar that records another ``noun`` (file, engine) than ``artifact``, naming both files."""
+    actual = sha256_file(artifact)
+    if actual != recorded:
+        raise UserError(f"The sidecar '{sidecar_file}' describes another {noun} than '{artifact}' (sha256 "
+                        f"{recorded[:12]}... recorded, {actual[:12]}... found); {fix}.")
+
+
 def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_hash: bool = True) -> OnnxSidecar | None:
     """The validated sidecar of ``onnx_path`` (None when absent and not ``required``).
 
@@ -400,23 +485,12 @@ def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_h
     """
     onnx_path = Path(onnx_path)
     path = sidecar_path(onnx_path)
-    if path.exists() and not path.is_file():
-        raise UserError(f"The sidecar '{path}' is not a regular file (a folder, device or FIFO); remove it and "
-                        "re-export the model.")
-    if not path.is_file():
+    if not path.exists():
         if required:
             raise UserError(f"'{path}' (written by 'ulsam-deploy export' beside the ONNX) is missing; re-export the "
                             "model, or keep the sidecar next to its ONNX when copying it.")
         return None
-    try:
-        if path.stat().st_size > MAX_SIDECAR_BYTES:
-            raise UserError(f"The sidecar '{path}' is larger than {MAX_SIDECAR_BYTES >> 20} MiB, so it is not ours; "
-                            "re-export the model.")
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise UserError(f"The sidecar '{path}' is not readable JSON ({type(exc).__name__}); re-export the model or "
-                        "delete the damaged file.") from None
+    text, data = read_sidecar_json(path, "re-export the model, or delete the damaged file")
     if not isinstance(data, dict):
         raise UserError(f"The sidecar '{path}' is not a JSON object; re-export the model.")
     if data.get("schema") != SIDECAR_SCHEMA or data.get("version") != SIDECAR_VERSION:
@@ -424,17 +498,10 @@ def read_sidecar(onnx_path: str | os.PathLike, *, required: bool = True, check_h
         raise UserError(f"The sidecar '{path}' has schema '{found}' (version {data.get('version', '?')}), not "
                         f"'{SIDECAR_SCHEMA}' version {SIDECAR_VERSION}; it was written by another ulsam-deploy "
                         "version: re-export the model with this one.")
-    try:
-        sidecar = OnnxSidecar.model_validate_json(text, strict=True)  # strict: JSON types exactly, no coercion
-    except ValidationError as exc:
-        raise UserError(f"The sidecar '{path}' is invalid ({_validation_sentence(exc)}); re-export the model.") \
-            from None
+    sidecar = validate_sidecar(OnnxSidecar, text, path, "re-export the model")
     if check_hash:
-        actual = sha256_file(onnx_path)
-        if actual != sidecar.sha256:
-            raise UserError(f"The sidecar '{path}' describes another file than '{onnx_path}' (sha256 "
-                            f"{sidecar.sha256[:12]}... recorded, {actual[:12]}... found); re-run the step that "
-                            "wrote the ONNX, or put the matching sidecar beside it.")
+        check_recorded_sha256(onnx_path, sidecar.sha256, path, "file", "re-run the step that wrote the ONNX, or put "
+                              "the matching sidecar beside it")
     return sidecar
 
 
@@ -461,6 +528,7 @@ def tool_versions(*modules: str) -> dict[str, str | None]:
     return out
 
 
-__all__ = ["DynamicRange", "ModelInfo", "OnnxSidecar", "PreprocessSpec", "StepRecord", "TensorSpec", "atomic_target",
-           "check_output", "is_stdout", "json_text", "load_onnx", "now", "read_sidecar", "sha256_file", "sidecar_path",
+__all__ = ["ENGINE_SIDECAR_FORMAT", "DynamicRange", "EngineSidecar", "ModelInfo", "OnnxSidecar", "PreprocessSpec", "StepRecord", "TensorSpec", "atomic_target",
+           "check_output", "check_recorded_sha256", "is_stdout", "json_text", "load_onnx", "now", "read_sidecar",
+           "read_sidecar_json", "validate_sidecar", "sha256_file", "sidecar_path",
            "tool_versions", "write_bytes", "write_json", "write_text_output"]

@@ -12,17 +12,16 @@ and the command that rebuilds it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ulsam_deploy.artifacts import ENGINE_SIDECAR_FORMAT
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.cuda import GpuInfo, probe_cuda_driver
 from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, parse_version, version_of
 
-ENGINE_SIDECAR_FORMAT = "ulsam-deploy-engine/1"
 
 
 class EngineMismatch(UserError):
@@ -47,61 +46,24 @@ def engine_sidecar_path(engine: str | os.PathLike) -> Path:
 
 
 def read_engine_sidecar(engine: str | os.PathLike) -> dict:
-    """The ``model.engine.json`` written by ``build-trt``; UserError when missing or unreadable."""
+    """The ``model.engine.json`` written by ``build-trt`` (validated against :class:`EngineSidecar`, and checked to
+    describe this very engine); UserError when missing or unsound."""
+    from ulsam_deploy.artifacts import EngineSidecar, check_recorded_sha256, read_sidecar_json, validate_sidecar
+
     engine = Path(engine)
     path = engine if engine.suffix == ".json" else engine_sidecar_path(engine)
+    rebuild = "rebuild the engine with 'ulsam-deploy build-trt'"
     if not path.exists():
         raise UserError(f"'{path}' (written by 'ulsam-deploy build-trt' beside the engine) is missing, so the engine "
                         "cannot be checked against this TensorRT and GPU; rebuild it with 'ulsam-deploy build-trt'.")
-    if not path.is_file() or path.stat().st_size > 64 << 20:
-        raise UserError(f"'{path}' is not a regular file of at most 64 MiB, so it is not an engine sidecar; rebuild "
-                        "the engine with 'ulsam-deploy build-trt'.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
-        raise UserError(f"'{path}' is not readable JSON ({type(exc).__name__}); rebuild the engine with "
-                        "'ulsam-deploy build-trt'.") from exc
+    text, data = read_sidecar_json(path, rebuild)
     if not isinstance(data, dict) or data.get("format") != ENGINE_SIDECAR_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"'{path}' is not an engine sidecar of this tool (format {found!r}); rebuild the "
-                        "engine with 'ulsam-deploy build-trt'.")
-    problem = _engine_sidecar_problem(data)
-    if problem:
-        raise UserError(f"The engine sidecar '{path}' is invalid ({problem}); rebuild the engine with "
-                        "'ulsam-deploy build-trt'.")
-    recorded = data.get("engine_sha256")
+        raise UserError(f"'{path}' is not an engine sidecar of this tool (format {found!r}); {rebuild}.")
+    recorded = validate_sidecar(EngineSidecar, text, path, rebuild).engine_sha256
     if recorded and engine.suffix != ".json" and engine.is_file():
-        from ulsam_deploy.artifacts import sha256_file
-
-        actual = sha256_file(engine)
-        if actual != recorded:
-            raise UserError(f"The sidecar '{path}' describes another engine than '{engine}' (sha256 {recorded[:12]}... "
-                            f"recorded, {actual[:12]}... found); rebuild the engine, or put its own sidecar beside it.")
+        check_recorded_sha256(engine, recorded, path, "engine", "rebuild the engine, or put its own sidecar beside it")
     return data
-
-
-# the fields read back from an engine sidecar, and the JSON types they must have (the rest is informational)
-_ENGINE_FIELDS = {"engine": str, "engine_sha256": str, "rebuild_command": str, "tensorrt": dict, "gpu": dict,
-                  "build": dict, "plugin": dict, "precision": (str, dict), "onnx": (str, dict), "model": dict,
-                  "profiles": list}
-_ENGINE_SUBFIELDS = {("tensorrt", "version"): str, ("gpu", "name"): str, ("gpu", "compute_capability"): str,
-                     ("plugin", "library"): str, ("plugin", "library_sha256"): str,
-                     ("build", "hardware_compatibility_level"): str, ("build", "version_compatible"): bool}
-
-
-def _engine_sidecar_problem(data: dict) -> str | None:
-    """The first field of an engine sidecar with the wrong JSON type (None when every field read back is sound)."""
-    for key, kind in _ENGINE_FIELDS.items():
-        if data.get(key) is not None and not isinstance(data[key], kind):
-            return f"field '{key}' has the wrong type"
-    for (section, key), kind in _ENGINE_SUBFIELDS.items():
-        value = (data.get(section) or {}).get(key)
-        if value is not None and not isinstance(value, kind):
-            return f"field '{section}.{key}' has the wrong type"
-    sha = data.get("engine_sha256")
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        return "field 'engine_sha256' is not a sha256"
-    return None
 
 
 def current_runtime(device: int = 0) -> RuntimeInfo:
