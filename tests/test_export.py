@@ -20,6 +20,7 @@ from ulsam_deploy.models import build_model, save_checkpoint
 
 
 def _checkpoint(tmp_path, arch="mv2", width=0.5, ulsam="14,17:1", groups=4, size=96, name="ck.pt", **kw):
+    torch.manual_seed(0)  # the same weights in every run and order (the attention-spread check below depends on them)
     model = randomize_bn(build_model(arch, width, ulsam, groups=groups, num_classes=10, input_size=size, **kw))
     return save_checkpoint(model, tmp_path / name, class_names=[f"c{i}" for i in range(10)]), model.eval()
 
@@ -46,9 +47,10 @@ def test_fixture_attention_is_not_uniform(tmp_path):
 
     _, model = _checkpoint(tmp_path)
     seen = {}
-    hook = model.features[13].register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    # the hook returns None, so the block's output stays its own
+    hook = model.features[13].register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
     with torch.no_grad():
-        model(torch.randn(1, 3, 96, 96))
+        model(torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)))
     hook.remove()
     assert attention_spread(model.features[13], seen["x"]) > 1e-2
 
