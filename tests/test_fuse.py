@@ -385,9 +385,10 @@ def test_no_ulsam_fuses_nothing_and_changes_nothing():
 
 
 def test_fuse_is_idempotent(two_blocks):
-    once, _ = fuse_model(two_blocks)
+    once, first = fuse_model(two_blocks)
     twice, report = fuse_model(once)
     assert report["fused"] == 0 and twice.SerializeToString() == once.SerializeToString()
+    assert first["already_fused"] == 0 and report["already_fused"] == 2
 
 
 # ------------------------------------------------------------------------------- the ORT custom op
@@ -494,6 +495,15 @@ def test_cli_fuse_happy_path(cli_runner, exported, tmp_path):
     blocks = {b["output"] for b in fuse_step["report"]["blocks"]}
     judged = {o["name"].split("/", 1)[1]: o["comparison"]["max_abs"] for o in fuse_step["verdict"]["outputs"]}
     assert blocks < set(judged) and max(judged.values()) <= 1e-5  # the blocks' outputs are judged, not only logits
+
+
+def test_cli_fuse_of_a_fused_model_says_it_was_fused_before(cli_runner, exported, tmp_path):
+    once, twice = tmp_path / "f.onnx", tmp_path / "ff.onnx"
+    assert cli_runner.invoke(app, ["fuse", str(exported), "-o", str(once)]).exit_code == 0
+    result = cli_runner.invoke(app, ["fuse", str(once), "-o", str(twice)])
+    assert result.exit_code == 0, result.output
+    assert "already has 2 SubspaceAttention node(s)" in " ".join(result.output.split())
+    assert onnx.load(str(twice)).graph == onnx.load(str(once)).graph
 
 
 def test_cli_fuse_default_output_and_overwrite_refusal(cli_runner, exported):

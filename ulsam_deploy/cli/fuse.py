@@ -44,7 +44,9 @@ def fuse(
             table.add_row(entry["node"], entry["reason"])
         console.print(table)
     if not report["fused"]:
-        print_warning(f"No ULSAM block found in {model}; the output is the same graph.")
+        already = (f" (it already has {report['already_fused']} {report['op']['type']} node(s): fused before?)"
+                   if report["already_fused"] else "")
+        print_warning(f"No ULSAM block found in {model}{already}; the output is the same graph.")
     outputs = [o for o in result.verdict.outputs if "/" in o.name]
     at_blocks = max((o.comparison.max_abs for o in outputs if o.name.split("/", 1)[1] in
                      {b["output"] for b in report["blocks"]}), default=0.0)

@@ -36,7 +36,8 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
     Returns ``(fused_model, report)``; ``model`` is not modified. ``report`` holds ``fused`` (count),
     ``blocks`` (name, input, output, channels, groups, form, ReLUs, BN folded, nodes replaced),
-    ``left_alone`` (node, op, reason for every near-match) and node counts before/after.
+    ``left_alone`` (node, op, reason for every near-match), ``already_fused`` (SubspaceAttention nodes the input
+    had) and node counts before/after.
     """
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -48,6 +49,7 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                "plugin_version": op_spec.PLUGIN_VERSION},
         "blocks": [],
         "left_alone": match.refused,
+        "already_fused": sum(n.op_type == op_spec.OP_TYPE and n.domain == op_spec.DOMAIN for n in model.graph.node),
         "nodes_before": len(model.graph.node),
         "nodes_after": len(model.graph.node),
     }
