@@ -28,6 +28,7 @@ from typing import Callable
 from ulsam_deploy.errors import BackendUnavailable, UserError
 
 PLUGIN_LIBRARY = "libulsam_subspace_attention_plugin.so"
+DEFAULT_BUILD_DIR = Path("build") / "subspace_attention_plugin"  # below the working directory
 LAUNCHER_LIBRARY = "libulsam_sa_launcher.so"
 PLUGIN_NAME = "SubspaceAttention"
 PLUGIN_VERSION = "1"
@@ -213,7 +214,7 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
     if trt is not None and trt.major is not None and trt.major < 10:
         raise BackendUnavailable(f"TensorRT {trt.version} found in {trt.include_dir}; the plugin "
                                  "uses IPluginV3 and needs TensorRT 10 or newer.")
-    bdir = Path(build_dir) if build_dir else Path.cwd() / "build" / "subspace_attention_plugin"
+    bdir = Path(build_dir) if build_dir else Path.cwd() / DEFAULT_BUILD_DIR
     if clean and bdir.exists():
         shutil.rmtree(bdir)
     bdir.mkdir(parents=True, exist_ok=True)

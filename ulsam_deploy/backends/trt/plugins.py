@@ -37,33 +37,12 @@ PYTHON_PLUGIN_MODULE = "ulsam_deploy.kernels.qdp_plugin"
 QDP_AOT_MIN = (10, 9)
 
 
-def _library_name() -> str:
-    try:
-        from ulsam_deploy.backends.trt.plugin_build import PLUGIN_LIBRARY
-
-        return PLUGIN_LIBRARY
-    except ImportError:
-        return "libulsam_subspace_attention_plugin.so"
-
-
 def plugin_library_candidates() -> list[Path]:
     """Where a built library is looked for: $ULSAM_PLUGIN_LIBRARY, then build-plugin's default build folder."""
-    name = _library_name()
-    candidates = []
-    if os.environ.get(PLUGIN_LIBRARY_ENV):
-        candidates.append(Path(os.environ[PLUGIN_LIBRARY_ENV]))
-    candidates.append(Path.cwd() / "build" / "subspace_attention_plugin" / name)
-    try:
-        from ulsam_deploy.backends.trt import plugin_build
+    from ulsam_deploy.backends.trt.plugin_build import DEFAULT_BUILD_DIR, PLUGIN_LIBRARY
 
-        finder = getattr(plugin_build, "find_plugin_library", None)
-        if callable(finder):
-            found = finder()
-            if found:
-                candidates.insert(0, Path(found))
-    except ImportError:
-        pass
-    return candidates
+    candidates = [Path(os.environ[PLUGIN_LIBRARY_ENV])] if os.environ.get(PLUGIN_LIBRARY_ENV) else []
+    return candidates + [Path.cwd() / DEFAULT_BUILD_DIR / PLUGIN_LIBRARY]
 
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path | None:
