@@ -130,3 +130,50 @@ def test_imagenet_checkpoint_cache_and_tampering(imagenet, tmp_path, monkeypatch
     monkeypatch.setattr(bundled, "registry", lambda: json.loads(json.dumps(data)))
     with pytest.raises(UserError, match="state sha256"):
         bundled.load("imagenet")
+
+
+# ------------------------------------------------------------------------- a bundled model as a sidecar's source
+
+@pytest.fixture(scope="module")
+def bundled_export(tmp_path_factory):
+    """The ONNX the demo writes: the bundled fashion-mnist model, its sidecar recording 'bundled:fashion-mnist'."""
+    model, info = bundled.load("fashion-mnist")
+    path = tmp_path_factory.mktemp("bundled_export") / "model.onnx"
+    export_model(model, info, path, ExportOptions(), source="bundled:fashion-mnist")
+    return path
+
+
+def test_bench_of_a_demo_export_finds_the_bundled_checkpoint(bundled_export, monkeypatch, tmp_path):
+    """bench of the demo's model.onnx, from another folder, keeps the torch reference: 'bundled:NAME' is the bundled
+    model's checkpoint, not a missing path."""
+    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.bench.run import resolve_model
+
+    assert read_sidecar(bundled_export).model.bundled_name == "fashion-mnist"
+    monkeypatch.chdir(tmp_path)
+    spec = resolve_model(bundled_export)
+    assert spec.checkpoint == bundled.checkpoint_path("fashion-mnist") and spec.module is not None
+    assert not spec.warnings, spec.warnings
+
+
+def test_a_recorded_bundled_name_that_is_not_bundled_is_one_sentence(bundled_export, tmp_path):
+    from ulsam_deploy.artifacts import read_sidecar, sidecar_path
+    from ulsam_deploy.bench.run import resolve_model
+
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(bundled_export.read_bytes())
+    side = read_sidecar(bundled_export)
+    side.model.checkpoint = "bundled:cifar-100"
+    sidecar_path(copy).write_text(side.to_json())
+    with pytest.raises(UserError, match="no bundled model 'cifar-100'"):
+        resolve_model(copy)
+
+
+def test_without_torch_a_recorded_bundled_model_is_noted_not_loaded(bundled_export, monkeypatch):
+    from ulsam_deploy import extras
+    from ulsam_deploy.bench.run import resolve_model
+
+    monkeypatch.setattr(extras, "missing", lambda *names: list(names))
+    spec = resolve_model(bundled_export, load_module=False)
+    assert spec.checkpoint is None
+    assert any("bundled model 'fashion-mnist'" in n and "PyTorch is not installed" in n for n in spec.notes), spec.notes

@@ -31,6 +31,7 @@ from ulsam_deploy.errors import UserError
 SIDECAR_SCHEMA = "ulsam-deploy/onnx"
 SIDECAR_VERSION = 2
 _SHA256 = r"^[0-9a-f]{64}$"
+BUNDLED_PREFIX = "bundled:"  # a sidecar's checkpoint 'bundled:NAME' is the bundled model NAME (see demo)
 STDOUT_NAMES = ("-", "/dev/stdout")
 
 
@@ -296,6 +297,13 @@ class ModelInfo(_Strict):
         except UserError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @property
+    def bundled_name(self) -> str | None:
+        """The bundled model's name when the recorded checkpoint is one ('bundled:NAME'), else None."""
+        if self.checkpoint and self.checkpoint.startswith(BUNDLED_PREFIX):
+            return self.checkpoint[len(BUNDLED_PREFIX):]
+        return None
 
     def checkpoint_path(self, sidecar_file: str | os.PathLike) -> Path | None:
         """The recorded checkpoint as a path: absolute as recorded, or relative to the sidecar's folder."""

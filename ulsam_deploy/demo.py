@@ -212,6 +212,7 @@ def _rebase(result: DemoResult, work: Path, out: Path) -> None:
 
 def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, bench_event):
     from ulsam_deploy import bundled
+    from ulsam_deploy.artifacts import BUNDLED_PREFIX
     from ulsam_deploy.data.images import Preprocess
     from ulsam_deploy.steps.export import ExportOptions, export_model
 
@@ -239,7 +240,7 @@ def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, 
 
     onnx_path = work / "model.onnx"
     t0 = time.perf_counter()
-    export = export_model(model, info, onnx_path, ExportOptions(force=True), events, source=f"bundled:{entry.name}")
+    export = export_model(model, info, onnx_path, ExportOptions(force=True), events, source=f"{BUNDLED_PREFIX}{entry.name}")
     record(Step("export", "ok", f"{export.sidecar.graph['nodes']} nodes (onnxsim-simplified), ONNX Runtime vs PyTorch "
                 f"max abs diff {export.verdict.max_abs:.2g}", time.perf_counter() - t0, str(onnx_path),
                 {"verdict": export.verdict.to_dict()}))

@@ -183,7 +183,15 @@ def _apply_onnx_sidecar(spec: ModelSpec, onnx_path: Path) -> None:
         from ulsam_deploy.artifacts import sidecar_path
 
         where = sidecar.model.checkpoint_path(sidecar_path(onnx_path))
-        if where is not None and where.is_file():
+        bundled_name = sidecar.model.bundled_name
+        if bundled_name is not None and extras.missing("torch"):
+            spec.notes.append(f"the bundled model '{bundled_name}' recorded in {onnx_path.name}'s sidecar is not loaded: "
+                              "PyTorch is not installed")
+        elif bundled_name is not None:
+            from ulsam_deploy import bundled
+
+            spec.checkpoint = bundled.checkpoint_path(bundled_name)  # one sentence if the name is not bundled here
+        elif where is not None and where.is_file():
             spec.checkpoint = where
         else:
             message = (f"the checkpoint '{recorded}' recorded in {onnx_path.name}'s sidecar is not there, so there is "
