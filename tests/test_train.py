@@ -121,6 +121,19 @@ def test_cli_trains_on_an_image_folder_and_guards_the_run_dir(cli_runner, tmp_pa
     _clean_error(cli_runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")]), 2, "Nothing to resume")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_training_image_is_one_sentence_from_every_worker(cli_runner, tmp_path, workers):
+    """A loader worker that meets an unreadable image: the user reads our sentence, not the worker's traceback."""
+    root = export_fashion_mnist_folder(tmp_path / "pngs", count=40)
+    bad = next(next(root.iterdir()).iterdir())
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    result = cli_runner.invoke(app, ["train", str(root), "--in-channels", "1", "--arch", "mv2", "--width", "0.35",
+                                     "--input-size", "32", "--epochs", "1", "--batch-size", "4", "--workers",
+                                     str(workers), "--out", str(tmp_path / "run")])
+    _clean_error(result, 2, f"'{bad}' is not a readable image")
+    assert "worker" not in result.output
+
+
 @pytest.mark.parametrize("args, needle", [
     ([], "exactly one training set"),
     (["--dataset", "cifar"], "Unknown --dataset"),

@@ -315,8 +315,40 @@ def _batches(dataset, order: torch.Tensor, batch_size: int, workers: int, drop_s
         for idx in chunks:
             yield images[idx], dataset.labels[idx]
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers)
-    yield from loader
+    loader = torch.utils.data.DataLoader(_Guarded(dataset), batch_sampler=[c.tolist() for c in chunks],
+                                         num_workers=workers, collate_fn=_collate)
+    for batch in loader:
+        if isinstance(batch, _Unreadable):  # raised here, in this process: one sentence, not a worker's traceback
+            raise UserError(batch.message)
+        yield batch
+
+
+@dataclass
+class _Unreadable:
+    """What a loader worker returns for a sample it could not read (its UserError's sentence)."""
+
+    message: str
+
+
+class _Guarded(torch.utils.data.Dataset):
+    """``dataset`` whose unreadable samples come back as :class:`_Unreadable` instead of raising in a worker."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except UserError as exc:
+            return _Unreadable(str(exc))
+
+
+def _collate(samples):
+    bad = next((s for s in samples if isinstance(s, _Unreadable)), None)
+    return bad if bad is not None else torch.utils.data.default_collate(samples)
 
 
 def augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
