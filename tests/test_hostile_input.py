@@ -233,6 +233,17 @@ def test_reports_to_standard_output_write_through_and_keep_the_link(cli_runner, 
     assert os.path.islink("/dev/stdout") == was_link
 
 
+def test_reports_to_dev_null_are_discarded_and_artifacts_are_not(cli_runner, tiny):
+    """/dev/null as a report path means 'discard it' (never opened, never replaced); an artifact there is refused."""
+    result = cli_runner.invoke(app, ["bench", str(tiny), "--backends", "ort", "--no-latency", "--json", os.devnull,
+                                     "--csv", os.devnull, "--markdown", os.devnull, "--chart", os.devnull])
+    assert result.exit_code == 0, result.output
+    assert '"schema"' not in result.stdout and "model,file,backend" not in result.stdout
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    with pytest.raises(UserError, match="not a regular file|device"):
+        check_output(os.devnull, force=True, what="export output")
+
+
 def test_artifacts_never_go_to_standard_output_and_text_reports_do(capsys, tmp_path):
     for name in ("-", "/dev/stdout"):
         with pytest.raises(UserError, match="standard output"):

@@ -49,6 +49,11 @@ def is_stdout(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path) in STDOUT_NAMES
 
 
+def is_stream(path: str | os.PathLike | None) -> bool:
+    """A report path that names a stream rather than a file: standard output, or ``/dev/null`` (discarded)."""
+    return is_stdout(path) or (path is not None and str(path) == os.devnull)
+
+
 def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
                  inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Refuse, in one sentence, an output path that cannot or must not be written; return it as a Path.
@@ -135,10 +140,12 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
 
 
 def write_text_output(text: str, path: str | os.PathLike, *, force: bool, what: str = "report") -> Path | None:
-    """A report to a file (atomic, same rules as every output) or to standard output for ``-``/``/dev/stdout``."""
-    if is_stdout(path):
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    """A report to a file (atomic, same rules as every output), to standard output for ``-``/``/dev/stdout``, or
+    nowhere for ``/dev/null``."""
+    if is_stream(path):
+        if is_stdout(path):
+            sys.stdout.write(text)
+            sys.stdout.flush()
         return None
     check_output(path, force=force, what=what)
     return write_bytes(text.encode(), path)
@@ -537,6 +544,6 @@ def tool_versions(*modules: str) -> dict[str, str | None]:
 
 
 __all__ = ["ENGINE_SIDECAR_FORMAT", "DynamicRange", "EngineSidecar", "ModelInfo", "OnnxSidecar", "PreprocessSpec", "StepRecord", "TensorSpec", "atomic_target",
-           "check_output", "check_recorded_sha256", "is_stdout", "json_text", "load_onnx", "now", "read_sidecar",
+           "check_output", "check_recorded_sha256", "is_stdout", "is_stream", "json_text", "load_onnx", "now", "read_sidecar",
            "read_sidecar_json", "validate_sidecar", "sha256_file", "sidecar_path",
            "tool_versions", "write_bytes", "write_json", "write_text_output"]

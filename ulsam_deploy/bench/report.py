@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ulsam_deploy.artifacts import check_output, is_stdout, json_text, write_bytes, write_text_output
+from ulsam_deploy.artifacts import check_output, is_stdout, is_stream, json_text, write_bytes, write_text_output
 from ulsam_deploy.bench.run import BenchReport, LatencyRow, ParityRow
 
 CSV_COLUMNS = ["model", "file", "backend", "precision", "int8_target", "mode", "batch", "input_size", "artifact",
@@ -369,22 +369,22 @@ def chart_png(report: BenchReport) -> bytes:
 def check_report_paths(*, json_path=None, csv_path=None, markdown_path=None, chart_path=None, force: bool = False,
                        inputs=()) -> None:
     """Refuse, before any work, a report path that cannot or must not be written (same rules as every output; ``-``
-    and ``/dev/stdout`` mean standard output, except for the PNG chart). ``inputs``: files the reports must not
-    replace (the models being benchmarked)."""
+    and ``/dev/stdout`` mean standard output, except for the PNG chart; ``/dev/null`` discards). ``inputs``: files
+    the reports must not replace (the models being benchmarked)."""
     from ulsam_deploy.errors import UserError
 
     if chart_path is not None:
         if is_stdout(chart_path):
             raise UserError("--chart writes a PNG file; give a file path ending in .png, not standard output.")
-        if Path(chart_path).suffix.lower() != ".png":
+        if Path(chart_path).suffix.lower() != ".png" and not is_stream(chart_path):
             raise UserError(f"--chart writes a PNG; give a path ending in .png, not '{chart_path}'.")
-    files = [p for p in (json_path, csv_path, markdown_path, chart_path) if p is not None and not is_stdout(p)]
+    files = [p for p in (json_path, csv_path, markdown_path, chart_path) if p is not None and not is_stream(p)]
     if len({os.path.abspath(p) for p in files}) < len(files):
         raise UserError("Two reports were given the same file; give each of --json, --csv, --markdown and --chart its "
                         "own path.")
     for path, what in ((json_path, "JSON report"), (csv_path, "CSV report"), (markdown_path, "Markdown report"),
                        (chart_path, "chart")):
-        if path is not None and not is_stdout(path):
+        if path is not None and not is_stream(path):
             check_output(path, force=force, what=what, inputs=tuple(inputs))
 
 
@@ -397,7 +397,7 @@ def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdow
         (json_path, "JSON report", report_json), (csv_path, "CSV report", csv_text),
         (markdown_path, "Markdown report", markdown)) if path is not None]
     texts = [(path, what, render(report)) for path, what, render in planned]
-    png = chart_png(report) if chart_path is not None else None
+    png = chart_png(report) if chart_path is not None and not is_stream(chart_path) else None
     written = []
     for path, what, text in texts:
         if write_text_output(text, path, force=True, what=what) is not None:
