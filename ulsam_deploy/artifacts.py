@@ -543,7 +543,7 @@ def tool_versions(*modules: str) -> dict[str, str | None]:
     return out
 
 
-__all__ = ["ENGINE_SIDECAR_FORMAT", "DynamicRange", "EngineSidecar", "ModelInfo", "OnnxSidecar", "PreprocessSpec", "StepRecord", "TensorSpec", "atomic_target",
-           "check_output", "check_recorded_sha256", "is_stdout", "is_stream", "json_text", "load_onnx", "now", "read_sidecar",
-           "read_sidecar_json", "validate_sidecar", "sha256_file", "sidecar_path",
-           "tool_versions", "write_bytes", "write_json", "write_text_output"]
+__all__ = ["DynamicRange", "ENGINE_SIDECAR_FORMAT", "EngineSidecar", "ModelInfo", "OnnxSidecar", "PreprocessSpec",
+           "StepRecord", "TensorSpec", "atomic_target", "check_output", "check_recorded_sha256", "is_stdout",
+           "is_stream", "json_text", "load_onnx", "now", "read_sidecar", "read_sidecar_json", "sha256_file",
+           "sidecar_path", "tool_versions", "validate_sidecar", "write_bytes", "write_json", "write_text_output"]

@@ -23,7 +23,6 @@ from ulsam_deploy.backends.trt.cuda import GpuInfo, probe_cuda_driver
 from ulsam_deploy.backends.trt.runtime import TensorRTUnavailable, import_tensorrt, parse_version, version_of
 
 
-
 class EngineMismatch(UserError):
     """The engine was built for another TensorRT or GPU than the one here."""
 
