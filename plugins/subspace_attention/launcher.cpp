@@ -252,10 +252,13 @@ std::mutex gPrepareMutex;  // serializes module loading
 std::map<uint64_t, ContextState> gContexts; // key: ctxKey(); modules live as long as their context
 std::atomic<int> gImagePolicy{ULSAM_SA_IMAGES_AUTO};
 
-// The current context and its cache key: the unique context ID when the driver has cuCtxGetId,
-// else the CUcontext pointer (a context re-created at the same address would then reuse stale state).
+// The current context and its cache key (NO_DRIVER when the driver is not loaded): the unique context ID
+// when the driver has cuCtxGetId, else the CUcontext pointer (a context re-created at the same address
+// would then reuse stale state).
 int currentContext(Driver& d, CUcontext* ctxOut, uint64_t* key)
 {
+    if (!d.loaded)
+        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     CUcontext ctx = nullptr;
     CUresult r = d.cuCtxGetCurrent(&ctx);
     if (r != CUDA_SUCCESS || ctx == nullptr)
@@ -394,8 +397,6 @@ int loadKernel(Driver& d, int cc, int dtype, int variant, LoadedKernel* out)
 // Looks up the prepared state of the current context (no driver call besides the key).
 int preparedState(Driver& d, int dtype, uint64_t* key, DeviceInfo* info, LoadedKernel* kernels)
 {
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     int const st = currentContext(d, nullptr, key);
     if (st != ULSAM_SA_OK)
         return st;
@@ -564,8 +565,6 @@ int ulsam_sa_prepare(int dtype)
     if (dtype != ULSAM_SA_FP32 && dtype != ULSAM_SA_FP16)
         return fail(ULSAM_SA_ERR_ARGUMENT, "bad dtype %d", dtype);
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     int st = currentContext(d, nullptr, &key);
     if (st != ULSAM_SA_OK)
@@ -615,8 +614,6 @@ int ulsam_sa_loaded_image(int dtype, int variant, int* kind, int* arch)
     if ((dtype != ULSAM_SA_FP32 && dtype != ULSAM_SA_FP16) || variant < 0 || variant >= kNumVariants)
         return fail(ULSAM_SA_ERR_ARGUMENT, "bad dtype %d / variant %d", dtype, variant);
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     int const st = currentContext(d, nullptr, &key);
     if (st != ULSAM_SA_OK)
@@ -652,8 +649,6 @@ int ulsam_sa_constants_create(int C, int groups, float const* dwScale, float con
         return fail(ULSAM_SA_ERR_ARGUMENT, "bad constants: C=%d groups=%d", C, groups);
     *out = nullptr;
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     int const st = currentContext(d, nullptr, &key);
     if (st != ULSAM_SA_OK)
@@ -739,8 +734,6 @@ int ulsam_sa_use_device(int ordinal)
 int ulsam_sa_device_properties(int* cc, int* smCount, long long* l2Bytes, char* name, int nameLen)
 {
     Driver& d = driver();
-    if (!d.loaded)
-        return fail(ULSAM_SA_ERR_NO_DRIVER, "%s", d.error.c_str());
     uint64_t key = 0;
     int st = currentContext(d, nullptr, &key);
     DeviceInfo info;
