@@ -55,10 +55,6 @@ def fmt_count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def is_interactive() -> bool:
-    return sys.stdout.isatty()
-
-
 class RichEvents(Events):
     """The library's events on the terminal: spinners with durations, warnings, a progress bar with counts."""
 

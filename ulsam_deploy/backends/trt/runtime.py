@@ -148,8 +148,3 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 def version_of(trt: ModuleType) -> str:
     return str(getattr(trt, "__version__", "0"))
-
-
-def major_of(trt: ModuleType) -> int:
-    version = parse_version(version_of(trt))
-    return version[0] if version else 0
