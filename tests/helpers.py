@@ -13,7 +13,11 @@ PAPER_CONFIGS = [
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BatchNorm non-trivial statistics so folding mistakes cannot hide."""
+    """Give every BatchNorm non-trivial affine weights and statistics so folding mistakes cannot hide.
+
+    A model with a ``config`` then gets the statistics of a few seeded random batches (calibrate_batchnorm): with
+    made-up statistics alone its logits are the same for every input, and the gates refuse to call such parity
+    proven."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -27,7 +31,13 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                     m.weight.fill_(2.0)
                     m.bias.fill_(1.0)
             elif isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0, 0.2, generator=gen)
+                m.weight.normal_(0, 0.02, generator=gen)
+    config = getattr(model, "config", None)
+    if config is not None:
+        from ulsam_deploy.models import calibrate_batchnorm
+
+        size = config.input_size
+        calibrate_batchnorm(model, [torch.randn(8, config.in_channels, size, size, generator=gen) for _ in range(3)])
     return model
 
 

@@ -93,14 +93,14 @@ def test_int8_accuracy_drop_check_uses_labels_or_bounds_disagreement():
 
 def test_absolute_tolerance_alone_is_a_max_abs_test():
     """export and fuse judge with ``atol`` only: any element beyond it fails, whatever its relative size."""
-    ref = np.full((2, 3), 1000.0)
+    ref = np.array([[1000.0, 1001.0, 999.0], [998.0, 1000.5, 1002.0]])
     cand = ref + 0.01  # relative 1e-5, absolute 1e-2
     assert not judge(ref, cand, Tolerances(atol=1e-3), classifier=False).passed
     assert judge(ref, cand, Tolerances(atol=0.02), classifier=False).passed
 
 
 def test_several_outputs_are_judged_each_and_shapes_must_match():
-    a, b = np.ones((2, 4, 3, 3)), np.zeros((2, 8, 2, 2))
+    a, b = np.arange(72.0).reshape(2, 4, 3, 3), np.arange(64.0).reshape(2, 8, 2, 2)
     verdict = judge([a, b], [a, b + 1.0], Tolerances(atol=1e-3), names=["feat_s8", "feat_s16"])
     assert not verdict.passed and verdict.failures[0].startswith("feat_s16:")
     assert verdict.outputs[0].comparison.max_abs == 0.0 and not verdict.outputs[0].classifier

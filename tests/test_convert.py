@@ -496,7 +496,9 @@ def test_no_default_verification_images_for_other_models(tmp_path):
     from ulsam_deploy.models import build_model
 
     torch.manual_seed(0)
-    rgb10 = _export(build_model("mv2", 0.35, "", 4, 10, 32), tmp_path, "rgb10", (0.5,) * 3, (0.5,) * 3)
+    from helpers import randomize_bn
+
+    rgb10 = _export(randomize_bn(build_model("mv2", 0.35, "", 4, 10, 32)), tmp_path, "rgb10", (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(UserError, match="pass --verify-data"):
         convert_file(rgb10, tmp_path / "a.onnx", ConvertOptions(precision="fp16"))
     assert not (tmp_path / "a.onnx").exists()

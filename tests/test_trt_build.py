@@ -849,7 +849,7 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
             (["--batch-profile", "4:2:1"], 2, "1 <= MIN <= OPT <= MAX"),
             (["--batch-profile", "1", "--fp16"], 2, "--weakly-typed"),
             (["--batch-profile", "1", "--gpu-fallback"], 2, "--dla-core"),
-            (["--batch-profile", "1", "--opt-level", "9"], 2, "0 to 5"),
+            (["--batch-profile", "1", "--opt-level", "9"], 2, "--opt-level must be from 0 to 5"),
             ([], 2, "pass --batch"),
     ):
         result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine)] + args)

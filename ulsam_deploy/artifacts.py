@@ -26,7 +26,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ulsam_deploy.errors import UserError
+from ulsam_deploy.errors import IOFailure, UserError, os_error_sentence
 
 SIDECAR_SCHEMA = "ulsam-deploy/onnx"
 SIDECAR_VERSION = 2
@@ -121,7 +121,12 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
         raise UserError(f"Cannot write '{path}' ({exc.strerror}); choose a writable location.") from None
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno is None or exc.filename not in (None, tmp):
+                raise
+            raise IOFailure(f"{os_error_sentence(exc, str(path)).rstrip('.')}; nothing was written there.") from None
         os.chmod(tmp, _umask_mode())
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISREG(os.lstat(path).st_mode):

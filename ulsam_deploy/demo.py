@@ -141,15 +141,7 @@ def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t:
     opts = opts.resolved()
     started = time.perf_counter()
     entry = bundled.get(opts.model)
-    out = Path(opts.out) if opts.out is not None else default_out(entry.name)
-    if out.is_symlink():
-        raise UserError(f"--out '{out}' is a symbolic link; ulsam-deploy never replaces links, so give the real "
-                        "folder's path or another one.")
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"'{out}' is a file, not a folder; give a folder path for the report.")
-        if any(out.iterdir()) and not opts.force:
-            raise UserError(f"'{out}' already exists and is not empty; pass --force to replace it or choose another --out.")
+    out = check_report_folder(Path(opts.out) if opts.out is not None else default_out(entry.name), force=opts.force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -168,6 +160,7 @@ def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t:
         _name_final_folder(work, out)
         _open_permissions(work)
         if out.exists():
+            check_report_folder(out, force=opts.force)  # again: the folder may have changed during the run
             shutil.rmtree(out)
         os.replace(work, out)
         _rebase(result, work, out)
@@ -180,6 +173,52 @@ def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t:
             import torch
 
             torch.set_num_threads(threads_before)
+
+
+REPORT_FILES = ("demo.json", "MODEL_CARD.md", "README.md")
+DEMO_SCHEMA = "ulsam-deploy-demo/1"
+
+
+def check_report_folder(out: Path, *, force: bool) -> Path:
+    """The report folder, checked before any work. ``--force`` replaces only an earlier demo report (a folder
+    whose ``demo.json`` lists every entry in it); the working folder, its parents, links and a user's folders
+    are never replaced."""
+    shown = out
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():
+        raise UserError(f"--out '{shown}' is a symbolic link; ulsam-deploy never replaces links, so give the real "
+                        "folder's path or another one.")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise UserError(f"--out '{shown}' is not a folder (a file or special file); give a new folder path for the "
+                        "report.")
+    if not any(out.iterdir()):
+        return out
+    cwd = Path(os.path.abspath(os.getcwd()))
+    if out == cwd or out in cwd.parents or out == Path.home():
+        raise UserError(f"--out '{shown}' is the working folder, one of its parents or your home folder, which is "
+                        "never replaced; give a new folder such as 'reports/demo'.")
+    if not force:
+        raise UserError(f"'{shown}' already exists and is not empty; pass --force to replace an earlier demo report "
+                        "there, or choose another --out.")
+    if not is_demo_report(out):
+        raise UserError(f"'{shown}' is not a demo report folder (it holds files the demo did not write), so --force "
+                        "does not replace it; choose another --out.")
+    return out
+
+
+def is_demo_report(folder: Path) -> bool:
+    """A folder the demo wrote: its ``demo.json`` has the demo's schema and lists every entry of the folder."""
+    import json
+
+    try:
+        listed = json.loads((folder / "demo.json").read_text(encoding="utf-8"))
+        names = {p.name for p in folder.iterdir()}
+    except (OSError, ValueError):
+        return False
+    files = listed.get("files") if isinstance(listed, dict) and listed.get("schema") == DEMO_SCHEMA else None
+    return isinstance(files, list) and names <= {str(f) for f in files}
 
 
 def _name_final_folder(work: Path, out: Path) -> None:
@@ -393,6 +432,7 @@ def _write_report(result: DemoResult, entry, opts: DemoOptions, work: Path) -> N
                   for s in result.steps],
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "bench": bench,
+        "files": sorted({p.name for p in work.iterdir()} | set(REPORT_FILES)),  # what --force may replace later
     }
     write_json(summary, work / "demo.json")
     shutil.copyfile(entry.card, work / "MODEL_CARD.md")

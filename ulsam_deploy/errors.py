@@ -42,3 +42,29 @@ class BackendUnavailable(UserError):
     """A runtime (TensorRT, CUDA, a plugin) is not installed or not usable here."""
 
     exit_code = 4
+
+
+class IOFailure(UserError):
+    """The system refused a read or write (disk full, read-only file system, closed output): not the user's input,
+    not a bug."""
+
+    exit_code = 74
+
+
+def os_error_sentence(exc: OSError, target: str | None = None) -> str:
+    """One sentence for an OSError, naming the file (``target`` when the error does not carry one) and the fix."""
+    import errno
+
+    name = target or exc.filename
+    reason = exc.strerror or type(exc).__name__
+    if name is None and exc.errno in (errno.EPIPE, errno.EBADF):
+        return (f"Standard output or error was closed before everything was written ({reason}); keep the reading "
+                "end open, or write reports to a file.")
+    where = f"'{name}'" if name is not None else "a file"
+    fixes = {errno.ENOSPC: "free some space or choose another location",
+             errno.EDQUOT: "free some space or choose another location",
+             errno.EROFS: "choose a writable location",
+             errno.EACCES: "fix its permissions or choose another path",
+             errno.EPERM: "fix its permissions or choose another path",
+             errno.EIO: "check the disk"}
+    return f"Cannot read or write {where} ({reason}); {fixes.get(exc.errno, 'check the path and try again')}."

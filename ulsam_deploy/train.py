@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.artifacts import atomic_target, write_bytes
+from ulsam_deploy.artifacts import atomic_target, check_output, write_bytes
 from ulsam_deploy.models import build_model, load_pretrained
 from ulsam_deploy.models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
 from ulsam_deploy.models.mobilenet import MobileNetULSAM
@@ -494,8 +494,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     """Run (or resume) a training run; returns the history and the final checkpoint path."""
     reporter = reporter or Reporter()
     out = Path(opts.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a directory for the run.")
+    check_run_folder(out, opts)
     existing = epoch_checkpoints(out)
     container = None
     if opts.resume:
@@ -514,6 +513,28 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     finally:
         if o.threads:
             torch.set_num_threads(start_threads)
+
+
+RUN_FILES = ("final.pt", "metrics.jsonl", "metrics.csv")
+
+
+def check_run_folder(out: Path, opts: TrainOptions) -> None:
+    """Check every path a run writes before any work: the folder itself, ``final.pt``, the metrics log and the
+    epoch checkpoints. A link or special file is never written through; a user's file is replaced only by
+    ``--force`` (or, with ``--resume``, the run's own files)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"--out '{out}' is not a folder (a file, link or special file); give a folder for the run.")
+    if not out.exists():
+        check_output(out / "final.pt", force=False, what="run's final checkpoint")
+        return
+    own = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES or _EPOCH_FILE.match(p.name))
+    for name in own:
+        check_output(out / name, force=True, what="run's files")  # links, folders, FIFOs: never written through
+    has_epochs = any(_EPOCH_FILE.match(name) for name in own)  # a resumable run: said by train() itself
+    if own and not has_epochs and not opts.force and not opts.resume:
+        raise UserError(f"'{out}' already holds {', '.join(own[:3])}{' ...' if len(own) > 3 else ''}; pass --resume "
+                        "to continue that run, --force to start over (they are replaced), or another --out.")
+    check_output(out / "final.pt", force=True, what="run's final checkpoint")
 
 
 def _resume_state(opts: TrainOptions, path: Path) -> tuple[dict, TrainOptions]:

@@ -247,6 +247,7 @@ class Verdict:
     tolerances: Tolerances
     outputs: list[OutputVerdict]
     failures: list[str] = field(default_factory=list)
+    reference_problem: str | None = None  # why the reference's own outputs prove nothing (see reference_problem())
 
     @property
     def passed(self) -> bool:
@@ -286,6 +287,33 @@ def _as_list(outputs) -> list[np.ndarray]:
     return [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
 
 
+NEAR_ZERO = 1e-6  # largest |output| below which a float model's outputs carry no signal (fresh BatchNorm: 1e-9)
+
+
+def reference_problem(outputs, names: list[str] | None = None) -> str | None:
+    """Why a reference's outputs cannot prove parity, as a phrase, or None: non-finite values, every value near
+    zero (an untrained network whose BatchNorm statistics are still the defaults shrinks activations to ~1e-9),
+    or the same output for every input of a batch. Comparing such outputs passes whatever the candidate does."""
+    arrays = [np.asarray(o) for o in _as_list(outputs)]
+    names = list(names or [f"output{i}" for i in range(len(arrays))])
+    for name, a in zip(names, arrays):
+        where = f" ('{name}')" if len(arrays) > 1 else ""
+        if a.size and not np.isfinite(a).all():
+            return f"non-finite values (NaN or Inf){where}"
+    finite = [a.astype(np.float64) for a in arrays if a.size]
+    if finite and max(float(np.abs(a).max()) for a in finite) < NEAR_ZERO:
+        return f"all near zero (largest |value| below {NEAR_ZERO:g})"
+    batched = [a for a in finite if a.ndim >= 2 and a.shape[0] >= 2]
+    if batched and all(float(np.abs(a - a[:1]).max()) <= NEAR_ZERO * max(1.0, float(np.abs(a).max()))
+                       for a in batched):
+        return "the same for every input of a batch"
+    return None
+
+
+REFERENCE_FIX = ("check its weights for NaN or Inf, give it BatchNorm statistics from real data (train it, or run a "
+                 "few batches in train mode) and check --mean/--std")
+
+
 def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | None = None,
           names: list[str] | None = None, classifier: bool | None = None) -> Verdict:
     """Judge ``candidate`` against ``reference`` (one array or a list, one per output, in the same order).
@@ -303,6 +331,9 @@ def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | Non
     t = tolerances
     atol, rtol = (t.atol, t.rtol) if t.elementwise else (None, None)
     results: list[OutputVerdict] = []
+    problem = reference_problem(refs, names)
+    if problem is not None:
+        failures.append(f"the reference's own outputs are {problem}, so no comparison with them proves anything")
     for name, ref, cand in zip(names, refs, cands):
         ref, cand = np.asarray(ref), np.asarray(cand)
         prefix = f"{name}: " if len(refs) > 1 else ""
@@ -317,8 +348,8 @@ def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | Non
         results.append(entry)
         finite_ref, finite_cand = bool(np.isfinite(ref).all()), bool(np.isfinite(cand).all())
         if not (finite_ref and finite_cand):
-            side = "the candidate" if finite_ref else ("the reference" if finite_cand else "both")
-            failures.append(f"{prefix}non-finite values (NaN or Inf) in {side}'s outputs")
+            if not finite_cand:
+                failures.append(f"{prefix}non-finite values (NaN or Inf) in the candidate's outputs")
             continue
         if t.elementwise and comparison.pass_rate < 1.0:
             bound = " and ".join(f"{k} {v:g}" for k, v in (("atol", t.atol), ("rtol", t.rtol)) if v is not None)
@@ -347,9 +378,9 @@ def judge(reference, candidate, tolerances: Tolerances, labels: np.ndarray | Non
                 failures.append(f"{prefix}top-1 agreement {comparison.top1_agreement:.2%} on unlabelled inputs < "
                                 f"{1.0 - t.max_top1_drop:.2%} (which bounds the accuracy change by "
                                 f"{t.max_top1_drop * 100:g} points)")
-    return Verdict(t, results, failures)
+    return Verdict(t, results, failures, problem)
 
 
 __all__ = ["Accuracy", "CLASS_KEYS", "Comparison", "DEFAULT_TOLERANCES", "OutputVerdict", "PRECISIONS", "Tolerances",
            "Verdict",
-           "accuracy", "compare_outputs", "judge", "parse_tolerance_overrides", "tolerances_for", "topk_indices"]
+           "REFERENCE_FIX", "accuracy", "compare_outputs", "judge", "reference_problem", "parse_tolerance_overrides", "tolerances_for", "topk_indices"]

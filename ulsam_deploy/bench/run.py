@@ -34,7 +34,8 @@ import numpy as np
 
 from ulsam_deploy.artifacts import check_input_file
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
-from ulsam_deploy.backends.judge import PRECISIONS, Tolerances, Verdict, accuracy, judge, tolerances_for
+from ulsam_deploy.backends.judge import (PRECISIONS, REFERENCE_FIX, Tolerances, Verdict, accuracy, judge, reference_problem,
+                                        tolerances_for)
 from ulsam_deploy.backends.trt.runner import BUILD_ENGINE
 from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved, throughput
 from ulsam_deploy.data.sources import ImageSet, load_images, random_images, resolve_preprocess
@@ -253,13 +254,17 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
         extras.require("bench", "torch", what=f"the model spec '{text}' (seeded random weights)")
         import torch
 
-        from ulsam_deploy.models.mobilenet import MobileNetULSAM
+        from ulsam_deploy.models.mobilenet import MobileNetULSAM, calibrate_batchnorm
 
         torch.manual_seed(seed)
-        spec.module = MobileNetULSAM(config).eval()
+        size = config.input_size
+        gen = torch.Generator().manual_seed(seed)
+        spec.module = calibrate_batchnorm(MobileNetULSAM(config), [  # so that its outputs depend on the input
+            torch.randn(8, config.in_channels, size, size, generator=gen) for _ in range(2)])
         spec.config = config
         spec.random_weights = True
-        spec.notes.append("seeded random weights: latency and parity are meaningful, accuracy is not")
+        spec.notes.append("seeded random weights (BatchNorm statistics from seeded random batches): latency and "
+                          "parity are meaningful, accuracy is not")
     if spec.checkpoint is not None and load_module and extras.missing("torch"):
         spec.notes.append(f"the checkpoint '{spec.checkpoint}' recorded in the sidecar is not loaded: PyTorch is not "
                           "installed")
@@ -510,6 +515,7 @@ class ParityRow:
     accuracy: object | None = None  # judge.Accuracy of this runner (labelled inputs)
     mode: str = ""
     int8_target: str | None = None
+    problem: str | None = None  # the reference's own outputs prove nothing (judge.reference_problem)
 
     @property
     def is_reference(self) -> bool:
@@ -521,7 +527,9 @@ class ParityRow:
 
     @property
     def failures(self) -> list[str]:
-        return [] if self.verdict is None else list(self.verdict.failures)
+        if self.verdict is None:
+            return [] if self.problem is None else [f"its own outputs are {self.problem}; {REFERENCE_FIX}"]
+        return list(self.verdict.failures)
 
     @property
     def tolerances(self) -> Tolerances | None:
@@ -993,8 +1001,9 @@ def _parity(specs, per_model, inputs: dict, options: BenchOptions, warnings, eve
         names = _output_names(entries, len(ref_first))
         ref_acc = accuracy(ref_first[0], labels) if labels is not None else None
         facts = ref.describe_artifact()
+        ref_outputs = [o for hw in ref_sizes for o in outputs[ref.key + (hw,)]]
         rows.append(ParityRow(spec.name, ref.label, ref.precision, ref.artifact, "reference", None, ref_acc,
-                              facts["mode"], facts["int8_target"]))
+                              facts["mode"], facts["int8_target"], reference_problem(ref_outputs)))
         for entry in entries:
             if entry is ref:
                 continue

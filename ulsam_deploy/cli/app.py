@@ -7,7 +7,9 @@ traceback. SIGTERM unwinds like Ctrl-C, so temporary files and folders are remov
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import signal
 import sys
 
@@ -17,8 +19,55 @@ from ulsam_deploy import __version__
 from ulsam_deploy.cli.ui import console, print_error
 from ulsam_deploy.errors import UserError
 
+EXIT_BUG = 70  # an unexpected exception: a bug in ulsam-deploy (sysexits' EX_SOFTWARE)
+EXIT_IO = 74  # the system refused a read or write: disk full, read-only, closed output (sysexits' EX_IOERR)
+
+
+class CommandGroup(typer.core.TyperGroup):
+    """The application's group: a usage error (bad flag, bad value) is one sentence and exit 2, like every other
+    bad input, rather than Click's boxed usage text."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # Click's usage errors (public base class)
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                console.print(ctx.get_help())
+                sys.exit(2)
+            where = f"'{ctx.command_path} --help'" if ctx is not None else "'ulsam-deploy --help'"
+            print_error(f"{usage_sentence(exc)}; see {where}.")
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            print_error("Interrupted; nothing was written.")
+            sys.exit(130)
+        except OSError as exc:  # standard output or error failed outside a command (help, --version)
+            sys.exit(report_os_error(exc))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_sentence(exc) -> str:
+    """Click's message as one sentence; a value outside an option's declared range says the range:
+    '--threads must be from 1 to 256'."""
+    param = getattr(exc, "param", None)
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    opts = getattr(param, "opts", None) or []
+    message = getattr(exc, "message", "") or ""
+    if opts and (low is not None or high is not None) and message.startswith("Input should be"):
+        bound = (f"from {low:g} to {high:g}" if low is not None and high is not None else
+                 f"at least {low:g}" if low is not None else f"at most {high:g}")
+        return f"{max(opts, key=len)} must be {bound}"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    text = " ".join(message.split()).rstrip(".")
+    return text[:1].upper() + text[1:]
+
+
 app = typer.Typer(
     name="ulsam-deploy",
+    cls=CommandGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Export, fuse, build and benchmark MobileNet + ULSAM models for ONNX Runtime and TensorRT.",
     no_args_is_help=True,
     add_completion=False,
@@ -122,12 +171,51 @@ def handle_errors(fn):
                 raise
             print_error("Ran out of memory; use smaller batches, fewer images or a smaller input size.")
             raise typer.Exit(2)
+        except OSError as exc:
+            if STATE["debug"]:
+                raise
+            raise typer.Exit(report_os_error(exc))
         except Exception as exc:  # noqa: BLE001 - last line of defence for users
             if STATE["debug"]:
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            print_error(f"Unexpected {type(exc).__name__}: {first}. Re-run with --debug for the traceback and report it.")
-            raise typer.Exit(1)
+            print_error(f"Unexpected {type(exc).__name__} (a bug in ulsam-deploy): {first}. Re-run with --debug for "
+                        "the traceback and report it.")
+            raise typer.Exit(EXIT_BUG)
+
+    return wrapper
+
+
+def report_os_error(exc: OSError) -> int:
+    """Say which file the system refused and why (on standard error, if that still works); the exit code."""
+    from ulsam_deploy.errors import os_error_sentence
+
+    with contextlib.suppress(OSError, ValueError):
+        print_error(os_error_sentence(exc))
+    return EXIT_IO
+
+
+def require_finite(fn):
+    """Every float option of ``fn`` must be a finite number: NaN and infinity are refused naming the flag (Typer's
+    ranges bound the rest)."""
+    import inspect as pyinspect
+
+    from typer.models import ParameterInfo
+
+    flags = {}
+    for param in pyinspect.signature(fn).parameters.values():
+        info = param.default
+        if isinstance(info, ParameterInfo) and "float" in str(param.annotation):
+            decls = [d for d in getattr(info, "param_decls", None) or () if d.startswith("--")]
+            flags[param.name] = decls[0] if decls else f"--{param.name.replace('_', '-')}"
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for key, flag in flags.items():
+            value = kwargs.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{flag} must be a finite number, not {value}.")
+        return fn(*args, **kwargs)
 
     return wrapper
 
@@ -135,7 +223,7 @@ def handle_errors(fn):
 def command(name: str | None = None, **kwargs):
     """Register a command with the error policy."""
     def decorate(fn):
-        return app.command(name, **kwargs)(handle_errors(document_defaults(fn)))
+        return app.command(name, **kwargs)(handle_errors(require_finite(document_defaults(fn))))
 
     return decorate
 

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.options import ThreadsOpt, csv_list
-from ulsam_deploy.cli.ui import BenchProgress, console, print_warning
+from ulsam_deploy.cli.options import MAX_COUNT, MAX_PIXELS, MAX_SECONDS, MAX_SEED, ThreadsOpt, csv_list
+from ulsam_deploy.cli.ui import BenchProgress, console, print_warning, reports_on_stdout
 from ulsam_deploy.errors import UserError
 
 
@@ -112,20 +112,20 @@ def bench(
     engine: Optional[list[Path]] = typer.Option(None, "--engine", help="TensorRT engine(s) of the (single) model; repeatable."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,8,32."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Input sizes to judge and time, e.g. 224,320,480 (or HxW); needs models with a dynamic H/W export (or checkpoints/specs) [default: the model's size]."),
-    warmup: float = typer.Option(0.5, "--warmup", help="Warm-up per runner and batch, seconds."),
-    iterations: int = typer.Option(10, "--iterations", help="At least this many timed iterations per row."),
-    duration: float = typer.Option(3.0, "--duration", help="At least this many seconds of timed iterations per row."),
+    warmup: float = typer.Option(0.5, "--warmup", min=0, max=MAX_SECONDS, help="Warm-up per runner and batch, seconds."),
+    iterations: int = typer.Option(10, "--iterations", min=1, max=MAX_COUNT, help="At least this many timed iterations per row."),
+    duration: float = typer.Option(3.0, "--duration", min=0, max=MAX_SECONDS, help="At least this many seconds of timed iterations per row."),
     threads: Optional[int] = ThreadsOpt,
     ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime providers: cpu, cuda, trt (comma-separated for several)."),
     device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu or cuda[:N]."),
-    trt_device: int = typer.Option(0, "--trt-device", help="GPU index for TensorRT engines."),
+    trt_device: int = typer.Option(0, "--trt-device", min=0, max=63, help="GPU index for TensorRT engines."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="Real images: ImageFolder dir, idx folder, image, folder or glob [default: seeded random tensors]."),
-    num_inputs: Optional[int] = typer.Option(None, "--num-inputs", help="Random inputs to make [default: 16], or most images to read (a seeded subset) [default: all]."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs (and of spec-built models)."),
+    num_inputs: Optional[int] = typer.Option(None, "--num-inputs", min=1, max=MAX_COUNT, help="Random inputs to make [default: 16], or most images to read (a seeded subset) [default: all]."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the random inputs (and of spec-built models)."),
     label_regex: Optional[str] = typer.Option(None, "--label-regex", help="Take labels from file names: regex with one group (class index or name), e.g. '_(\\d+)$'."),
     mean: Optional[str] = typer.Option(None, "--mean", help="Override mean, e.g. 0.485,0.456,0.406 (one value per input channel) [default: the model's]."),
     std: Optional[str] = typer.Option(None, "--std", help="Override std (positive, one value per input channel) [default: the model's]."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the shorter side to this before the center crop [default: the model's crop]."),
+    resize: Optional[int] = typer.Option(None, "--resize", min=1, max=MAX_PIXELS, help="Resize the shorter side to this before the center crop [default: the model's crop]."),
     crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction (0.875 = resize 256, crop 224) [default: the model's]."),
     threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a parity tolerance: KEY=VALUE or PRECISION:KEY=VALUE (keys: atol, rtol, min_cosine, min_top1_agreement, min_top5_overlap, max_top1_drop; 'none' disables)."),
     parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare every backend with the reference."),
@@ -164,29 +164,30 @@ def bench(
     given = [Path(m) for m in models if Path(m).exists()] + list(onnx or ()) + list(engine or ())
     check_report_paths(json_path=json_path, csv_path=csv_path, markdown_path=markdown_path, chart_path=chart_path,
                        force=force, inputs=given)  # before the run, not after minutes of timing
-    specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
-    with BenchProgress() as progress:
-        report = run_bench(specs, options, event=progress)
-    for table in bench_tables(report):
-        console.print(table)
-    for item in report.skipped:
-        console.print(f"[yellow]skipped[/] {escape(item['model'])} {item['backend']}"
-                      + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {escape(item['reason'])}",
-                      soft_wrap=True)
-    for warning in report.warnings:
-        if warning not in progress.shown:  # the inputs' warnings were shown as the inputs were read
-            print_warning(warning)
-    if any(r.stats.unstable for r in report.latency):
-        print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
-                      "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
-    written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
-                            chart_path=chart_path, force=force, inputs=given)
-    for path in written:
-        console.print(f"[green]Wrote[/] {path}")
-    report.raise_for_parity()
-    compared = sum(not r.is_reference for r in report.parity)
-    if compared:
-        console.print(f"[green]Parity passed[/] for {compared} backend(s).")
-    elif parity:
-        print_warning("Nothing was compared for parity: each model ran on one backend only (see 'skipped' above); "
-                      "give the checkpoint, or more artifacts with --onnx/--engine, to compare backends.")
+    with reports_on_stdout((json_path, csv_path, markdown_path)):
+        specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
+        with BenchProgress() as progress:
+            report = run_bench(specs, options, event=progress)
+        for table in bench_tables(report):
+            console.print(table)
+        for item in report.skipped:
+            console.print(f"[yellow]skipped[/] {escape(item['model'])} {item['backend']}"
+                          + (f" (batch {item['batch']})" if item.get("batch") else "") + f": {escape(item['reason'])}",
+                          soft_wrap=True)
+        for warning in report.warnings:
+            if warning not in progress.shown:  # the inputs' warnings were shown as the inputs were read
+                print_warning(warning)
+        if any(r.stats.unstable for r in report.latency):
+            print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
+                          "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
+        written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
+                                chart_path=chart_path, force=force, inputs=given)
+        for path in written:
+            console.print(f"[green]Wrote[/] {path}")
+        report.raise_for_parity()
+        compared = sum(not r.is_reference for r in report.parity)
+        if compared:
+            console.print(f"[green]Parity passed[/] for {compared} backend(s).")
+        elif parity:
+            print_warning("Nothing was compared for parity: each model ran on one backend only (see 'skipped' above); "
+                          "give the checkpoint, or more artifacts with --onnx/--engine, to compare backends.")

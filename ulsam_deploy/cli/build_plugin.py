@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.options import MAX_THREADS
 from ulsam_deploy.cli.ui import console, print_warning, stage
 from ulsam_deploy.errors import UserError
 
@@ -20,8 +21,8 @@ def build_plugin_cmd(
     cuda_home: Optional[Path] = typer.Option(None, "--cuda-home", help="CUDA toolkit root (default: CUDA_HOME, /usr/local/cuda, nvcc's)."),
     launcher_only: bool = typer.Option(False, "--launcher-only", help="Build only the PTX launcher and its self-test (no TensorRT needed)."),
     selftest: bool = typer.Option(False, "--selftest", help="Run the GPU self-test after building (kernel vs CPU reference)."),
-    clean: bool = typer.Option(False, "--clean", help="Delete the build folder first."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel build jobs."),
+    clean: bool = typer.Option(False, "--clean", help="Delete the build folder first (only a folder build-plugin made)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, max=MAX_THREADS, help="Parallel build jobs."),
 ) -> None:
     """Build the TensorRT plugin library (C++ IPluginV3 + the AOT Triton kernel) with CMake."""
     from ulsam_deploy.backends.trt.plugin_build import build_plugin, run_selftest

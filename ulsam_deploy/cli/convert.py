@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.options import ForceOpt, ThreadsOpt
+from ulsam_deploy.cli.options import ForceOpt, MAX_COUNT, ThreadsOpt
 from ulsam_deploy.cli.ui import RichEvents, console
 
 
@@ -21,13 +21,13 @@ def convert(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX to write [default: MODEL.fp16.onnx, MODEL.int8.onnx or MODEL.int8-ort.onnx]."),
     io: str = typer.Option("fp32", "--io", help="fp16: graph input/output type, fp32 or fp16."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8: real calibration images (ImageFolder, flat folder, or a folder of idx files: its train split)."),
-    calib_limit: int = typer.Option(512, "--calib-limit", help="int8: calibration images to use at most (a seeded random subset)."),
+    calib_limit: int = typer.Option(512, "--calib-limit", min=1, max=MAX_COUNT, help="int8: calibration images to use at most (a seeded random subset)."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="int8: percentile, minmax or entropy [default: percentile for tensorrt, minmax for ort]."),
     reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--full-range", show_default=False, help="int8 --target ort: 7-bit weights [default: on where the CPU has no VNNI / dot product, as ONNX Runtime advises]."),
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="Real images to verify on [default: the Fashion-MNIST test set (10,000 images) or foolbox's 20 ImageNet photos, whichever fits the model]."),
-    verify_limit: Optional[int] = typer.Option(None, "--verify-limit", help="Verification images to use at most [default: all]."),
-    min_agreement: float = typer.Option(0.995, "--min-agreement", help="fp16 gate: top-1 agreement with fp32."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="int8 gate: top-1 accuracy points lost against fp32."),
+    verify_limit: Optional[int] = typer.Option(None, "--verify-limit", min=1, max=MAX_COUNT, help="Verification images to use at most [default: all]."),
+    min_agreement: float = typer.Option(0.995, "--min-agreement", min=0, max=1, help="fp16 gate: top-1 agreement with fp32."),
+    max_drop: float = typer.Option(1.0, "--max-drop", min=0, max=100, help="int8 gate: top-1 accuracy points lost against fp32."),
     threshold: Optional[list[str]] = typer.Option(None, "--threshold", help="Override a tolerance of the gate, as bench's --threshold: KEY=VALUE or PRECISION:KEY=VALUE."),
     fuse: bool = typer.Option(False, "--fuse", help="Fuse ULSAM blocks into SubspaceAttention (int8: after quantizing)."),
     threads: Optional[int] = ThreadsOpt,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.options import ThreadsOpt, csv_list
+from ulsam_deploy.cli.options import MAX_COUNT, ThreadsOpt, csv_list
 from ulsam_deploy.cli.ui import BenchProgress, RichEvents, console
 from ulsam_deploy.errors import UserError
 
@@ -19,7 +19,7 @@ def demo(
     model: str = typer.Option("fashion-mnist", "--model", help="Bundled model: fashion-mnist (trained, the default) or imagenet (MV2 + untrained ULSAM 17:1)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder [default: reports/demo-<model>-<time>]."),
     quick: bool = typer.Option(False, "--quick", help="Same pipeline, fewer images, batch 1 only, short timing (CI)."),
-    images: Optional[int] = typer.Option(None, "--images", help="Held-out real images to bench on [default: 1000; quick 200]."),
+    images: Optional[int] = typer.Option(None, "--images", min=1, max=MAX_COUNT, help="Held-out real images to bench on [default: 1000; quick 200]."),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes to time, e.g. 1,32 [default: 1,32; quick 1]."),
     threads: Optional[int] = ThreadsOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),

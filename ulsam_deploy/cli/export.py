@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.options import ArchOpt, ClassesOpt, ForceOpt, GroupsOpt, UlsamOpt, WidthOpt, model_overrides
+from ulsam_deploy.cli.options import ArchOpt, ClassesOpt, ForceOpt, GroupsOpt, MAX_COUNT, UlsamOpt, WidthOpt, model_overrides
 from ulsam_deploy.cli.ui import RichEvents, console
 
 
@@ -18,9 +18,9 @@ def export(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="Checkpoint (.pt/.pth): ours, a bare state dict, or a DataParallel/Lightning one."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write [default: CHECKPOINT with .onnx]."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-21; TensorRT 10 reads up to 20)."),
-    static_batch: Optional[int] = typer.Option(None, "--static-batch", help="Fix the batch axis to N [default: dynamic batch]."),
+    static_batch: Optional[int] = typer.Option(None, "--static-batch", min=1, max=MAX_COUNT, help="Fix the batch axis to N [default: dynamic batch]."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
-    atol: float = typer.Option(1e-4, "--atol", help="Largest allowed |ONNX Runtime - PyTorch| difference."),
+    atol: float = typer.Option(1e-4, "--atol", min=0, help="Largest allowed |ONNX Runtime - PyTorch| difference."),
     exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
     fuse: bool = typer.Option(False, "--fuse", help="Also fuse ULSAM blocks into SubspaceAttention nodes."),
     features: Optional[str] = typer.Option(None, "--features", help="Export a backbone: the feature maps after these paper layers (e.g. 7,14,19) or strides (s8,s16,s32), named feat_s8..., no classifier."),

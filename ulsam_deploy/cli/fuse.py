@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ulsam_deploy.cli.app import command
-from ulsam_deploy.cli.options import ForceOpt
+from ulsam_deploy.cli.options import ForceOpt, MAX_SEED
 from ulsam_deploy.cli.ui import RichEvents, console, print_warning
 
 
@@ -17,8 +17,8 @@ from ulsam_deploy.cli.ui import RichEvents, console, print_warning
 def fuse(
     model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model to fuse (run after export/onnxsim)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Fused ONNX to write [default: MODEL.fused.onnx]."),
-    atol: float = typer.Option(1e-5, "--atol", help="Largest allowed |fused - unfused| on ONNX Runtime."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the parity inputs."),
+    atol: float = typer.Option(1e-5, "--atol", min=0, help="Largest allowed |fused - unfused| on ONNX Runtime."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the parity inputs."),
     force: bool = ForceOpt,
 ) -> None:
     """Replace every ULSAM block with one SubspaceAttention node, proven equal to the unfused graph on ONNX Runtime."""

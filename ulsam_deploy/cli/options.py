@@ -8,6 +8,13 @@ import typer
 
 from ulsam_deploy.errors import UserError
 
+# bounds every numeric flag is held to (Typer ranges: the value is refused naming the flag)
+MAX_THREADS = 256  # more threads than any board or server has cores; 100000 made ONNX Runtime crash
+MAX_SECONDS = 3600.0  # one warm-up or timing phase
+MAX_COUNT = 10_000_000  # images, iterations, batch sizes
+MAX_SEED = 2**32 - 1  # NumPy's and PyTorch's common seed range
+MAX_PIXELS = 16_384  # one side of an image
+
 ArchOpt = typer.Option(None, "--arch", help="mv1 or mv2, for checkpoints that do not describe themselves [default: the checkpoint's; train: mv2].")
 WidthOpt = typer.Option(None, "--width", help="Width multiplier (1.0, 0.75, 0.5, ...) [default: the checkpoint's, else 1.0].")
 UlsamOpt = typer.Option(None, "--ulsam", help="ULSAM positions in the paper's notation, e.g. '8:1,9:1,11' or '14,17' [default: the checkpoint's, else none].")
@@ -15,7 +22,7 @@ GroupsOpt = typer.Option(None, "--groups", help="ULSAM groups g (1, 2, 4, 8, 16)
 ClassesOpt = typer.Option(None, "--num-classes", help="Number of classes [default: the checkpoint's, else 1000].")
 SizeOpt = typer.Option(None, "--input-size", help="Input resolution (square) [default: the checkpoint's, else 224].")
 ForceOpt = typer.Option(False, "--force", help="Replace existing output files (never links, devices or folders).")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
+ThreadsOpt = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
 
 
 def model_overrides(arch, width, ulsam, groups, num_classes, input_size) -> dict:

@@ -15,9 +15,32 @@ from ulsam_deploy.backends.trt.progress import BuildPhases
 from ulsam_deploy.events import Events
 
 # logs and pipes get wide lines (bench's table has 15 columns): $COLUMNS, else 180
-console = Console(stderr=False, highlight=False,
-                  width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 180))
+def _pipe_width() -> int | None:
+    """$COLUMNS when it is a sensible number, else 180 (bench's table has 15 columns); None on a terminal."""
+    if sys.stdout.isatty():
+        return None
+    text = os.environ.get("COLUMNS", "")
+    return int(text) if text.isdigit() and 20 <= int(text) <= 10_000 else 180
+
+
+console = Console(stderr=False, highlight=False, width=_pipe_width())
 err_console = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def reports_on_stdout(paths):
+    """While a report goes to standard output ('-'), everything else the command shows goes to standard error,
+    so that the report can be parsed."""
+    from ulsam_deploy.artifacts import is_stdout
+
+    if not any(is_stdout(p) for p in paths):
+        yield
+        return
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = None
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ _EXPORTS = {
                                                     "load_pretrained", "save_checkpoint")},
     **{n: "ulsam_deploy.models.config" for n in ("ARCHS", "FeatureTap", "ModelConfig", "feature_taps", "layer_specs",
                                                  "network_stride")},
-    **{n: "ulsam_deploy.models.mobilenet" for n in ("Backbone", "MobileNetULSAM", "build_model")},
+    **{n: "ulsam_deploy.models.mobilenet" for n in ("Backbone", "MobileNetULSAM", "build_model", "calibrate_batchnorm")},
     **{n: "ulsam_deploy.models.positions" for n in ("LayerSpec", "Position", "parse_positions")},
     **{n: "ulsam_deploy.models.profile" for n in ("ModelCost", "profile_model")},
     **{n: "ulsam_deploy.models.ulsam" for n in ("ULSAM", "FoldedULSAM", "ULSAMExport", "fold_ulsam")},

@@ -156,15 +156,38 @@ def _strip_prefixes(state: dict) -> dict:
     return state
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensors(state: dict, path) -> dict:
+    """Refuse tensors that would be cast or could not be read as weights: quantized, integer or complex values where
+    floats belong, sparse or other non-dense layouts, and tensors without data (the meta device)."""
+    for key, value in state.items():
+        what = None
+        if value.layout != torch.strided:
+            what = f"a {str(value.layout).replace('torch.', '')} tensor (dense weights expected)"
+        elif value.device.type == "meta":
+            what = "a tensor without data (the meta device)"
+        elif key.endswith("num_batches_tracked"):
+            if value.dtype.is_floating_point or value.dtype.is_complex:
+                what = f"{str(value.dtype).replace('torch.', '')} (an integer count expected)"
+        elif value.dtype not in FLOAT_DTYPES:
+            what = f"{str(value.dtype).replace('torch.', '')} values (float weights expected; nothing is cast)"
+        if what is not None:
+            raise CheckpointError(f"'{path}' holds {what} at '{key}'; save the float model's state_dict "
+                                  "(dequantized, dense, on the CPU) and export that.")
+    return state
+
+
 def extract_state_dict(obj: object, path: str | os.PathLike = "checkpoint") -> tuple[dict, dict]:
-    """Return (state_dict, container) for any accepted layout."""
+    """Return (state_dict, container) for any accepted layout; every tensor is checked (:func:`check_tensors`)."""
     container: dict = obj if isinstance(obj, dict) else {}
     if _is_state_dict(obj):
-        return _strip_prefixes(dict(obj)), {}
+        return check_tensors(_strip_prefixes(dict(obj)), path), {}
     for key in ("state_dict", "model", "model_state_dict", "weights"):
         inner = container.get(key)
         if _is_state_dict(inner):
-            return _strip_prefixes(dict(inner)), container
+            return check_tensors(_strip_prefixes(dict(inner)), path), container
     raise CheckpointError(
         f"'{path}' holds no state dict (expected tensors, or a dict with 'state_dict' or 'model'); "
         "save it with torch.save(model.state_dict(), path)."

@@ -140,6 +140,9 @@ class Step:
         self.sidecar_file = sidecar_path(self.output) if sidecar else None
         if self.sidecar_file is not None:
             check_output(self.sidecar_file, force=True, what="sidecar", inputs=guarded)
+            if not force and self.sidecar_file.is_file():
+                raise UserError(f"'{self.sidecar_file}' already exists (where the sidecar of '{self.output.name}' goes); "
+                                "pass --force to replace it or choose another output path.")
         self.inputs = [Path(p) for p in inputs]
         self.events = events
         self.options = dict(options or {})
@@ -167,8 +170,14 @@ class Step:
         with self.stage("Checking with onnx.checker", "check"):
             return finalize_onnx(model)
 
-    def require(self, verdict, what: str, fix: str) -> None:
-        """Raise ParityError (nothing written) unless the judge passed ``verdict``."""
+    def require(self, verdict, what: str, fix: str, *, reference: str = "the input model") -> None:
+        """Raise ParityError (nothing written) unless the judge passed ``verdict``. A reference whose own outputs
+        prove nothing (NaN, all zero, constant) is blamed, not this step."""
+        from ulsam_deploy.backends.judge import REFERENCE_FIX
+
+        if verdict.reference_problem is not None:
+            raise ParityError(f"The outputs of {reference} are {verdict.reference_problem}, so parity would prove "
+                              f"nothing and nothing was written; {REFERENCE_FIX}.")
         if not verdict.passed:
             raise ParityError(f"{what}: {verdict.sentence()}; nothing was written ({fix}).")
 

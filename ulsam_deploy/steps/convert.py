@@ -232,7 +232,8 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
         step.require(verdict, f"{precision} misses its gate on {len(verify_set)} real images",
                      "try more calibration images, another --calib-method, --target ort for ONNX Runtime, or "
                      "labelled --verify-data" if precision == "int8" else
-                     "keep more ops in fp32, or lower --min-agreement if that is acceptable")
+                     "keep more ops in fp32, or lower --min-agreement if that is acceptable",
+                     reference="the fp32 model on ONNX Runtime")
         new = sidecar.model_copy(deep=True)
         new.precision = precision
         new.int8_target = options.target if precision == "int8" else None

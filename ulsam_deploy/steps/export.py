@@ -290,7 +290,8 @@ def export_model(model, info, output: str | os.PathLike, options: ExportOptions,
                     names += [tag] if not taps else [f"{tag}/{n}" for n in cand.output_names]
             verdict = judge(refs, cands, Tolerances(atol=options.atol), names=names, classifier=False)
         step.require(verdict, f"ONNX Runtime differs from PyTorch (max abs {verdict.max_abs:.3g}, --atol "
-                     f"{options.atol:g})", "re-export with --no-simplify or --exporter dynamo, or report this model")
+                     f"{options.atol:g})", "re-export with --no-simplify or --exporter dynamo, or report this model",
+                     reference="the checkpoint in PyTorch")
         checkpoint = Path(source).resolve() if source is not None and Path(source).is_file() else None
         graph_inputs, graph_outputs = io_specs(proto)
         by_name = {t.name: t for t in taps or []}

@@ -105,7 +105,8 @@ def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = 
             verdict = prove_on_ort(original, fused, shapes, Tolerances(atol=atol), seed,
                                    probes=tuple(b["output"] for b in report["blocks"]))
         step.require(verdict, f"The fused graph differs from the unfused one on ONNX Runtime (max abs "
-                     f"{verdict.max_abs:.3g}, --atol {atol:g})", "this is a fusion bug; please report it with the model")
+                     f"{verdict.max_abs:.3g}, --atol {atol:g})", "this is a fusion bug; please report it with the model",
+                     reference="the unfused model on ONNX Runtime")
         if sidecar is None:
             inputs, outputs = io_specs(original)
             sidecar = OnnxSidecar(onnx=model_path.name, sha256="0" * 64, inputs=[TensorSpec(**i) for i in inputs],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,10 +215,7 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
     if trt is not None and trt.major is not None and trt.major < 10:
         raise BackendUnavailable(f"TensorRT {trt.version} found in {trt.include_dir}; the plugin "
                                  "uses IPluginV3 and needs TensorRT 10 or newer.")
-    bdir = Path(build_dir) if build_dir else Path.cwd() / DEFAULT_BUILD_DIR
-    if clean and bdir.exists():
-        shutil.rmtree(bdir)
-    bdir.mkdir(parents=True, exist_ok=True)
+    bdir = prepare_build_dir(Path(build_dir) if build_dir else Path.cwd() / DEFAULT_BUILD_DIR, clean=clean)
     cuda_root = cuda_inc.parent if cuda_inc.name == "include" else cuda_inc
     args = [cmake, "-S", str(src), "-B", str(bdir), f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DULSAM_KERNEL_IMAGE_DIR={images}", f"-DCUDAToolkit_ROOT={cuda_root}",
@@ -244,6 +242,62 @@ def build_plugin(build_dir: str | os.PathLike | None = None, *,
                              selftest if selftest.is_file() else None,
                              psel if psel.is_file() else None, trt, cuda_inc, logs,
                              stub if stub.is_file() else None, stub_noid if stub_noid.is_file() else None)
+
+
+BUILD_MARKER = ".ulsam-deploy-plugin-build"  # written into every build folder this tool configures
+
+
+def is_plugin_build_dir(folder: Path) -> bool:
+    """A folder this tool configured: it holds our marker, or a CMake cache of our plugin project."""
+    if (folder / BUILD_MARKER).is_file():
+        return True
+    cache = folder / "CMakeCache.txt"
+    try:
+        text = cache.read_text(errors="replace") if cache.is_file() and cache.stat().st_size < (8 << 20) else ""
+    except OSError:
+        return False
+    return re.search(r"^CMAKE_PROJECT_NAME:\w+=ulsam_subspace_attention$", text, re.M) is not None
+
+
+def prepare_build_dir(bdir: Path, *, clean: bool) -> Path:
+    """Check the build folder before any work and return it, created and marked as ours.
+
+    A link, a file or a special file is refused. A folder that holds files is used (or, with ``clean``,
+    deleted) only when it is recognisably a plugin build folder of ours; a user's own folder is never
+    written into or removed.
+    """
+    try:
+        st = os.lstat(bdir)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UserError(f"Cannot use '{bdir}' as the build folder ({exc.strerror}); give another --build-dir.") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise UserError(f"The build folder '{bdir}' is a symbolic link; give the real folder's path or a new "
+                            "one with --build-dir.")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UserError(f"The build folder '{bdir}' is not a folder (a file or special file); give a new "
+                            "folder with --build-dir.")
+        if any(bdir.iterdir()) and not is_plugin_build_dir(bdir):
+            raise UserError(f"The build folder '{bdir}' holds files that are not a plugin build of ulsam-deploy; "
+                            "it is left alone (nothing is written or deleted there): give an empty or new folder "
+                            "with --build-dir.")
+        if clean:
+            shutil.rmtree(bdir)
+    probe = bdir.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"Cannot create the build folder '{bdir}': '{probe}' is a file, not a folder; give another "
+                        "--build-dir.")
+    try:
+        bdir.mkdir(parents=True, exist_ok=True)
+        (bdir / BUILD_MARKER).write_text("a CMake build folder of ulsam-deploy build-plugin; "
+                                         "build-plugin --clean may delete this folder\n")
+    except OSError as exc:
+        raise UserError(f"Cannot create the build folder '{bdir}' ({exc.strerror}); give a writable --build-dir.") from None
+    return bdir
 
 
 def build_record_path(library: str | os.PathLike) -> Path:
