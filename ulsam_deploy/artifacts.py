@@ -33,6 +33,7 @@ SIDECAR_VERSION = 2
 _SHA256 = r"^[0-9a-f]{64}$"
 BUNDLED_PREFIX = "bundled:"  # a sidecar's checkpoint 'bundled:NAME' is the bundled model NAME (see demo)
 STDOUT_NAMES = ("-", "/dev/stdout")
+STDOUT_CLOSED = False  # set by the CLI when the caller closed standard output
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -43,6 +44,27 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def user_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """A path as the user typed it, made usable once for every command: ``~`` and ``~user`` expanded (an unknown
+    user is one sentence), and a name that is not valid text in this locale refused before any work."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise UserError(f"The {what} '{shown}' is not valid UTF-8; rename it, or give a path in plain text.") from None
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):
+            user = text[1:].split(os.sep, 1)[0]
+            raise UserError(f"The {what} '{text}' starts with '~{user}', but there is no user '{user}' here; give the "
+                            "folder's full path.")
+        text = expanded
+    return Path(text)
 
 
 def is_stdout(path: str | os.PathLike | None) -> bool:
@@ -149,8 +171,15 @@ def write_text_output(text: str, path: str | os.PathLike, *, force: bool, what: 
     nowhere for ``/dev/null``."""
     if is_stream(path):
         if is_stdout(path):
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            if STDOUT_CLOSED:
+                raise IOFailure(f"The {what} was asked for on standard output ('{path}'), which is closed; keep it "
+                                "open or give a file path.")
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError as exc:
+                raise IOFailure(f"Cannot write the {what} to standard output ({exc.strerror or exc}); give a file "
+                                "path instead.") from None
         return None
     check_output(path, force=force, what=what)
     return write_bytes(text.encode(), path)

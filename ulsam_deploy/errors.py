@@ -60,7 +60,7 @@ def os_error_sentence(exc: OSError, target: str | None = None) -> str:
     if name is None and exc.errno in (errno.EPIPE, errno.EBADF):
         return (f"Standard output or error was closed before everything was written ({reason}); keep the reading "
                 "end open, or write reports to a file.")
-    where = f"'{name}'" if name is not None else "a file"
+    where = f"'{name}'" if name is not None else "standard output or a file"
     fixes = {errno.ENOSPC: "free some space or choose another location",
              errno.EDQUOT: "free some space or choose another location",
              errno.EROFS: "choose a writable location",

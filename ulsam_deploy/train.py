@@ -537,11 +537,38 @@ def check_run_folder(out: Path, opts: TrainOptions) -> None:
     check_output(out / "final.pt", force=True, what="run's final checkpoint")
 
 
+def _check_resume_fields(container: dict, path: Path) -> None:
+    """A resume point is untrusted input: the epoch, the history and the recipe must have their types, or the run
+    stops here in one sentence (rather than deep inside training)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    state, recipe = container.get("train_state"), container["meta"].get("recipe")
+    problem = None
+    try:
+        if not isinstance(state, dict) or not isinstance(recipe, dict):
+            problem = "train_state and meta.recipe must be dicts"
+        elif type(state.get("epoch")) is not int or state["epoch"] < 1:
+            problem = f"train_state.epoch must be a whole number of at least 1, not {state.get('epoch')!r}"
+        elif not isinstance(state.get("optimizer"), dict):
+            problem = "train_state.optimizer must be the optimizer's state dict"
+        else:
+            TypeAdapter(list[EpochRecord]).validate_python(state.get("history"), strict=False)
+            known = {f.name for f in fields(TrainOptions)}
+            TypeAdapter(TrainOptions).validate_python({k: v for k, v in recipe.items() if k in known})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "a field"
+        problem = f"{where}: {first['msg'].lower()}"
+    if problem is not None:
+        raise UserError(f"'{path}' cannot be resumed ({problem[:200]}); start a new run with --force.")
+
+
 def _resume_state(opts: TrainOptions, path: Path) -> tuple[dict, TrainOptions]:
     """The checkpoint to resume from, and the run's recipe with the flags that may change applied."""
     container = read_checkpoint_file(path)
     if not isinstance(container, dict) or "train_state" not in container or "recipe" not in (container.get("meta") or {}):
         raise UserError(f"'{path}' is not a resumable training checkpoint of this tool; start a new run with --force.")
+    _check_resume_fields(container, path)
     recipe = container["meta"]["recipe"]
     given = opts.recipe_dict()
     differs = [k for k, v in given.items() if k not in RESUME_FREE and v is not None and k in recipe

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-from ulsam_deploy.artifacts import check_input_file
+from ulsam_deploy.artifacts import check_input_file, user_path
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
 from ulsam_deploy.backends.judge import (PRECISIONS, REFERENCE_FIX, Tolerances, Verdict, accuracy, judge, reference_problem,
                                         tolerances_for)
@@ -228,7 +228,7 @@ def resolve_model(arg: str | os.PathLike, *, onnx: Sequence = (), engines: Seque
     recorded in an ONNX sidecar is left unloaded without torch, and the torch backend is skipped with that reason.
     """
     text = str(arg)
-    path = Path(text).expanduser()
+    path = user_path(text, "model")
     spec = ModelSpec(name=path.stem if path.exists() else text)
     if path.is_dir():
         raise UserError(f"'{path}' is a directory; give a checkpoint (.pt), an ONNX file or an engine to bench.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
 import sys
 
@@ -195,9 +196,9 @@ def report_os_error(exc: OSError) -> int:
     return EXIT_IO
 
 
-def require_finite(fn):
-    """Every float option of ``fn`` must be a finite number: NaN and infinity are refused naming the flag (Typer's
-    ranges bound the rest)."""
+def checked_inputs(fn):
+    """Values are checked where they enter: every float option of ``fn`` must be finite (NaN and infinity are
+    refused naming the flag; Typer's ranges bound the rest), and every path goes through ``artifacts.user_path``."""
     import inspect as pyinspect
 
     from typer.models import ParameterInfo
@@ -211,10 +212,19 @@ def require_finite(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from pathlib import PurePath
+
+        from ulsam_deploy.artifacts import user_path
+
         for key, flag in flags.items():
             value = kwargs.get(key)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{flag} must be a finite number, not {value}.")
+        for key, value in kwargs.items():  # every path, once: '~' expanded, names that are not text refused
+            if isinstance(value, PurePath):
+                kwargs[key] = user_path(value, f"path given to --{key.replace('_', '-')}")
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, PurePath) for v in value):
+                kwargs[key] = type(value)(user_path(v, f"path given to --{key.replace('_', '-')}") for v in value)
         return fn(*args, **kwargs)
 
     return wrapper
@@ -223,30 +233,62 @@ def require_finite(fn):
 def command(name: str | None = None, **kwargs):
     """Register a command with the error policy."""
     def decorate(fn):
-        return app.command(name, **kwargs)(handle_errors(require_finite(document_defaults(fn))))
+        return app.command(name, **kwargs)(handle_errors(checked_inputs(document_defaults(fn))))
 
     return decorate
 
 
 def _on_sigterm(_signum, _frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # unwind once: a second SIGTERM must not interrupt the cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Terminated()
+
+
+def _on_sigint(_signum, _frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # unwind once: a second Ctrl-C must not interrupt the cleanup
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt()
+
+
+def reopen_closed_streams() -> None:
+    """A standard stream closed by the caller (``cmd >&-``) is reopened on /dev/null before anything is opened, so
+    that no file the command opens later takes its number and receives its output; a report asked for on that
+    standard output is then refused (``artifacts.STDOUT_CLOSED``)."""
+    from ulsam_deploy import artifacts
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+        if fd == 1:
+            artifacts.STDOUT_CLOSED = True
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: ``--debug`` is honoured wherever it appears (before ``--``)."""
+    reopen_closed_streams()
     args = list(sys.argv[1:] if argv is None else argv)
     cut = args.index("--") if "--" in args else len(args)
     if "--debug" in args[:cut]:
         STATE["debug_anywhere"] = True
         args = [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
     try:
         app(args=args, prog_name="ulsam-deploy")
     except Terminated:  # outside a command (while parsing the command line): nothing to clean up
         sys.exit(143)
+    except KeyboardInterrupt:
+        sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 # the commands register themselves on import; none of these modules imports torch, onnx or a runtime at import time

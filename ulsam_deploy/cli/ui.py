@@ -17,7 +17,7 @@ from ulsam_deploy.events import Events
 # logs and pipes get wide lines (bench's table has 15 columns): $COLUMNS, else 180
 def _pipe_width() -> int | None:
     """$COLUMNS when it is a sensible number, else 180 (bench's table has 15 columns); None on a terminal."""
-    if sys.stdout.isatty():
+    if sys.stdout is None or sys.stdout.isatty():
         return None
     text = os.environ.get("COLUMNS", "")
     return int(text) if text.isdigit() and 20 <= int(text) <= 10_000 else 180

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from ulsam_deploy.errors import UserError
 
 MAX_PIXELS = 50_000_000  # larger files are refused before decoding (decompression bombs)
+MAX_ASPECT = 64  # a thinner image is refused: resizing its shorter side first would need gigabytes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -97,6 +98,9 @@ def read_image(path: str | os.PathLike, preprocess: Preprocess) -> np.ndarray:
             if w * h > MAX_PIXELS:
                 raise UserError(f"'{path}' is {w}x{h} pixels, more than the {MAX_PIXELS:,} ulsam-deploy decodes "
                                 "(a decompression bomb or a wrong file); remove it or shrink it.")
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                raise UserError(f"'{path}' is {w}x{h} pixels, more than {MAX_ASPECT}:1, so resizing its shorter side "
+                                "before the center crop would make a huge image; crop it first or remove it.")
             image.load()
             return preprocess.to_uint8(image)
     except FileNotFoundError:

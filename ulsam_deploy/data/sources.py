@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ulsam_deploy.data.images import IMAGE_EXTENSIONS, Preprocess, read_image
+from ulsam_deploy.artifacts import user_path
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.limits import fit_count
 
@@ -209,14 +210,36 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def walk_files(root: Path) -> list[Path]:
+    """Every file below ``root`` in sorted order. Linked folders are followed, but each folder is read once: a link
+    back up the tree (a loop) ends there instead of walking forever; hidden folders are skipped."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [Path(folder) / f for f in files]
+    return sorted(found)
+
+
 def discover(spec: str | os.PathLike) -> tuple[list[Path], list[str | None], str]:
     """Image files, their class-folder token (or None) and the layout (``imagefolder``, ``folder``,
     ``file``, ``glob``) of ``spec``."""
     text = str(spec)
-    path = Path(text).expanduser()
+    if not text.strip():
+        raise UserError("The image input is empty; give an image, a folder of images, an ImageFolder directory, a "
+                        "folder of idx files or a glob.")
+    path = user_path(text, "image input")
     if any(ch in text for ch in "*?[") and not path.exists():
-        files = [f for f in sorted(Path(p) for p in globlib.glob(os.path.expanduser(text), recursive=True))
-                 if _is_image(f)]
+        files = [f for f in sorted(Path(p) for p in globlib.glob(str(path), recursive=True)) if _is_image(f)]
         if not files:
             raise UserError(f"No image files match '{text}'; check the pattern (supported: {', '.join(IMAGE_EXTENSIONS)}).")
         return files, [None] * len(files), "glob"
@@ -225,7 +248,7 @@ def discover(spec: str | os.PathLike) -> tuple[list[Path], list[str | None], str
                         "a folder of idx files or a glob.")
     if path.is_file():
         return [path], [None], "file"
-    class_files = [(f, sub.name) for sub in class_folders(path) for f in sorted(sub.rglob("*")) if _is_image(f)]
+    class_files = [(f, sub.name) for sub in class_folders(path) for f in walk_files(sub) if _is_image(f)]
     loose = sorted(f for f in path.iterdir() if _is_image(f))
     if class_files and not loose:
         return [f for f, _ in class_files], [c for _, c in class_files], "imagefolder"
@@ -251,8 +274,8 @@ def load_images(spec: str | os.PathLike, preprocess: Preprocess, *, split: str =
     """Read, preprocess and label the images of ``spec`` (see the module docstring)."""
     if limit is not None and int(limit) < 1:
         raise UserError(f"The image limit must be a positive number, not {limit}.")
-    if is_idx_dir(Path(str(spec)).expanduser()):
-        return load_idx(Path(str(spec)).expanduser(), preprocess, split, limit, seed)
+    if str(spec).strip() and is_idx_dir(user_path(spec, "image input")):
+        return load_idx(user_path(spec, "image input"), preprocess, split, limit, seed)
     files, tokens, kind = discover(spec)
     if label_regex:
         try:
