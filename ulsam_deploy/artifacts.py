@@ -259,6 +259,10 @@ def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
     if size > MAX_ONNX_BYTES:
         raise UserError(f"'{path}' is {size / 2**30:.1f} GiB, larger than an ONNX file can be (2 GiB, external data "
                         "aside); it is not an ONNX model: check the path.")
+    from ulsam_deploy.limits import require_memory
+
+    require_memory(size * 3, f"Reading '{path}' ({size / 2**20:.0f} MiB)", "it is not a MobileNet model: check the "
+                   "path, or read it on a larger machine")  # the bytes, the parsed proto and a copy
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, external-data errors and friends
@@ -266,7 +270,23 @@ def load_onnx(path: str | os.PathLike, what: str = "ONNX file"):
         raise UserError(f"'{path}' is not a readable ONNX model ({reason}); re-export it.") from None
     if not model.HasField("graph") or not model.graph.node or not model.graph.output:
         raise UserError(f"'{path}' holds no ONNX graph (no nodes or no outputs); it is not a model: re-export it.")
+    unsorted = first_unsorted_node(model.graph)
+    if unsorted is not None:
+        raise UserError(f"'{path}' is not a valid ONNX graph: node '{unsorted}' reads a tensor that no earlier node, "
+                        "input or initializer gives (a cycle, or nodes out of order); re-export the model.")
     return model
+
+
+def first_unsorted_node(graph) -> str | None:
+    """The first node (name or op type) of the main graph that reads a tensor not produced before it, or None.
+    ONNX requires topological order, and a cycle can never have one."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    known |= {t.values.name for t in getattr(graph, "sparse_initializer", [])}
+    for node in graph.node:
+        if any(name not in known for name in node.input):
+            return node.name or node.op_type
+        known.update(node.output)
+    return None
 
 
 # ---------------------------------------------------------------------------------------- sidecars

@@ -69,8 +69,18 @@ def fit_side(side: int, bytes_per_pixel: int, what: str, flag: str, *, budget: i
     return int(side)
 
 
+def require_memory(need: int, what: str, fix: str, *, budget: int | None = None) -> None:
+    """A UserError when ``what`` (a phrase: 'Proving parity at 4096x4096') needs more than the memory budget."""
+    from ulsam_deploy.errors import UserError
+
+    budget = int((available_memory() if budget is None else budget) * HEADROOM)
+    if int(need) > budget:
+        raise UserError(f"{what} needs about {_gib(int(need))} of memory, more than this machine can spare "
+                        f"({_gib(budget)}); {fix}.")
+
+
 def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
 
 
-__all__ = ["available_memory", "fit_count", "fit_side", "fit_weights"]
+__all__ = ["available_memory", "fit_count", "fit_side", "fit_weights", "require_memory"]

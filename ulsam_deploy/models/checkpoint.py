@@ -78,6 +78,11 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     if size * 2 > available_memory() * HEADROOM:  # the file's bytes and the tensors read from them
         raise CheckpointError(f"Checkpoint '{path}' is {size / 2**30:.1f} GiB, more than this machine can load; it is "
                               "not a MobileNet checkpoint, or load it on a larger machine.")
+    unpacked = _unpacked_size(path)
+    if unpacked * 2 > available_memory() * HEADROOM:
+        raise CheckpointError(f"Checkpoint '{path}' unpacks to {unpacked / 2**30:.1f} GiB ({size / 2**20:.1f} MiB on "
+                              "disk), more than this machine can load; it is not a MobileNet checkpoint (a zip bomb?), "
+                              "or load it on a larger machine.")
     kind = _foreign_kind(path)
     if kind is not None:
         where = (" (ONNX models go to 'ulsam-deploy fuse', 'convert', 'build-trt' or 'bench')"
@@ -101,6 +106,17 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything at all on a damaged file
         raise CheckpointError(f"Checkpoint '{path}' is {_damage(path)}; re-export or re-download it.") from exc
+
+
+def _unpacked_size(path: Path) -> int:
+    """What a checkpoint's zip (torch.save's format) says its members unpack to; the file size otherwise."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(max(0, info.file_size) for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return path.stat().st_size
 
 
 def _damage(path: Path) -> str:
@@ -173,6 +189,9 @@ def check_tensors(state: dict, path) -> dict:
                 what = f"{str(value.dtype).replace('torch.', '')} (an integer count expected)"
         elif value.dtype not in FLOAT_DTYPES:
             what = f"{str(value.dtype).replace('torch.', '')} values (float weights expected; nothing is cast)"
+        elif not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"'{path}' holds NaN or Inf weights at '{key}' (a diverged or damaged training run); "
+                                  "export a checkpoint from before the loss diverged.")
         if what is not None:
             raise CheckpointError(f"'{path}' holds {what} at '{key}'; save the float model's state_dict "
                                   "(dequantized, dense, on the CPU) and export that.")

@@ -116,7 +116,8 @@ def _lock_dir() -> Path:
 @contextlib.contextmanager
 def output_lock(path: Path):
     """Hold an exclusive lock on ``path`` for the whole step: a second writer fails at once with one sentence."""
-    key = hashlib.sha256(str(Path(os.path.abspath(path))).encode()).hexdigest()[:32]
+    resolved = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    key = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # one file, one lock
     fd = os.open(_lock_dir() / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:

@@ -53,6 +53,11 @@ def parity_shapes(model, sidecar: OnnxSidecar | None) -> list[tuple[int, ...]]:
     sizes = list(dict.fromkeys([(h_opt, w_opt), (h_lo, w_lo), (h_hi, w_hi), (h_lo, w_hi)]))
     shapes = [(b, dims[1], h_opt, w_opt) for b in batches]
     shapes += [(batches[0], dims[1], h, w) for h, w in sizes[1:]]
+    from ulsam_deploy.limits import ACTIVATION_FACTOR, require_memory
+
+    n, c, h, w = max(shapes, key=lambda s: s[0] * s[2] * s[3])  # bounded before any tensor is made
+    require_memory(n * c * h * w * 4 * ACTIVATION_FACTOR * 2, f"Proving parity at {h}x{w} (the largest size the "
+                   "model allows)", "re-export it with a smaller --input-size MIN:OPT:MAX range")
     return shapes
 
 

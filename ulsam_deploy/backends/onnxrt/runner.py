@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ulsam_deploy.backends.base import Runner, RunnerUnavailable
+from ulsam_deploy.errors import UserError
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
@@ -169,12 +170,28 @@ class OrtRunner(Runner):
     def _feed(self, batch: np.ndarray) -> dict:
         return {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
 
+    def _run(self, names: list[str], batch: np.ndarray) -> list:
+        """``session.run``; a failure inside ONNX Runtime (a tensor too large for memory, a shape the graph cannot
+        take) is one sentence about the model, not an unexpected error."""
+        try:
+            return self.session.run(names, self._feed(batch))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types (Fail, RuntimeException...)
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            text = " ".join(str(exc).split())
+            memory = "bfc_arena" in text or "allocate" in text.lower() or "memory" in text.lower()
+            cause = ("it ran out of memory: a tensor computed at run time is larger than this machine can hold"
+                     if memory else text[:200])
+            fix = ("use smaller batches or a smaller input size, or fix the model" if memory else
+                   "check that the input shape fits the model, or re-export it")
+            raise UserError(f"ONNX Runtime could not run the model on a {list(batch.shape)} input ({cause}); "
+                            f"{fix}.") from None
+
     def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, self._feed(batch))]
+        return [np.asarray(o, dtype=np.float32) for o in self._run(self.output_names, batch)]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(self.output_names[:1], self._feed(batch))[0]
-        return np.asarray(out, dtype=np.float32)
+        return np.asarray(self._run(self.output_names[:1], batch)[0], dtype=np.float32)
 
     def prepare(self, batch: np.ndarray):
         feed = self._feed(batch)
