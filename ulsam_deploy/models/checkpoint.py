@@ -189,7 +189,8 @@ def check_tensors(state: dict, path) -> dict:
                 what = f"{str(value.dtype).replace('torch.', '')} (an integer count expected)"
         elif value.dtype not in FLOAT_DTYPES:
             what = f"{str(value.dtype).replace('torch.', '')} values (float weights expected; nothing is cast)"
-        elif not bool(torch.isfinite(value).all()):
+        elif value.untyped_storage().nbytes() >= value.numel() * value.element_size() \
+                and not bool(torch.isfinite(value).all()):  # (an expanded, stride-0 tensor is bounded later)
             raise CheckpointError(f"'{path}' holds NaN or Inf weights at '{key}' (a diverged or damaged training run); "
                                   "export a checkpoint from before the loss diverged.")
         if what is not None:
