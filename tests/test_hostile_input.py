@@ -27,7 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from helpers import randomize_bn
+from helpers import GREY, clean_error, randomize_bn, tiny_onnx
 from ulsam_deploy.artifacts import (DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, atomic_target,
                                     check_output, read_sidecar, sha256_file, sidecar_path, write_bytes,
                                     write_text_output)
@@ -37,25 +37,8 @@ from ulsam_deploy.models import build_model, save_checkpoint
 from ulsam_deploy.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_NOISE = ("Weights only load failed", "PytorchStreamReader", "weights_only` argument", "WeightsUnpickler")
-
-
-def clean_error(result, code: int, *needles: str) -> str:
-    """The command failed with ``code`` and one sentence containing ``needles``: no traceback, no 'Unexpected'."""
-    out = result.output
-    assert result.exit_code == code, out
-    assert "Traceback" not in out and "Unexpected" not in out, out
-    assert out.count("error:") == 1, out
-    line = next(l for l in out.splitlines() if l.startswith("error:"))
-    for needle in needles:
-        assert needle in out, out
-    assert not any(noise in out for noise in TORCH_NOISE), out
-    return line
-
-
 # ------------------------------------------------------------------------------------------ fixtures
 
-GREY = ModelConfig(arch="mv2", width=0.35, ulsam="17:1", groups=4, num_classes=10, input_size=32, in_channels=1)
 
 
 @pytest.fixture(scope="module")
@@ -64,46 +47,6 @@ def ck(tmp_path_factory) -> Path:
     model = randomize_bn(build_model(**{k: v for k, v in GREY.to_dict().items() if k not in ("extra",)})).eval()
     return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "ck.pt", mean=(0.5,), std=(0.5,),
                            preprocess={"size": 32, "in_channels": 1, "crop_pct": 1.0, "mean": [0.5], "std": [0.5]})
-
-
-def tiny_onnx(path: Path, *, channels=1, size=32, classes=10, nan=False, two_inputs=False, feature_map=False,
-              sidecar=True, config: dict | None = None, checkpoint=None, checkpoint_sha256=None) -> Path:
-    """A small classifier ONNX (dynamic batch) and, unless ``sidecar=False``, its valid sidecar."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, channels, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal((classes, 4)).astype(np.float32), "g")]
-    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"])]
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, size, size])]
-    if two_inputs:
-        inputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["batch", 4, size // 2, size // 2]))
-        nodes.append(helper.make_node("Add", ["r", "extra"], ["r2"]))
-    last = "r2" if two_inputs else "r"
-    if feature_map:
-        out_shape = ["batch", 4, size // 2, size // 2]
-        nodes.append(helper.make_node("Identity", [last], ["logits"]))
-    else:
-        out_shape = ["batch", classes]
-        nodes += [helper.make_node("GlobalAveragePool", [last], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-                  helper.make_node("Gemm", ["f", "g"], ["l0" if nan else "logits"], transB=1)]
-        if nan:
-            inits.append(numpy_helper.from_array(np.array([np.nan], np.float32), "nan"))
-            nodes.append(helper.make_node("Mul", ["l0", "nan"], ["logits"]))
-    graph = helper.make_graph(nodes, "tiny", inputs,
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    if sidecar:
-        config = config or {**GREY.to_dict(), "num_classes": classes, "input_size": size, "in_channels": channels}
-        side = OnnxSidecar(onnx=path.name, sha256=sha256_file(path),
-                           model=ModelInfo(config=config, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256),
-                           preprocess=PreprocessSpec(size=size, in_channels=channels, mean=[0.5] * channels,
-                                                     std=[0.5] * channels),
-                           inputs=[TensorSpec(name=i.name, shape=[d.dim_param or d.dim_value
-                                                                  for d in i.type.tensor_type.shape.dim])
-                                   for i in inputs],
-                           outputs=[TensorSpec(name="logits", shape=out_shape)], dynamic=DynamicRange())
-        sidecar_path(path).write_text(side.to_json())
-    return path
 
 
 @pytest.fixture(scope="module")

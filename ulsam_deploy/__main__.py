@@ -1,3 +1,3 @@
-from ulsam_deploy.cli import run
+from ulsam_deploy._entry import main
 
-run()
+main()

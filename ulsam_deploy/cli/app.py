@@ -57,8 +57,11 @@ def usage_sentence(exc) -> str:
     opts = getattr(param, "opts", None) or []
     message = getattr(exc, "message", "") or ""
     if opts and (low is not None or high is not None) and message.startswith("Input should be"):
-        bound = (f"from {low:g} to {high:g}" if low is not None and high is not None else
-                 f"at least {low:g}" if low is not None else f"at most {high:g}")
+        def num(x):
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        bound = (f"from {num(low)} to {num(high)}" if low is not None and high is not None else
+                 f"at least {num(low)}" if low is not None else f"at most {num(high)}")
         return f"{max(opts, key=len)} must be {bound}"
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     text = " ".join(message.split()).rstrip(".")
@@ -287,8 +290,9 @@ def run(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # after a signal both stay ignored until exit:
+            signal.signal(signal.SIGTERM, previous[0])  # a second one during the interpreter's shutdown must not
+            signal.signal(signal.SIGINT, previous[1])  # kill it with -2 instead of 130
 
 
 # the commands register themselves on import; none of these modules imports torch, onnx or a runtime at import time
