@@ -343,7 +343,7 @@ def test_a_sidecar_range_too_large_for_memory_is_refused_before_parity(ck, tmp_p
     from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
     from ulsam_deploy.steps.fuse import parity_shapes
 
-    path = export_checkpoint(ck, tmp_path / "d.onnx", ExportOptions(input_range=(32, 32, 64))).path
+    path = export_checkpoint(ck, tmp_path / "d.onnx", ExportOptions(input_range=(32, 32, 64), atol=1e-3)).path
     model, side = onnx.load(str(path)), read_sidecar(path)
     assert parity_shapes(model, side)[-1][2:] == (32, 64)
     side.dynamic.height = side.dynamic.width = (32, 32, 60_000)  # what a hostile sidecar may claim (within its schema)
