@@ -61,6 +61,29 @@ def check_model(model: onnx.ModelProto, *, ours: bool = True) -> None:
         raise UserError(f"The ONNX model failed onnx.checker ({first}); {fix}.") from None
 
 
+def unshare_initializers(model: onnx.ModelProto) -> int:
+    """Give every node its own copy of each initializer it shares with another node, in place; returns how many
+    copies were made. Exporters and onnxsim merge equal constants (all-zero folded biases, say) into one tensor, so
+    a pass that changes some readers' types (fp16 around a block kept in fp32; int8 weights per channel) would
+    otherwise leave the other readers with a tensor of the wrong type."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for slot, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((node, slot))
+    fresh = unique_namer(tensor_names(model.graph))
+    copies = 0
+    for name, uses in readers.items():
+        for node, slot in uses[1:]:
+            clone = copy.deepcopy(inits[name])
+            clone.name = fresh(f"{name}::{node.name or node.op_type}")
+            model.graph.initializer.append(clone)
+            node.input[slot] = clone.name
+            copies += 1
+    return copies
+
+
 def tensor_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a graph already uses (initializers, inputs, node outputs)."""
     return ({t.name for t in graph.initializer} | {i.name for i in graph.input}

@@ -17,7 +17,7 @@ import warnings
 import onnx
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.passes.common import fused_nodes, name_nodes, toposort
+from ulsam_deploy.passes.common import fused_nodes, name_nodes, toposort, unshare_initializers
 
 FP16_BLOCKED_OPS = ("Softmax", "GlobalAveragePool", "ReduceMean")
 
@@ -84,6 +84,7 @@ def to_fp16(model: onnx.ModelProto, io_fp16: bool = False, keep_ulsam_fp32: bool
 
     convert, default_block, tool = _converter()
     model = name_nodes(copy.deepcopy(model))
+    unshared = unshare_initializers(model)
     isolated = isolate_outputs(model) if not io_fp16 else 0
     blocks = find_ulsam_blocks(model).blocks if keep_ulsam_fp32 else []
     node_block = [name for b in blocks for name in b.nodes]
@@ -98,7 +99,8 @@ def to_fp16(model: onnx.ModelProto, io_fp16: bool = False, keep_ulsam_fp32: bool
     casts = lambda m: sum(1 for n in m.graph.node if n.op_type == "Cast")  # noqa: E731
     kept = {"op_types": [op for op in FP16_BLOCKED_OPS if any(n.op_type == op for n in model.graph.node)],
             "ulsam_blocks": len(blocks), "ulsam_nodes": node_block, "fused_fp16": len(fused_nodes(model)),
-            "casts_added": casts(converted) - casts(model), "outputs_isolated": isolated, "tool": tool}
+            "casts_added": casts(converted) - casts(model), "outputs_isolated": isolated,
+            "initializers_unshared": unshared, "tool": tool}
     return converted, kept
 
 

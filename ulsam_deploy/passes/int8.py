@@ -31,7 +31,8 @@ import onnx
 from onnx import numpy_helper
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.passes.common import INT8_TARGET_KEY, fit_ir_version, graph_inputs, name_nodes, set_metadata
+from ulsam_deploy.passes.common import (INT8_TARGET_KEY, fit_ir_version, graph_inputs, name_nodes, set_metadata,
+                                        unshare_initializers)
 
 TARGETS = ("tensorrt", "ort")
 TRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
@@ -141,7 +142,9 @@ def pre_process(model: onnx.ModelProto) -> onnx.ModelProto:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(fit_ir_version(copy.deepcopy(model)), src)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+            # ONNX's own shape inference is enough for these CNNs; the symbolic one needs sympy, which the
+            # torch-free base install (a Jetson board) does not have
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         out = onnx.load(str(dst))
     del out.graph.value_info[:]
     return out
@@ -174,6 +177,7 @@ def to_int8(model: onnx.ModelProto, calib_images: np.ndarray, *, target: str = "
             raise UserError("--reduce-range applies to --target ort; TensorRT's int8 is symmetric 8-bit.")
         settings = tensorrt_settings(calib_method)
     model = name_nodes(model)
+    facts["initializers_unshared"] = unshare_initializers(model)
     blocks = find_ulsam_blocks(model).blocks if keep_ulsam_fp32 else []
     exclude = [name for b in blocks for name in b.nodes]
     reader = CalibrationReader(graph_inputs(model)[0].name, calib_images, batch, _static_batch(model))
@@ -186,8 +190,21 @@ def to_int8(model: onnx.ModelProto, calib_images: np.ndarray, *, target: str = "
         with tempfile.TemporaryDirectory(prefix="ulsam-int8-") as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(fit_ir_version(model), src)
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-                quantize_static(str(src), str(dst), reader, nodes_to_exclude=exclude, **settings)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                    quantize_static(str(src), str(dst), reader, nodes_to_exclude=exclude, **settings)
+            except ValueError as exc:
+                if "bins" not in str(exc) or calib_method == "minmax":
+                    raise
+                # a tensor whose range is (near) zero, e.g. a near-uniform attention map or a constant channel,
+                # has no histogram of 2048 finite bins: the whole model is calibrated by min/max instead, and said
+                facts["calibration_fallback"] = (
+                    f"{calib_method} calibration needs a histogram of every tensor, and one has a (near-)zero range; "
+                    "calibrated with minmax instead")
+                settings["calibrate_method"] = _method("minmax")
+                reader.set_range(0, len(reader))
+                with contextlib.redirect_stdout(io.StringIO()):
+                    quantize_static(str(src), str(dst), reader, nodes_to_exclude=exclude, **settings)
             quantized = onnx.load(str(dst))
     finally:
         root.setLevel(level)

@@ -215,7 +215,10 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
                                            batch=options.batch, keep_ulsam_fp32=options.keep_ulsam_fp32,
                                            reduce_range=reduce_range)
             report["int8"] = facts
+            if facts.get("calibration_fallback"):
+                events.warn(facts["calibration_fallback"] + ".")
             report["calibration"] = {**calib.describe(), "method": options.method,
+                                     "fallback": facts.get("calibration_fallback"),
                                      "enough": len(calib) >= MIN_CALIB_IMAGES, "graph": "unfused"}
             if options.fuse:
                 from ulsam_deploy.passes.fuse import fuse_model
