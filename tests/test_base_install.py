@@ -182,6 +182,17 @@ def test_inspect_fuse_convert_bench_of_the_copied_onnx(board):
     assert data["versions"]["torch"] is None
 
 
+@pytest.mark.parametrize("target", ["tensorrt", "ort"])
+def test_int8_for_both_targets_without_torch(board, target):
+    """int8 on the board: --target ort runs ONNX Runtime's pre-processing, whose symbolic shape inference needs
+    sympy (absent here); ONNX's own shape inference is used instead."""
+    out = board["work"] / f"model.int8-{target}.onnx"
+    proc = _cli(board, "convert", board["model"], "--precision", "int8", "--target", target, "--calib-data",
+                board["images"], "--verify-data", board["images"], "--max-drop", "20", "-o", out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert out.is_file() and json.loads(Path(f"{out}.json").read_text())["int8_target"] == target
+
+
 def test_build_trt_and_build_plugin_stop_at_the_boundary(board):
     bare = Path(board["model"]).with_name("bare.onnx")  # no sidecar: nothing says the batch range
     shutil.copy(board["model"], bare)
