@@ -138,7 +138,7 @@ def parse_model_spec(text: str):
 def _engine_sidecar_onnx(engine: Path) -> Path | None:
     """The ONNX an engine was built from (recorded in its validated sidecar, matching the recorded sha256), else the
     ONNX beside it of the same stem."""
-    from ulsam_deploy.artifacts import sha256_file
+    from ulsam_deploy.artifacts import MAX_ONNX_BYTES, sha256_file
     from ulsam_deploy.backends.trt.compat import engine_sidecar_path, read_engine_sidecar
 
     data: dict = {}
@@ -152,7 +152,8 @@ def _engine_sidecar_onnx(engine: Path) -> Path | None:
     ref = (ref.get("file") or ref.get("path")) if isinstance(ref, dict) else ref
     if isinstance(ref, str) and ref:
         candidate = Path(ref) if Path(ref).is_absolute() else engine.parent / Path(ref).name
-        if candidate.is_file() and (not isinstance(recorded_sha, str) or sha256_file(candidate) == recorded_sha):
+        small = candidate.is_file() and candidate.stat().st_size <= MAX_ONNX_BYTES  # never hash a huge file
+        if small and (not isinstance(recorded_sha, str) or sha256_file(candidate) == recorded_sha):
             return candidate
     guess = engine.with_suffix(".onnx")
     return guess if guess.is_file() else None
