@@ -80,7 +80,7 @@ def main() -> int:
          "--threads", str(args.threads), "--inputs", photos, "--input-size", PARITY_SIZES, "--no-latency",
          "--out", str(args.out / "parity"), "--force"])
     run(["bench", str(onnx[vanilla]), str(base), "--backends", "ort", "--threads", str(args.threads),
-         "--input-size", LATENCY_SIZES, "--no-parity", "--warmup", "1", "--duration", str(args.duration),
+         "--input-size", LATENCY_SIZES, "--no-parity", "--warmup", "1000", "--duration", str(args.duration),
          "--iterations", "20", "--out", str(args.out / "latency"), "--force"])
     load_after = os.getloadavg()
 

@@ -467,8 +467,6 @@ def test_error_paths(small_onnx, tmp_path, grey_images):
         ConvertOptions(precision="int8", target="tflite")
     with pytest.raises(UserError, match="--reduce-range applies to --target ort"):
         ConvertOptions(precision="int8", target="tensorrt", reduce_range=True)
-    with pytest.raises(UserError, match="needs real calibration images: pass --calib-data"):
-        convert_file(small_onnx, tmp_path / "a.onnx", ConvertOptions(precision="int8"), verify_data=verify)
     with pytest.raises(UserError, match="--calib-data is for --precision int8"):
         convert_file(small_onnx, tmp_path / "a.onnx", fp16, calib_data=grey_images)
     with pytest.raises(UserError, match="--io fp16 applies to --precision fp16"):
@@ -501,6 +499,14 @@ def test_no_default_verification_images_for_other_models(tmp_path):
     rgb10 = _export(randomize_bn(build_model("mv2", 0.35, "", 4, 10, 32)), tmp_path, "rgb10", (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(UserError, match="pass --verify-data"):
         convert_file(rgb10, tmp_path / "a.onnx", ConvertOptions(precision="fp16"))
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png")
+    with pytest.raises(UserError, match="no default set fits this model .* pass --calib-data"):
+        convert_file(rgb10, tmp_path / "a.onnx", ConvertOptions(precision="int8"), verify_data=tmp_path / "imgs")
     assert not (tmp_path / "a.onnx").exists()
 
 
@@ -583,9 +589,6 @@ def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_pa
     result = cli_runner.invoke(app, ["convert", str(tmp_path / "nope.onnx"), "--precision", "fp16"])
     assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
     target = tmp_path / "x.int8.onnx"
-    result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "int8", "-o", str(target),
-                                     "--verify-data", str(grey_images)])
-    assert result.exit_code == 2 and "--calib-data" in _one_error_line(result.output) and not target.exists()
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "bf16", "-o", str(target)])
     assert result.exit_code == 2 and "fp16 or int8" in _one_error_line(result.output)
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "fp16", "-o", str(target),

@@ -314,7 +314,7 @@ def _fuse_step(onnx_path: Path, work: Path, events: Events, record) -> list[Path
     return [result.path]
 
 
-PRECISION_STEPS = (("fp16", "fp16", "tensorrt", "model.fp16.onnx"), ("int8", "int8", "tensorrt", "model.int8.onnx"),
+PRECISION_STEPS = (("fp16", "fp16", "tensorrt", "model.fp16.onnx"), ("int8", "int8", "tensorrt", "model.int8-tensorrt.onnx"),
                    ("int8-ort", "int8", "ort", "model.int8-ort.onnx"))
 
 

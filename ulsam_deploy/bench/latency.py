@@ -6,8 +6,9 @@ Figures follow trtexec's performance summary so users read them the same way:
   (``sorted[max(n - 1 - floor((1 - p/100) n), 0)]`` == ``sorted[ceil(p n / 100) - 1]``), here in exact
   arithmetic (trtexec's float maths can pick the next sample when ``p n / 100`` is an integer);
 * median of the sorted samples (mean of the two middle values for an even count);
-* coefficient of variation = population standard deviation / mean; a run above 2.5 % is flagged
-  "unstable", as trtexec warns;
+* coefficient of variation = population standard deviation / mean; a row whose host latency varies by more
+  than 2.5 % is flagged "unstable". That threshold is ours: trtexec (``sampleReporting.cpp``) warns on the CV of
+  GPU compute time, above 1 % up to TensorRT 10.13.0 (JetPack 6's 10.3 included) and above 2.5 % from 10.13.2;
 * throughput: runs are synchronous with one query in flight, so queries/s = 1000 / mean latency (ms)
   and images/s = queries/s x batch.
 
@@ -28,7 +29,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-UNSTABLE_CV = 0.025  # trtexec's threshold
+UNSTABLE_CV = 0.025  # our rule, on host latency (trtexec: GPU compute time, 1 % to 10.13.0, 2.5 % from 10.13.2)
+UNSTABLE_WARNING = ("some rows are unstable (their host latency varies by more than 2.5 %): the machine was busy or "
+                    "the run too short; re-run with a longer --duration on a quiet machine before trusting small "
+                    "differences")
 PERCENTILES = (90, 95, 99)
 # trtexec's names for the per-stage GPU timings
 GPU_STAGES = {"h2d": "H2D Latency", "compute": "GPU Compute Time", "d2h": "D2H Latency"}
@@ -103,7 +107,7 @@ class TimingConfig:
         from ulsam_deploy.errors import UserError
 
         if self.warmup_s < 0:
-            raise UserError(f"--warmup must be zero or more seconds, not {self.warmup_s}.")
+            raise UserError(f"--warmup must be zero or more milliseconds, not {self.warmup_s * 1000:g}.")
         if int(self.min_iters) < 1:
             raise UserError(f"--iterations must be at least 1, not {self.min_iters}.")
         if self.min_seconds < 0:

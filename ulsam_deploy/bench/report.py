@@ -166,7 +166,7 @@ def markdown(report: BenchReport) -> str:
                 if len(report.inputs.get("sizes") or []) > 1 else ""),
              f"- timing: interleaved; warm-up {report.settings['timing']['warmup_s']} s, >= "
              f"{report.settings['timing']['min_iterations']} iterations and >= {report.settings['timing']['min_seconds']} s "
-             f"per row; CV > 2.5 % flagged unstable",
+             f"per row; a host-latency CV > 2.5 % is flagged unstable (our rule; trtexec warns on GPU compute time)",
              f"- result: **{'PASS' if report.passed else 'FAIL'}**", ""]
     for model in report.models:
         backbone = (f"; backbone: feature maps after layers {', '.join(map(str, model['features']))}"

@@ -956,6 +956,10 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
                 entry.runner.close()
 
     compare_rows = _compare(specs, latency_rows) if len(specs) > 1 else []
+    if any(row.stats.unstable for row in latency_rows):
+        from ulsam_deploy.bench.latency import UNSTABLE_WARNING
+
+        warnings.append(UNSTABLE_WARNING)
     for spec in specs:
         warnings += [f"{spec.name}: {note}" for note in spec.notes if "random weights" in note]
     return BenchReport(

@@ -102,6 +102,15 @@ def load(name: str | None = None) -> tuple[MobileNetULSAM, CheckpointInfo]:
     return _assemble_imagenet(model)
 
 
+def as_checkpoint(path):
+    """A bundled model's name where a checkpoint is expected (``inspect fashion-mnist``, as ``demo --model`` takes
+    it) stands for that model's checkpoint, unless a file of that name exists; anything else is returned as is."""
+    text = str(path)
+    if text in names() and not Path(text).exists():
+        return checkpoint_path(text)
+    return path
+
+
 def checkpoint_path(name: str | None = None) -> Path:
     """A checkpoint file of the bundled model (the committed file, or the assembled one in the cache)."""
     model = get(name)

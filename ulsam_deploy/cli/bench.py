@@ -67,7 +67,7 @@ def bench_tables(report) -> list[Table]:
             cells.append("[green]PASS[/]" if row["parity_passed"] else f"[red]FAIL[/] [{notes_index[key]}]")
         table.add_row(*cells)
     caption = ["latency per batch in ms (host wall time, one query in flight); CV = std/mean, '!' = unstable "
-               "(> 2.5 %, as trtexec)"]
+               "(CV of host latency > 2.5 %)"]
     if wants_output_table(report):
         caption.append("max |diff| and cosine: the worst output; every output is in the next table")
     if gpu:
@@ -112,9 +112,9 @@ def bench(
     engine: Optional[list[Path]] = typer.Option(None, "--engine", help="TensorRT engine(s) of the (single) model; repeatable."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,8,32."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="Input sizes to judge and time, e.g. 224,320,480 (or HxW); needs models with a dynamic H/W export (or checkpoints/specs) [default: the model's size]."),
-    warmup: float = typer.Option(0.5, "--warmup", min=0, max=MAX_SECONDS, help="Warm-up per runner and batch, seconds."),
+    warmup: float = typer.Option(500.0, "--warmup", min=0, max=MAX_SECONDS * 1000, help="Warm-up per runner and batch, in milliseconds (trtexec's --warmUp unit)."),
     iterations: int = typer.Option(10, "--iterations", min=1, max=MAX_COUNT, help="At least this many timed iterations per row."),
-    duration: float = typer.Option(3.0, "--duration", min=0, max=MAX_SECONDS, help="At least this many seconds of timed iterations per row."),
+    duration: float = typer.Option(3.0, "--duration", min=0, max=MAX_SECONDS, help="At least this many seconds of timed iterations per row (trtexec's --duration unit)."),
     threads: Optional[int] = ThreadsOpt,
     ort_provider: str = typer.Option("cpu", "--ort-provider", help="ONNX Runtime providers: cpu, cuda, trt (comma-separated for several)."),
     device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu or cuda[:N]."),
@@ -150,7 +150,7 @@ def bench(
         raise UserError("--onnx/--engine add variants of a single model; with several models give each model's file as an argument.")
     options = BenchOptions(
         backends=csv_list(backends, "--backends"), reference=reference, batches=csv_list(batch_sizes, "--batch-sizes", int),
-        timing=TimingConfig(warmup_s=warmup, min_iters=iterations, min_seconds=duration), threads=threads,
+        timing=TimingConfig(warmup_s=warmup / 1000.0, min_iters=iterations, min_seconds=duration), threads=threads,
         ort_providers=csv_list(ort_provider, "--ort-provider") or ("cpu",), torch_device=device, trt_device=trt_device,
         inputs=inputs, num_inputs=num_inputs, seed=seed, label_regex=label_regex,
         mean=csv_list(mean, "--mean", float) or None, std=csv_list(std, "--std", float) or None, resize=resize,
@@ -177,9 +177,6 @@ def bench(
         for warning in report.warnings:
             if warning not in progress.shown:  # the inputs' warnings were shown as the inputs were read
                 print_warning(warning)
-        if any(r.stats.unstable for r in report.latency):
-            print_warning("some rows are unstable (CV > 2.5 %, as trtexec flags it): the machine was busy or the run too "
-                          "short; re-run with a longer --duration on a quiet machine before trusting small differences.")
         written = write_reports(report, json_path=json_path, csv_path=csv_path, markdown_path=markdown_path,
                                 chart_path=chart_path, force=force, inputs=given)
         for path in written:

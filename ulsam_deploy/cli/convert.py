@@ -18,9 +18,9 @@ def convert(
     model: Path = typer.Argument(..., metavar="MODEL", help="fp32 ONNX from 'ulsam-deploy export' (the unfused one for int8)."),
     precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
     target: str = typer.Option("tensorrt", "--target", help="int8: the runtime it is made for: tensorrt (symmetric Q/DQ, the Jetson path) or ort (ONNX Runtime's CPU int8 kernels on this CPU)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX to write [default: MODEL.fp16.onnx, MODEL.int8.onnx or MODEL.int8-ort.onnx]."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX to write [default: MODEL.fp16.onnx, MODEL.int8-tensorrt.onnx or MODEL.int8-ort.onnx, with .fused before .onnx after --fuse]."),
     io: str = typer.Option("fp32", "--io", help="fp16: graph input/output type, fp32 or fp16."),
-    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8: real calibration images (ImageFolder, flat folder, or a folder of idx files: its train split)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="int8: real calibration images (ImageFolder, flat folder, or a folder of idx files: its train split) [default: a seeded subset of Fashion-MNIST's training split for 1-channel 10-class models]."),
     calib_limit: int = typer.Option(512, "--calib-limit", min=1, max=MAX_COUNT, help="int8: calibration images to use at most (a seeded random subset)."),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="int8: percentile, minmax or entropy [default: percentile for tensorrt, minmax for ort]."),
     reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--full-range", show_default=False, help="int8 --target ort: 7-bit weights [default: on where the CPU has no VNNI / dot product, as ONNX Runtime advises]."),
@@ -55,7 +55,8 @@ def convert(
                       f"{c.cosine:.5f}", acc(main.accuracy_reference), acc(main.accuracy_candidate))
         drop = verdict.accuracy_drop_points()
         gate = (f"top-1 agreement {c.top1_agreement:.2%}" if drop is None
-                else f"{drop:+.2f} points of top-1 accuracy lost") + " (passed)"
+                else (f"{drop:.2f} points of top-1 accuracy lost" if drop >= 0 else
+                      f"{-drop:.2f} points of top-1 accuracy gained")) + " (passed)"
     else:  # a backbone: each feature map on its own, no classes to agree on
         for col in ("output", "images", "max |diff|", "mean |diff|", "required rtol", "cosine"):
             table.add_column(col, justify="left" if col == "output" else "right")

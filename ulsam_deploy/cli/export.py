@@ -37,7 +37,11 @@ def export(
     size, input_range = parse_input_size(input_size)
     options = ExportOptions(opset=opset, batch=static_batch, simplify=simplify, atol=atol, exporter=exporter,
                             force=force, fuse=fuse, input_range=input_range, features=features)
-    result = export_checkpoint(checkpoint, output or default_output(checkpoint), options, RichEvents(),
+    from ulsam_deploy.bundled import as_checkpoint
+
+    source = as_checkpoint(checkpoint)  # a bundled model's name: its checkpoint, exported into the working folder
+    result = export_checkpoint(source, output or (default_output(checkpoint) if source == checkpoint else
+                                                  Path(f"{checkpoint}.onnx")), options, RichEvents(),
                                **model_overrides(arch, width, ulsam, groups, num_classes, size))
     table = Table(title="ONNX Runtime vs PyTorch", title_justify="left")
     classifier = result.sidecar.is_classifier

@@ -48,7 +48,9 @@ def inspect(
         raise UserError(f"--input-size must be between 8 and {MAX_INSPECT_SIZE}, not {input_size}.")
     overrides = model_overrides(arch, width, ulsam, groups, num_classes, input_size)
     if checkpoint is not None:
-        model, info = load_checkpoint_with_info(checkpoint, **overrides)
+        from ulsam_deploy.bundled import as_checkpoint
+
+        model, info = load_checkpoint_with_info(as_checkpoint(checkpoint), **overrides)
         config = info.config
     else:
         model = build_model(**{k: v for k, v in overrides.items() if v is not None})

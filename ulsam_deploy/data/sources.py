@@ -374,12 +374,15 @@ def foolbox_imagenet_set(preprocess: Preprocess) -> ImageSet:
                     names=[str(s.path) for s in samples], preprocess=preprocess)
 
 
-def default_verify_set(num_classes: int | None, preprocess: Preprocess, limit: int | None = None) -> ImageSet | None:
-    """Real labelled images that fit the model: the Fashion-MNIST test set (1 channel, 10 classes) or foolbox's
-    ImageNet photos (3 channels, 1000 classes); None when neither fits."""
+def default_verify_set(num_classes: int | None, preprocess: Preprocess, limit: int | None = None,
+                       split: str = "test") -> ImageSet | None:
+    """Real labelled images that fit the model, None when none do. Verification (``split="test"``): the
+    Fashion-MNIST test set (1 channel, 10 classes) or foolbox's ImageNet photos (3 channels, 1000 classes).
+    Calibration (``split="train"``): a seeded subset of Fashion-MNIST's training set, never the images it is
+    verified on (foolbox's 20 photos are verification only)."""
     if preprocess.in_channels == 1 and num_classes == 10:
-        return fashion_mnist_set(preprocess, "test", limit)
-    if preprocess.in_channels == 3 and num_classes == 1000:
+        return fashion_mnist_set(preprocess, split, limit)
+    if preprocess.in_channels == 3 and num_classes == 1000 and split == "test":
         return foolbox_imagenet_set(preprocess)
     return None
 

@@ -86,9 +86,17 @@ class ConvertOptions:
         return out
 
 
+def artifact_tag(precision: str, target: str | None = None, fused: bool = False) -> str:
+    """One naming rule for every artifact: precision, then the int8 target, then fusion (``fp16``,
+    ``int8-tensorrt.fused``, ``int8-ort``); fp32 is the plain name (``fused`` alone when fused)."""
+    parts = [] if precision == "fp32" else [precision + (f"-{target}" if precision == "int8" else "")]
+    return ".".join(parts + (["fused"] if fused else []))
+
+
 def default_output(source: Path, options: ConvertOptions) -> Path:
-    tag = options.precision if options.precision == "fp16" or options.target == "tensorrt" else "int8-ort"
-    return source.with_name(f"{source.stem}.{tag}.onnx")
+    stem = source.stem[:-len(".fused")] if source.stem.endswith(".fused") else source.stem
+    fused = options.fuse or source.stem.endswith(".fused")
+    return source.with_name(f"{stem}.{artifact_tag(options.precision, options.target, fused)}.onnx")
 
 
 def _images(data, preprocess, split: str, limit, sidecar, what: str, events: Events):
@@ -103,7 +111,12 @@ def _images(data, preprocess, split: str, limit, sidecar, what: str, events: Eve
         # a backbone has no classes: the default photos of its channel count do, unlabelled
         classes = (10 if preprocess.in_channels == 1 else 1000) if backbone else num_classes
         with events.stage(f"Reading the default {what} images"):
-            images = default_verify_set(classes, preprocess, limit)
+            images = default_verify_set(classes, preprocess, limit, split)
+        if images is None and split == "train":
+            raise UserError("int8 needs real calibration images and no default set fits this model (Fashion-MNIST's "
+                            "training split serves 1-channel 10-class models); pass --calib-data DIR (an ImageFolder, "
+                            f"a flat folder of images, or a folder of idx files); {MIN_CALIB_IMAGES} or more are "
+                            "recommended.")
         if images is None:
             raise UserError(f"No default {what} images fit this model (they exist for 1-channel 10-class and "
                             f"3-channel 1000-class classifiers, and for backbones); pass --verify-data DIR with "
@@ -159,9 +172,6 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
     precision = options.precision
     if precision == "fp16" and calib_data is not None:
         raise UserError("--calib-data is for --precision int8; fp16 needs no calibration.")
-    if precision == "int8" and calib_data is None:
-        raise UserError("int8 needs real calibration images: pass --calib-data DIR (an ImageFolder, a flat folder of "
-                        f"images, or a folder of idx files); {MIN_CALIB_IMAGES} or more are recommended.")
     with Step("convert", output, force=options.force, inputs=[source], events=events,
               options={k: v for k, v in asdict(options).items() if k not in ("force", "threads")}) as step:
         with step.stage(f"Loading {source}"):
@@ -191,7 +201,8 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
         else:
             from ulsam_deploy.passes.int8 import to_int8
 
-            if not isinstance(calib_data, ImageSet) and not isinstance(verify_data, (ImageSet, type(None))) \
+            if calib_data is not None and not isinstance(calib_data, ImageSet) \
+                    and not isinstance(verify_data, (ImageSet, type(None))) \
                     and Path(calib_data).resolve() == Path(verify_data).resolve() and not is_idx_dir(Path(calib_data)):
                 events.warn("Calibration and verification read the same folder, so the int8 figures are optimistic; "
                             "give --verify-data images that were not used for calibration.")
