@@ -359,6 +359,13 @@ class ModelInfo(_Strict):
             raise ValueError(str(exc)) from None
         return value
 
+    @model_validator(mode="after")
+    def _one_name_per_class(self) -> "ModelInfo":
+        classes = self.config.get("num_classes")
+        if self.class_names is not None and isinstance(classes, int) and len(self.class_names) != classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for the model's {classes} classes")
+        return self
+
     @property
     def bundled_name(self) -> str | None:
         """The bundled model's name when the recorded checkpoint is one ('bundled:NAME'), else None."""

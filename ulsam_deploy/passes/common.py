@@ -273,6 +273,71 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+OUR_METADATA_PREFIX = "ulsam_deploy."
+WIDENING = {(TensorProto.FLOAT16, TensorProto.FLOAT), (TensorProto.FLOAT16, TensorProto.DOUBLE),
+            (TensorProto.BFLOAT16, TensorProto.FLOAT), (TensorProto.FLOAT, TensorProto.DOUBLE)}  # exact round trips
+
+
+def tidy(model: onnx.ModelProto) -> dict:
+    """Remove what tools leave behind in a file we write, in place: their ``metadata_props`` (onnxsim's lists of
+    removed nodes, ``onnx.infer``, ``onnx.quant.pre_process``; ours, ``ulsam_deploy.*``, stay), opset imports of
+    domains no node uses (ONNX Runtime's optimizer declares ten), and Casts that undo the Cast before them or cast
+    to the type they read. Returns what was removed."""
+    kept = [p for p in model.metadata_props if p.key.startswith(OUR_METADATA_PREFIX)]
+    dropped_meta = len(model.metadata_props) - len(kept)
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    used = {n.domain or "" for n in model.graph.node} | {""}
+    imports = [o for o in model.opset_import if (o.domain or "") in used]
+    dropped_domains = sorted(o.domain for o in model.opset_import if (o.domain or "") not in used)
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    return {"metadata_props": dropped_meta, "opset_imports": dropped_domains, "casts": remove_redundant_casts(model)}
+
+
+def remove_redundant_casts(model: onnx.ModelProto) -> int:
+    """Drop ``Cast(to=T)`` whose input already has type T, or that undoes a widening ``Cast`` of a tensor of type T
+    (fp16 -> fp32 -> fp16 changes nothing; fp32 -> fp16 -> fp32 rounds, and stays): its readers read that tensor
+    instead; the same tensor cast to the same type twice is cast once, and a cast constant becomes a constant of
+    that type. Graph outputs are never touched."""
+    from onnx import numpy_helper
+
+    types = elem_types(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    replace: dict[str, str] = {}
+    first: dict[tuple[str, int], str] = {}  # (input, to) -> the first Cast's output
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        source = replace.get(node.input[0], node.input[0])
+        before = producer.get(source)
+        widened = before is not None and before.op_type == "Cast" and types.get(before.input[0]) == to \
+            and (to, next((a.i for a in before.attribute if a.name == "to"), None)) in WIDENING
+        if (source, to) in first:  # the same tensor cast to the same type twice
+            replace[node.output[0]] = first[(source, to)]
+        elif types.get(source) == to:
+            replace[node.output[0]] = source
+        elif widened:
+            replace[node.output[0]] = replace.get(before.input[0], before.input[0])
+        elif source in inits and to in (TensorProto.FLOAT, TensorProto.FLOAT16):  # a constant: cast it once, here
+            value = numpy_helper.to_array(inits[source]).astype(helper.tensor_dtype_to_np_dtype(to))
+            model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            inits[node.output[0]] = model.graph.initializer[-1]
+            node.output[0] = f"{node.output[0]}::folded"  # the node is dead now; the initializer takes its name
+        else:
+            first[(source, to)] = node.output[0]
+    folded = sum(1 for n in model.graph.node if n.op_type == "Cast" and n.output[0].endswith("::folded"))
+    if not replace and not folded:
+        return 0
+    for node in model.graph.node:
+        node.input[:] = [replace.get(i, i) for i in node.input]
+    eliminate_dead_code(model)
+    return len(replace) + folded
+
+
 def graph_facts(model: onnx.ModelProto) -> dict:
     """What a sidecar records about a graph: opset, IR version, node and op counts, fused nodes."""
     return {"opset": opset_of(model), "ir_version": int(model.ir_version), "nodes": len(model.graph.node),
@@ -281,5 +346,5 @@ def graph_facts(model: onnx.ModelProto) -> dict:
 
 __all__ = ["INT8_TARGET_KEY", "check_model", "dims_of", "elem_types", "eliminate_dead_code", "fit_ir_version", "fused_nodes",
            "graph_facts", "graph_inputs", "int8_target", "io_specs", "metadata", "name_nodes", "op_counts", "opset_of",
-           "ort_max_ir_version", "precision_of", "set_metadata", "subgraph_reads", "tensor_names", "toposort",
-           "unique_namer"]
+           "ort_max_ir_version", "precision_of", "remove_redundant_casts", "set_metadata", "subgraph_reads",
+           "tensor_names", "tidy", "toposort", "unique_namer", "unshare_initializers"]

@@ -89,9 +89,11 @@ def load_with_sidecar(path: str | os.PathLike, *, required: bool = True):
 
 
 def finalize_onnx(model, *, ours: bool = True):
-    """Lower the IR version to what ONNX Runtime reads and run ``onnx.checker``'s full check."""
-    from ulsam_deploy.passes.common import check_model, fit_ir_version
+    """Tidy (tools' metadata, unused opset imports, redundant Casts), lower the IR version to what ONNX Runtime
+    reads and run ``onnx.checker``'s full check."""
+    from ulsam_deploy.passes.common import check_model, fit_ir_version, tidy
 
+    tidy(model)
     model = fit_ir_version(model)
     check_model(model, ours=ours)
     return model

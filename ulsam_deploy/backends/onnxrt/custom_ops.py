@@ -94,13 +94,24 @@ def take_errors() -> list[str]:
 # ------------------------------------------------------------------------------------- registration
 
 def _import_extensions():
+    """onnxruntime-extensions, imported without its optional converters' torch and transformers (a second of
+    import time, and of no use for a custom op): where they are not loaded yet, they are hidden while it loads."""
+    import sys
+
+    hidden = [name for name in ("torch", "transformers") if name not in sys.modules]
     try:
+        for name in hidden:
+            sys.modules[name] = None  # its own try/except ImportError skips the converters that need them
         import onnxruntime_extensions
     except ImportError as exc:
         raise BackendUnavailable(
             "onnxruntime-extensions is not installed, so ONNX Runtime cannot run the fused SubspaceAttention op; "
             "run 'pip install onnxruntime-extensions' (or install ulsam-deploy[kernels])."
         ) from exc
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
     return onnxruntime_extensions
 
 
