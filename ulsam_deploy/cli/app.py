@@ -296,5 +296,5 @@ def run(argv: list[str] | None = None) -> None:
 
 
 # the commands register themselves on import; none of these modules imports torch, onnx or a runtime at import time
-from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, doctor, export, fuse, inspect,  # noqa: E402,F401
-                              train)
+from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, deploy, doctor, export, fuse,  # noqa: E402,F401
+                              inspect, train)
