@@ -95,3 +95,22 @@ def test_the_fused_op_loads_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["False", "True"], out.stderr  # torch stays importable afterwards
+
+
+@pytest.mark.parametrize("width", [80, 130, 200])
+def test_the_bench_table_fits_the_terminal(tmp_path, width):
+    from rich.console import Console
+
+    from ulsam_deploy.bench.run import BenchOptions, run_bench
+    from ulsam_deploy.bench.latency import TimingConfig
+    from ulsam_deploy.cli.bench import bench_tables
+
+    model = tiny_onnx(tmp_path / "a-rather-long-model-name.fp16.fused.onnx")
+    report = run_bench([model], BenchOptions(backends=("ort",), timing=TimingConfig(warmup_s=0, min_iters=2,
+                                                                                   min_seconds=0)))
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    for table in bench_tables(report, width=width):
+        console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text and "ort:cpu" in text and "reference" in text

@@ -149,7 +149,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
             raise UserError("--val is for ImageFolder training; Fashion-MNIST is evaluated on its own test set.")
     recipe = PAPER_RECIPES[o.arch]
     if o.in_channels is None:
-        o.in_channels = 1 if o.dataset == "fashion-mnist" else 3
+        o.in_channels = 1 if o.dataset == "fashion-mnist" else _folder_channels(o.data)
     if o.in_channels not in (1, 3):
         raise UserError(f"--in-channels must be 1 (grey) or 3 (RGB), not {o.in_channels}.")
     if o.dataset == "fashion-mnist" and o.in_channels != 1:
@@ -305,10 +305,39 @@ def _holdout_split(folder, seed: int, test_limit: int | None):
     return train_set, torch.utils.data.Subset(folder, test_idx)
 
 
+def _folder_channels(root: str | None) -> int:
+    """1 when the image folder holds grey images only (its first few files, by PIL's mode), else 3: a folder of
+    grey PNGs is not trained as RGB unless --in-channels 3 says so."""
+    from PIL import Image
+
+    from ulsam_deploy.data.images import IMAGE_EXTENSIONS
+    from ulsam_deploy.data.sources import walk_files
+
+    if not root or not Path(root).is_dir():
+        return 3
+    files = [f for f in walk_files(Path(root)) if f.suffix.lower() in IMAGE_EXTENSIONS][:16]
+    modes = set()
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                modes.add(image.mode)
+        except OSError:
+            continue
+    return 1 if modes and modes <= {"L", "LA", "I", "I;16", "1"} else 3
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Batches in one epoch: every image is used; only a last batch of a single image is left out (BatchNorm cannot
+    train on one sample), and the order reshuffles every epoch."""
+    full, rest = divmod(count, batch_size)
+    return max(1, full + (1 if rest > 1 else 0))
+
+
 def _batches(dataset, order: torch.Tensor, batch_size: int, workers: int, drop_small_last: bool):
-    """Yield ``(uint8 images, labels)`` for the index order; in-memory sets are sliced directly."""
+    """Yield ``(uint8 images, labels)`` for the index order; in-memory sets are sliced directly. ``drop_small_last``
+    (training): a last batch of one image is left out, since BatchNorm cannot train on it."""
     chunks = list(order.split(batch_size))
-    if drop_small_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
+    if drop_small_last and len(chunks) > 1 and len(chunks[-1]) < 2:
         chunks.pop()
     images = getattr(dataset, "images", None)
     if isinstance(images, torch.Tensor):
@@ -635,9 +664,9 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         for name in ("final.pt", "metrics.jsonl", "metrics.csv"):
             (out / name).unlink(missing_ok=True)
     reporter.message(f"Training {model.config.describe()} on {device}: {data.description}")
-    reporter.message(f"Recipe: {o.epochs} epochs, batch {o.batch_size}, SGD lr {o.lr:.4g} momentum {o.momentum} "
+    reporter.message(f"Recipe: {_plural(o.epochs, 'epoch')}, batch {o.batch_size}, SGD lr {o.lr:.4g} momentum {o.momentum} "
                      f"wd {o.weight_decay:g}, " + (f"x{o.lr_gamma:.4g} per epoch" if o.arch == "mv2"
-                                                   else f"/10 every {o.lr_step} epochs") + f", seed {o.seed}")
+                                                   else f"/10 every {_plural(o.lr_step, 'epoch')}") + f", seed {o.seed}")
 
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch + 1, o.epochs + 1):
@@ -647,7 +676,7 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         gen = torch.Generator().manual_seed(o.seed * 1_000_003 + epoch)
         torch.manual_seed(o.seed * 7919 + epoch)  # dropout
         order = torch.randperm(len(data.train), generator=gen)
-        n_batches = len(order) // o.batch_size if len(order) > o.batch_size else 1
+        n_batches = steps_per_epoch(len(order), o.batch_size)
         model.train()
         t0 = time.perf_counter()
         run_loss, run_correct, run_seen, steps = 0.0, 0, 0, []
@@ -702,6 +731,10 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         history=[r.to_row() for r in history], torch=str(torch.__version__), device=str(device), **base_meta)
     reporter.message(f"Test top-1 {final.test_acc:.2%} on {_count(data.test)} images; wrote {final_path}")
     return TrainResult(out, final_path, history, final.test_acc, _count(data.test), seconds, start_epoch)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _count(dataset) -> int:

@@ -253,6 +253,8 @@ def _size_panel(ax, report: BenchReport, multi: bool) -> None:
     smallest = min(r.batch for r in report.latency)
     lines: dict[tuple, list] = {}
     for r in report.latency:
+        if not r.meaningful:
+            continue
         if r.batch == smallest and r.size:
             lines.setdefault((r.model, r.file, r.backend, r.meaningful), []).append(r)
     ticks = {}
@@ -265,47 +267,57 @@ def _size_panel(ax, report: BenchReport, multi: bool) -> None:
         ax.errorbar(xs, meds, yerr=[lo, hi], marker="o", ms=3.5, lw=1.2, capsize=2,
                     label=_label(model, file, backend, multi) + ("*" if not meaningful else ""))
         ticks.update({x: r.size_text for x, r in zip(xs, sel)})
-    ax.set_xticks(list(ticks), list(ticks.values()), fontsize=7, rotation=30)
-    ax.set_xlabel("input size (H x W; axis linear in pixels)", fontsize=8)
-    ax.set_ylabel(f"median latency, batch {smallest} (ms)", fontsize=8)
+    ax.set_xticks(list(ticks), list(ticks.values()), fontsize=9, rotation=30)
+    ax.set_xlabel("input size (H x W; axis linear in pixels)", fontsize=9)
+    ax.set_ylabel(f"median latency, batch {smallest} (ms)", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
-    ax.set_title("latency vs input size", fontsize=10)
+    ax.set_title("latency vs input size", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left")
 
 
 def chart_png(report: BenchReport) -> bytes:
     """Latency distribution per runner (one panel per batch size, up to 3); with several input sizes, median latency
     against input size; with labels, top-1 accuracy against median latency at the smallest batch (points numbered,
-    names in a legend, so nothing overlaps); with ``--compare``, measured latency ratio against MACs ratio."""
+    names in a legend, so nothing overlaps); with ``--compare``, measured latency ratio against MACs ratio.
+
+    Panels are stacked in one column about a page wide, so the text stays readable where the chart is shown at page
+    width. Rows whose latency is not deployment speed (int8 Q/DQ simulation, the NumPy reference op) are left off
+    the speed axes and named under the chart. Linear latency axes start at 0; the accuracy axis spans at least 5
+    points, so a 0.2-point difference does not fill the height."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import numpy as np
 
-    batches = sorted({r.batch for r in report.latency})[:3]
-    accuracy_panel = report.has_labels and bool(report.latency)
+    plotted = [r for r in report.latency if r.meaningful]
+    hidden = sorted({_label(r.model, r.file, r.backend, len(report.models) > 1) for r in report.latency
+                     if not r.meaningful})
+    batches = sorted({r.batch for r in plotted})[:3]
+    accuracy_panel = report.has_labels and bool(plotted)
     compare_panel = bool(report.compare)
-    size_panel = len({r.size for r in report.latency if r.size}) > 1
-    panels = max(len(batches) + int(accuracy_panel) + int(compare_panel) + int(size_panel), 1)
-    n_rows = max((sum(1 for r in report.latency if r.batch == b) for b in batches), default=1)
-    height = max(3.6, 0.42 * n_rows + 1.8)
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, height), squeeze=False)
-    axes = list(axes[0])
+    size_panel = len({r.size for r in plotted if r.size}) > 1
+    n_rows = max((sum(1 for r in plotted if r.batch == b) for b in batches), default=1)
+    heights = [max(2.6, 0.38 * n_rows + 1.4)] * len(batches) + [3.6] * (int(size_panel) + int(accuracy_panel)
+                                                                         + int(compare_panel))
+    heights = heights or [2.0]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(8.0, sum(heights) + 0.6 * bool(hidden)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    axes = list(axes[:, 0])
     multi = len(report.models) > 1
     for ax, batch in zip(axes, batches):
-        sel = [r for r in report.latency if r.batch == batch]
-        names = [_label(r.model, r.file, r.backend, multi, r.size_text) + ("*" if not r.meaningful else "")
-                 for r in sel]
+        sel = [r for r in plotted if r.batch == batch]
+        names = [_label(r.model, r.file, r.backend, multi, r.size_text) for r in sel]
         ax.boxplot([r.samples_ms for r in sel], vert=False, showfliers=True, flierprops={"markersize": 2})
-        ax.set_yticks(range(1, len(sel) + 1), names, fontsize=7)
+        ax.set_yticks(range(1, len(sel) + 1), names, fontsize=9)
         if sel and max(max(r.samples_ms) for r in sel) > 10 * min(min(r.samples_ms) for r in sel):
             ax.set_xscale("log")
-        ax.set_xlabel("latency per batch (ms)" + ("; * simulation / reference op" if any(not r.meaningful for r in sel)
-                                                   else ""), fontsize=8)
-        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
-        ax.set_title(f"batch {batch}: latency distribution", fontsize=10)
+        else:
+            ax.set_xlim(left=0)
+        ax.set_xlabel("latency per batch (ms)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=9)
+        ax.set_title(f"batch {batch}: latency distribution", fontsize=11)
         ax.grid(axis="x", alpha=0.3)
     position = len(batches)
     if size_panel:
@@ -317,8 +329,9 @@ def chart_png(report: BenchReport) -> bytes:
         smallest = batches[0]
         par = _parity_index(report)
         legend, placed = [], []
-        first_size = min((r.size for r in report.latency if r.size), default=None)
-        for r in report.latency:
+        first_size = min((r.size for r in plotted if r.size), default=None)
+        accuracies = []
+        for r in plotted:
             p = par.get((r.model, r.backend, r.precision, r.artifact))
             if r.batch != smallest or r.size != first_size or p is None or p.accuracy is None:
                 continue
@@ -327,18 +340,24 @@ def chart_png(report: BenchReport) -> bytes:
             ax.scatter(*point, s=18)
             near = sum(1 for q in placed if abs(np.log10(q[0] / point[0])) < 0.15 and abs(q[1] - point[1]) < 0.15)
             placed.append(point)  # points that (nearly) coincide get their numbers stacked, not overprinted
-            ax.annotate(str(number), point, fontsize=7, xytext=(4, 3 + 8 * near), textcoords="offset points")
-            legend.append(f"{number}: {_label(r.model, r.file, r.backend, multi)}{'*' if not r.meaningful else ''}")
-        meds = [r.stats.median for r in report.latency if r.batch == smallest]
+            ax.annotate(str(number), point, fontsize=9, xytext=(4, 3 + 9 * near), textcoords="offset points")
+            legend.append(f"{number}: {_label(r.model, r.file, r.backend, multi)}")
+            accuracies.append(point[1])
+        meds = [r.stats.median for r in plotted if r.batch == smallest]
         if meds and max(meds) > 10 * min(meds):
             ax.set_xscale("log")
-        ax.set_xlabel(f"median latency, batch {smallest} (ms)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.margins(x=0.25, y=0.2)
-        ax.set_ylabel("top-1 accuracy (%)", fontsize=8)
-        ax.set_title("accuracy vs latency", fontsize=10)
+            ax.margins(x=0.25)
+        else:
+            ax.set_xlim(0, max(meds, default=1.0) * 1.25)
+        if accuracies:
+            top = min(100.0, max(accuracies) + 1.0)
+            ax.set_ylim(max(0.0, min(min(accuracies) - 1.0, top - 5.0)), top)
+        ax.set_xlabel(f"median latency, batch {smallest} (ms)", fontsize=9)
+        ax.tick_params(labelsize=9)
+        ax.set_ylabel("top-1 accuracy (%)", fontsize=9)
+        ax.set_title("accuracy vs latency", fontsize=11)
         ax.grid(alpha=0.3)
-        ax.text(1.02, 1.0, "\n".join(legend), transform=ax.transAxes, fontsize=6.5, va="top", ha="left")
+        ax.legend(handles=[], title="\n".join(legend), title_fontsize=8, loc="lower right", frameon=True)
     if compare_panel:
         ax = axes[position]
         xs = [c.macs_ratio for c in report.compare if c.macs_ratio is not None]
@@ -350,16 +369,21 @@ def chart_png(report: BenchReport) -> bytes:
                         xytext=(3, 3 + 7 * (k % 3)), textcoords="offset points")
         if xs:
             lo, hi = min(xs + ys) * 0.95, max(xs + ys) * 1.05
-            ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey")
-        ax.set_xlabel(f"MACs ratio vs {report.compare[0].baseline}", fontsize=8)
-        ax.set_ylabel("measured latency ratio (median)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_title("MACs ratio vs latency ratio", fontsize=10)
+            ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey",
+                    label="y = x: latency falls as much as the MACs")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel(f"MACs ratio vs {report.compare[0].baseline}", fontsize=9)
+        ax.set_ylabel("measured latency ratio (median)", fontsize=9)
+        ax.tick_params(labelsize=9)
+        ax.set_title("MACs ratio vs latency ratio", fontsize=11)
         ax.grid(alpha=0.3)
     if not batches and not accuracy_panel and not compare_panel and not size_panel:
-        axes[0].text(0.5, 0.5, "no latency measured", ha="center", va="center")
+        axes[0].text(0.5, 0.5, "no deployment-speed latency measured", ha="center", va="center")
         axes[0].set_axis_off()
-    fig.tight_layout()
+    if hidden:
+        fig.text(0.01, 0.0, "not plotted (latency of a simulation or reference op, not deployment speed): "
+                 + ", ".join(hidden), fontsize=8, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04 if hidden else 0, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -15,8 +15,15 @@ from ulsam_deploy.cli.ui import BenchProgress, console, print_warning, reports_o
 from ulsam_deploy.errors import UserError
 
 
-def bench_tables(report) -> list[Table]:
-    """The console view of a report: one line per row, failure reasons as numbered notes below the table."""
+COMPACT = {"model", "artifact", "backend", "precision", "batch", "size", "median", "CV", "GPU Compute", "max |diff|",
+           "top-1 agree", "top-1 acc", "parity"}  # under FULL_WIDTH columns
+NARROW = {"model", "artifact", "backend", "batch", "size", "median", "top-1 agree", "parity"}  # under COMPACT_WIDTH
+FULL_WIDTH, COMPACT_WIDTH = 170, 110
+
+
+def bench_tables(report, width: int | None = None) -> list[Table]:
+    """The console view of a report: one line per row, failure reasons as numbered notes below the table. A narrower
+    terminal gets fewer columns (every figure stays in --json/--csv/--markdown) rather than cut-off cells."""
     from ulsam_deploy.bench.report import (describe_precision, fmt_diff, fmt_ms, fmt_pct, footnotes, output_rows, rows,
                                            tolerance_text, wants_output_table)
 
@@ -34,9 +41,12 @@ def bench_tables(report) -> list[Table]:
     if labels:
         cols += ["top-1 acc", "Δ top-1"]
     cols += ["parity"]
-    for col in cols:
+    width = width or console.width
+    shown = None if width >= FULL_WIDTH else (COMPACT if width >= COMPACT_WIDTH else NARROW)
+    keep = [i for i, col in enumerate(cols) if shown is None or col in shown]
+    for col in (cols[i] for i in keep):
         table.add_column(col, justify="left" if col in ("model", "artifact", "backend", "precision", "parity")
-                         else "right", no_wrap=col in ("artifact", "parity"))
+                         else "right", no_wrap=col != "artifact", overflow="fold" if col == "artifact" else "ellipsis")
     simulated = False
     for row in rows(report):
         median = fmt_ms(row["latency_median_ms"])
@@ -65,7 +75,7 @@ def bench_tables(report) -> list[Table]:
             cells.append("reference")
         else:
             cells.append("[green]PASS[/]" if row["parity_passed"] else f"[red]FAIL[/] [{notes_index[key]}]")
-        table.add_row(*cells)
+        table.add_row(*(cells[i] for i in keep))
     caption = ["latency per batch in ms (host wall time, one query in flight); CV = std/mean, '!' = unstable "
                "(CV of host latency > 2.5 %)"]
     if wants_output_table(report):
@@ -75,6 +85,8 @@ def bench_tables(report) -> list[Table]:
     if simulated:
         caption.append("* the latency measures a simulation (int8 Q/DQ for TensorRT) or the NumPy reference op, "
                        "not deployment speed")
+    if shown is not None:
+        caption.append(f"{len(cols) - len(keep)} more columns at {FULL_WIDTH} characters or in --json/--markdown")
     caption += [f"[{k}] {n}" for k, n in enumerate(notes, 1)]
     table.caption = "\n".join(caption)
     table.caption_justify = "left"

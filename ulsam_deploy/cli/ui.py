@@ -97,11 +97,13 @@ class RichEvents(Events):
     def progress(self, task: str, done: int, total: int) -> None:
         if not err_console.is_terminal:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         if self._bar is None:
             self._bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err_console, transient=True)
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err_console,
+                                 transient=True)
             self._bar.start()
             self._task = self._bar.add_task(task, total=total)
         self._bar.update(self._task, completed=done, total=total, description=task)
@@ -114,11 +116,13 @@ class BenchProgress:
     """Rich progress on stderr for :func:`ulsam_deploy.bench.run.run_bench` events (use as ``event=``)."""
 
     def __init__(self, console=None):
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.console = console or err_console
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True, disable=not self.console.is_terminal)
+                                 TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=True,
+                                 disable=not self.console.is_terminal)
         self.task = None
         self.latency_started = 0.0
         self.latency_total = 1.0
@@ -148,7 +152,10 @@ class BenchProgress:
                 self.console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
                 self.shown.append(warning)
         elif kind == "parity":
-            self.progress.update(self.task, description=f"parity: {data['backend']} on {data['model']}", total=None)
+            from pathlib import Path
+
+            what = Path(str(data.get("artifact") or data["model"])).name
+            self.progress.update(self.task, description=f"parity: {what} on {data['backend']}", total=None)
         elif kind == "latency_start":
             timing = data["timing"]
             self.latency_started = time.perf_counter()

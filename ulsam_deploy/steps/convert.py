@@ -143,9 +143,9 @@ def verify(reference, candidate, images, precision: str, overrides: dict, *, bat
 
     total = len(images)
     outputs = []
-    for k, model in enumerate((reference, candidate)):
+    for k, (model, name) in enumerate(((reference, "fp32"), (candidate, precision))):
         with OrtRunner(model.SerializeToString(), threads=threads) as runner:
-            done = lambda d, n, k=k: events.progress("Verifying", k * n + d, 2 * n)  # noqa: E731
+            done = lambda d, n, name=name: events.progress(f"Verifying: {name} on images", d, n)  # noqa: E731
             outputs.append(infer_in_chunks(runner, images.images, batch, progress=done))
             mode, names = runner.mode, list(runner.output_names)
     verdict = judge(outputs[0], outputs[1], tolerances_for(precision, overrides, features=features),
