@@ -474,7 +474,7 @@ class BenchOptions:
 # ------------------------------------------------------------------------------------ report
 
 def artifact_name(artifact: str) -> str:
-    """What a row names: the file (``model.int8.onnx``), or what it is when there is none."""
+    """What a row names: the file (``model.int8-tensorrt.onnx``), or what it is when there is none."""
     if artifact in ("(in memory)", ""):
         return artifact or "-"
     return Path(artifact).name
