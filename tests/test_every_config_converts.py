@@ -47,6 +47,9 @@ def test_every_configuration_exports_fuses_and_converts(tmp_path, arch, width, u
                               calib_data=calib if precision == "int8" else None, verify_data=verify)
         check_model(onnx.load(str(result.path)))  # a valid graph, typed consistently
         assert result.verdict.passed, (name, result.verdict.sentence())
+        if precision == "int8" and target == "tensorrt":  # TensorRT's fusions, predicted from the Q/DQ graph
+            fusions = result.report["int8"]["tensorrt_fusions"]
+            assert fusions["residual_adds_fusable"] == fusions["residual_adds"] and not fusions["qdq_not_absorbed"]
         if precision == "fp16":
             assert "initializers_unshared" in result.report["kept_fp32"]
 
@@ -102,3 +105,26 @@ def test_a_tensor_with_a_near_zero_range_is_calibrated_by_minmax_and_said(tmp_pa
     check_model(quantized)
     assert "calibrated with minmax instead" in facts["calibration_fallback"]
     assert facts["qdq"]["quantize_nodes"] > 0
+
+
+def test_the_tensorrt_int8_layout_fuses_every_residual_add(tmp_path, monkeypatch):
+    """TensorRT fuses Conv + Add only when the Conv side of the Add carries no Q/DQ; ONNX Runtime's quantizer puts
+    Q/DQ on both inputs (the old layout), which the structural check must call out."""
+    import ulsam_deploy.passes.int8 as int8
+    from ulsam_deploy.passes.int8 import tensorrt_fusions, to_int8
+
+    model = randomize_bn(build_model("mv2", 0.5, "13", groups=4, num_classes=10, input_size=32))
+    path = export_checkpoint(save_checkpoint(model, tmp_path / "ck.pt"), tmp_path / "m.onnx",
+                             ExportOptions(atol=1e-3)).path
+    images = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    laid_out, facts = to_int8(onnx.load(str(path)), images, target="tensorrt")
+    check = facts["tensorrt_fusions"]
+    assert check["residual_adds"] == facts["residual_qdq_removed"] == check["residual_adds_fusable"] > 0
+    assert check["weighted_ops_int8"] == check["weighted_ops"] - 2  # the ULSAM block's two convs stay float
+    assert not check["qdq_not_absorbed"] and check["summary"].endswith("cannot fuse: none")
+    monkeypatch.setattr(int8, "place_for_tensorrt", lambda m: 0)  # ONNX Runtime's layout, as it was
+    _, old = to_int8(onnx.load(str(path)), images, target="tensorrt")
+    assert old["tensorrt_fusions"]["residual_adds_fusable"] == 0
+    assert len(old["tensorrt_fusions"]["residual_adds_not_fusable"]) == check["residual_adds"]
+    _, ort = to_int8(onnx.load(str(path)), images, target="ort")  # another runtime, its own layout: unchanged
+    assert "residual_qdq_removed" not in ort

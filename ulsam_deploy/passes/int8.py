@@ -208,6 +208,9 @@ def to_int8(model: onnx.ModelProto, calib_images: np.ndarray, *, target: str = "
             quantized = onnx.load(str(dst))
     finally:
         root.setLevel(level)
+    if target == "tensorrt":
+        facts["residual_qdq_removed"] = place_for_tensorrt(quantized)
+        facts["tensorrt_fusions"] = tensorrt_fusions(quantized)
     set_metadata(quantized, INT8_TARGET_KEY, target)
     facts.update(excluded_ulsam_blocks=len(blocks), excluded_nodes=exclude, qdq=qdq_summary(quantized),
                  settings={k: (v if isinstance(v, (bool, int, float, str, list, dict, type(None))) else str(v))
@@ -216,6 +219,111 @@ def to_int8(model: onnx.ModelProto, calib_images: np.ndarray, *, target: str = "
         raise UserError("The quantizer produced non-zero zero points, which TensorRT rejects; this is a bug, please "
                         "report it.")
     return quantized, facts
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# ops TensorRT quantizes, or moves Q/DQ across, so a DQ feeding them is absorbed into an int8 kernel
+QDQ_ABSORBING_OPS = WEIGHTED_OPS + ("Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Reshape",
+                                    "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _graph_maps(model: onnx.ModelProto):
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
+def _qdq_input(name: str, producer: dict):
+    """(Q, DQ, source tensor) when ``name`` is ``DequantizeLinear(QuantizeLinear(source))``, else None."""
+    dq = producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = producer.get(dq.input[0])
+    return (q, dq, q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+def place_for_tensorrt(model: onnx.ModelProto) -> int:
+    """Quantize only the skip input of each residual Add, in place; returns how many Q/DQ pairs were removed.
+
+    ONNX Runtime's quantizer puts Q/DQ on both inputs of an Add. TensorRT's developer guide (Q/DQ placement
+    recommendations) says a Q/DQ pair on the Conv side of an element-wise Add "forces the separation of the
+    convolution operator from the element-wise addition operator"; with only the other (skip) input quantized,
+    TensorRT fuses Conv + Add (+ activation) into one int8 kernel. The Conv-side input is the one whose tensor is
+    made by a Conv and read by nothing but this pair (the skip tensor is also read by the next block's Conv)."""
+    producer, consumers = _graph_maps(model)
+    drop: set[int] = set()
+    for add in model.graph.node:
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        sides = [_qdq_input(name, producer) for name in add.input]
+        if not all(sides):
+            continue
+        conv_side = [i for i, (q, dq, src) in enumerate(sides)
+                     if getattr(producer.get(src), "op_type", None) in WEIGHTED_OPS
+                     and len(consumers.get(src, [])) == 1 and len(consumers.get(q.output[0], [])) == 1
+                     and len(consumers.get(dq.output[0], [])) == 1]
+        if len(conv_side) == 2:  # both from a Conv: the skip is the one whose Conv output other nodes read too
+            conv_side = conv_side[1:]
+        if len(conv_side) != 1:
+            continue
+        q, dq, src = sides[conv_side[0]]
+        add.input[conv_side[0]] = src
+        drop.update((id(q), id(dq)))
+    if drop:
+        keep = [n for n in model.graph.node if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        from ulsam_deploy.passes.common import eliminate_dead_code
+
+        eliminate_dead_code(model)  # the removed pairs' scales and zero points
+    return len(drop) // 2
+
+
+def tensorrt_fusions(model: onnx.ModelProto) -> dict:
+    """What TensorRT's int8 fusions will make of a Q/DQ graph, predicted from its structure (TensorRT's documented
+    rules): residual Adds it fuses with the Conv before them (exactly one input behind Q/DQ, the other straight from
+    a Conv), weighted ops with int8 data and weights, fused SubspaceAttention nodes kept float, and the Q/DQ pairs
+    no int8 kernel absorbs (named)."""
+    from ulsam_deploy import op_spec
+
+    producer, consumers = _graph_maps(model)
+    adds = fusable = 0
+    not_fusable = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        sides = [_qdq_input(name, producer) for name in node.input]
+        if not any(sides):
+            continue  # a float Add (inside a block kept fp32)
+        adds += 1
+        plain = [name for name, side in zip(node.input, sides) if side is None]
+        if sum(1 for s in sides if s) == 1 and getattr(producer.get(plain[0]), "op_type", None) in WEIGHTED_OPS:
+            fusable += 1
+        else:
+            not_fusable.append(node.name or node.output[0])
+    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    int8_weighted = [n for n in weighted if _qdq_input(n.input[0], producer) and _qdq_input(n.input[1], producer)]
+    unabsorbed = []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or _qdq_input(node.output[0], producer) is None:
+            continue
+        readers = consumers.get(node.output[0], [])
+        if not readers or any(r.op_type not in QDQ_ABSORBING_OPS for r in readers):
+            unabsorbed.append(node.name or node.output[0])
+    plugins = [n for n in model.graph.node if n.op_type == op_spec.OP_TYPE]
+    plugin_int8 = [n.name for n in plugins if _qdq_input(n.input[0], producer) is None
+                   and any(r.op_type == "QuantizeLinear" for r in consumers.get(n.output[0], []))]
+    summary = (f"{fusable} of {adds} residual Adds fusable, {len(int8_weighted)} of {len(weighted)} "
+               f"Conv/Gemm with int8 input and weights, Q/DQ pairs that TensorRT cannot fuse: "
+               + (", ".join(unabsorbed[:5]) + (" ..." if len(unabsorbed) > 5 else "") if unabsorbed else "none"))
+    return {"residual_adds": adds, "residual_adds_fusable": fusable, "residual_adds_not_fusable": not_fusable,
+            "weighted_ops": len(weighted), "weighted_ops_int8": len(int8_weighted),
+            "weighted_ops_float": [n.name for n in weighted if n not in int8_weighted],
+            "qdq_not_absorbed": unabsorbed, "plugins": len(plugins),
+            "summary": summary, "plugins_before_q": plugin_int8}
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict:
@@ -238,5 +346,5 @@ def qdq_summary(model: onnx.ModelProto) -> dict:
             "dequantize_nodes": sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")}
 
 
-__all__ = ["CALIB_METHODS", "CalibrationReader", "TARGETS", "ort_settings", "pre_process", "qdq_summary",
-           "tensorrt_settings", "to_int8"]
+__all__ = ["CALIB_METHODS", "CalibrationReader", "TARGETS", "ort_settings", "place_for_tensorrt", "pre_process",
+           "qdq_summary", "tensorrt_fusions", "tensorrt_settings", "to_int8"]

@@ -236,6 +236,11 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
 
                 with step.stage("Fusing ULSAM blocks into SubspaceAttention", "fuse"):
                     converted, report["fusion"] = fuse_model(converted)
+            if options.target == "tensorrt":
+                from ulsam_deploy.passes.int8 import tensorrt_fusions
+
+                facts["tensorrt_fusions"] = tensorrt_fusions(converted)  # of the graph as written
+                events.detail(f"TensorRT int8 layout: {facts['tensorrt_fusions']['summary']}")
         converted = step.finalize(converted)
         with step.stage(f"Verifying {precision} against fp32 on ONNX Runtime ({len(verify_set)} real images)",
                         "verify"):
