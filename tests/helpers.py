@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import onnx
@@ -20,6 +21,21 @@ PAPER_CONFIGS = [
     ("mv2", 1.0, "17:1"), ("mv2", 1.0, "13"), ("mv2", 1.0, "16"), ("mv2", 1.0, "9,13"),
     ("mv2", 1.0, "16,17"), ("mv2", 1.0, "14,17"), ("mv2", 1.0, "13,14,16,17"),
 ]
+
+
+def _have_fashion_mnist() -> bool:
+    from ulsam_deploy.data import MissingResource
+    from ulsam_deploy.data.resources import fashion_mnist_dir
+
+    try:
+        fashion_mnist_dir()
+        return True
+    except MissingResource:
+        return False
+
+
+HAVE_FMNIST = _have_fashion_mnist()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -7,18 +7,9 @@ import json
 
 import pytest
 
-from helpers import clean_error
+from helpers import clean_error, needs_fmnist
 from ulsam_deploy.backends.trt.runtime import tensorrt_available
 from ulsam_deploy.cli import app
-from ulsam_deploy.data import MissingResource
-from ulsam_deploy.data.resources import fashion_mnist_dir
-
-try:
-    fashion_mnist_dir()
-    HAVE_FMNIST = True
-except MissingResource:
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the stop at the TensorRT boundary")
 
 

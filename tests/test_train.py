@@ -10,18 +10,12 @@ import pytest
 import torch
 
 from ulsam_deploy.cli import app
+from helpers import needs_fmnist
 from ulsam_deploy.data import MissingResource, export_fashion_mnist_folder
-from ulsam_deploy.data.resources import fashion_mnist_dir
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.models.checkpoint import load_checkpoint_with_info, read_checkpoint_file
 from ulsam_deploy.train import TrainOptions, augment, lr_at, resolve_options, train
 
-try:
-    fashion_mnist_dir()
-    HAVE_FMNIST = True
-except MissingResource:
-    HAVE_FMNIST = False
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 # small but real: MV2 x0.35 + ULSAM after layer 7 (a 4x4 map at 32x32), on Fashion-MNIST slices
 TINY = dict(dataset="fashion-mnist", arch="mv2", width=0.35, ulsam="7:1", groups=4, input_size=32, batch_size=32,

@@ -76,6 +76,22 @@ def is_stream(path: str | os.PathLike | None) -> bool:
     return is_stdout(path) or (path is not None and str(path) == os.devnull)
 
 
+def path_kind(path: str | os.PathLike, what: str, fix: str) -> str:
+    """What is at ``path``, without following a link: ``missing``, ``link``, ``dir``, ``file`` or ``special``
+    (a device, FIFO or socket); a path that cannot be looked at is one sentence naming ``what`` and ``fix``."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise UserError(f"Cannot use '{path}' as the {what} ({exc.strerror}); {fix}.") from None
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "special"
+
+
 def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
                  inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Refuse, in one sentence, an output path that cannot or must not be written; return it as a Path.
@@ -89,20 +105,15 @@ def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
     path = Path(path)
     if str(path) in ("", "."):
         raise UserError(f"The {what} path '{path}' is a directory; give a file name such as 'model.onnx'.")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise UserError(f"Cannot use '{path}' as the {what} ({exc.strerror}); choose another path.") from None
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
+    kind = path_kind(path, what, "choose another path")
+    if kind != "missing":
+        if kind == "link":
             raise UserError(f"The {what} '{path}' is a symbolic link; ulsam-deploy never replaces links, so give the "
                             "real file's path or another one.")
-        if stat.S_ISDIR(st.st_mode):
+        if kind == "dir":
             raise UserError(f"The {what} '{path}' is a directory; give a file path inside it, such as "
                             f"'{path / 'model.onnx'}'.")
-        if not stat.S_ISREG(st.st_mode):
+        if kind == "special":
             raise UserError(f"The {what} '{path}' is not a regular file (a device, FIFO or socket); choose a file path.")
         for source in inputs:
             with contextlib.suppress(OSError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,17 +265,14 @@ def prepare_build_dir(bdir: Path, *, clean: bool) -> Path:
     deleted) only when it is recognisably a plugin build folder of ours; a user's own folder is never
     written into or removed.
     """
-    try:
-        st = os.lstat(bdir)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise UserError(f"Cannot use '{bdir}' as the build folder ({exc.strerror}); give another --build-dir.") from None
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
+    from ulsam_deploy.artifacts import path_kind
+
+    kind = path_kind(bdir, "build folder", "give another --build-dir")
+    if kind != "missing":
+        if kind == "link":
             raise UserError(f"The build folder '{bdir}' is a symbolic link; give the real folder's path or a new "
                             "one with --build-dir.")
-        if not stat.S_ISDIR(st.st_mode):
+        if kind != "dir":
             raise UserError(f"The build folder '{bdir}' is not a folder (a file or special file); give a new "
                             "folder with --build-dir.")
         if any(bdir.iterdir()) and not is_plugin_build_dir(bdir):
