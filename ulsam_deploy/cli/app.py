@@ -233,12 +233,10 @@ def checked_inputs(fn):
     return wrapper
 
 
-def command(name: str | None = None, **kwargs):
-    """Register a command with the error policy."""
-    def decorate(fn):
-        return app.command(name, **kwargs)(handle_errors(checked_inputs(document_defaults(fn))))
-
-    return decorate
+def register(fn) -> None:
+    """Add a function marked with ``@command`` to the app, behind the error policy and the input checks."""
+    name, kwargs = fn.__cli_command__
+    app.command(name, **kwargs)(handle_errors(checked_inputs(document_defaults(fn))))
 
 
 def _on_sigterm(_signum, _frame):
@@ -295,6 +293,14 @@ def run(argv: list[str] | None = None) -> None:
             signal.signal(signal.SIGINT, previous[1])  # kill it with -2 instead of 130
 
 
-# the commands register themselves on import; none of these modules imports torch, onnx or a runtime at import time
-from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, deploy, doctor, export, fuse,  # noqa: E402,F401
-                              inspect, train)
+def _register_commands() -> None:
+    """Every command, in the order --help lists them; none of these modules imports torch, onnx or a runtime."""
+    from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, deploy, doctor, export, fuse,
+                                  inspect, train)
+
+    for fn in (export.export, inspect.inspect, fuse.fuse, convert.convert, build_plugin.build_plugin_cmd,
+               build_trt.build_trt, deploy.deploy, bench.bench, train.train, demo.demo, doctor.doctor):
+        register(fn)
+
+
+_register_commands()

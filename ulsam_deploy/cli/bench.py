@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import MAX_COUNT, MAX_PIXELS, MAX_SECONDS, MAX_SEED, ThreadsOpt, csv_list
 from ulsam_deploy.cli.ui import BenchProgress, console, print_warning, reports_on_stdout
 from ulsam_deploy.errors import UserError

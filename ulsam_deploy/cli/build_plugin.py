@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import MAX_THREADS
 from ulsam_deploy.cli.ui import console, print_warning, stage
 from ulsam_deploy.errors import UserError

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.ui import BuildProgress, RichEvents, console
 
 

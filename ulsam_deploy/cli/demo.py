@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import MAX_COUNT, ThreadsOpt, csv_list
 from ulsam_deploy.cli.ui import BenchProgress, RichEvents, console
 from ulsam_deploy.errors import UserError

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import ArchOpt, ClassesOpt, ForceOpt, GroupsOpt, UlsamOpt, WidthOpt, model_overrides
 from ulsam_deploy.cli.ui import RichEvents, console, print_warning
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import ArchOpt, ClassesOpt, ForceOpt, GroupsOpt, MAX_COUNT, UlsamOpt, WidthOpt, model_overrides
 from ulsam_deploy.cli.ui import RichEvents, console
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import ArchOpt, ClassesOpt, GroupsOpt, SizeOpt, UlsamOpt, WidthOpt, model_overrides
 from ulsam_deploy.cli.ui import console, fmt_count
 from ulsam_deploy.errors import UserError

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ulsam_deploy.cli.app import command
+from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import ArchOpt, GroupsOpt, MAX_COUNT, MAX_SEED, MAX_THREADS, ThreadsOpt, UlsamOpt, WidthOpt
 from ulsam_deploy.cli.ui import TrainProgress, console
 
