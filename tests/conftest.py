@@ -26,10 +26,38 @@ if not _has_cuda_gpu():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "trt_api(min=None, below=None): runs on TensorRT's real Python bindings, once "
-                                       "per version of the matrix in tests/test_trt_bindings.py (skipped elsewhere "
-                                       "without TensorRT); min/below: the TensorRT versions it applies to")
+_REASONS: dict[str, str | None] = {}
+
+
+def _missing(marker: str) -> str | None:
+    """Why a test with ``marker`` cannot run here (None: it can), probed once per session."""
+    if marker not in _REASONS:
+        if marker == "gpu":
+            _REASONS[marker] = None if _has_cuda_gpu() else "needs a CUDA GPU (the CUDA driver finds none here)"
+        else:
+            try:
+                import tensorrt
+
+                reason = None if hasattr(tensorrt, "IBuilderConfig") else "the importable 'tensorrt' is not TensorRT's"
+            except Exception as exc:  # noqa: BLE001 - a broken install raises anything
+                reason = (f"needs TensorRT's Python bindings ({type(exc).__name__}); trt_api tests run once per "
+                          "TensorRT version in tests/test_trt_bindings.py" if marker == "trt_api" else
+                          f"needs TensorRT ({type(exc).__name__}: pip install tensorrt on an x86 GPU machine) and a "
+                          "GPU")
+            if reason is None and marker == "tensorrt" and not _has_cuda_gpu():
+                reason = "needs TensorRT and a GPU: TensorRT is here, no GPU"
+            _REASONS[marker] = reason
+    return _REASONS[marker]
+
+
+def pytest_runtest_setup(item):
+    """The ``gpu``, ``tensorrt`` and ``trt_api`` markers skip by themselves, with the reason (pyproject registers
+    them; --strict-markers refuses any other)."""
+    for marker in ("gpu", "tensorrt", "trt_api"):
+        if item.get_closest_marker(marker) is not None:
+            reason = _missing(marker)
+            if reason:
+                pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(config, items):

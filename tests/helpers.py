@@ -38,6 +38,16 @@ HAVE_FMNIST = _have_fashion_mnist()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
+def bundled_macs_from_torch(name: str = "fashion-mnist") -> int:
+    """MACs of a bundled model counted on the PyTorch module (forward hooks, the paper's rule): a second counter,
+    independent of the ONNX-graph count that torch-free commands report and of any file the code wrote."""
+    from ulsam_deploy import bundled
+    from ulsam_deploy.models import profile_model
+
+    model, _ = bundled.load(name)
+    return int(profile_model(model).macs)
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm non-trivial affine weights and statistics so folding mistakes cannot hide.
 
@@ -84,13 +94,20 @@ def attention_spread(module: torch.nn.Module, x: torch.Tensor) -> float:
 TORCH_NOISE = ("Weights only load failed", "PytorchStreamReader", "weights_only` argument", "WeightsUnpickler")
 
 
+def one_error_line(output: str) -> str:
+    """The one ``error:`` line of a command's output (no traceback, no second error)."""
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and output.count("error:") == 1, output
+    return errors[0]
+
+
 def clean_error(result, code: int, *needles: str) -> str:
     """The command failed with ``code`` and one sentence containing ``needles``: no traceback, no 'Unexpected'."""
     out = result.output
     assert result.exit_code == code, out
-    assert "Traceback" not in out and "Unexpected" not in out, out
-    assert out.count("error:") == 1, out
-    line = next(l for l in out.splitlines() if l.startswith("error:"))
+    assert "Unexpected" not in out, out
+    line = one_error_line(out)
     for needle in needles:
         assert needle in out, out
     assert not any(noise in out for noise in TORCH_NOISE), out

@@ -365,13 +365,6 @@ def test_missing_sidecar_warns_and_loads(trt, engine_file, memory, monkeypatch):
 @pytest.mark.tensorrt
 def test_real_engine_matches_onnx_runtime(tmp_path):
     """Build a small engine with TensorRT's own API and compare TrtRunner with ONNX Runtime (GPU machines only)."""
-    if not _tensorrt_importable():
-        pytest.skip("TensorRT's Python package is not installed (pip install tensorrt on an x86 GPU machine)")
-    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
-
-    driver = probe_cuda_driver()
-    if not driver.available:
-        pytest.skip(f"no usable NVIDIA GPU here ({driver.error})")
     import tensorrt as trt
 
     from ulsam_deploy.backends import OrtRunner

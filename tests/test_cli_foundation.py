@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import randomize_bn
+from helpers import clean_error, randomize_bn
 from ulsam_deploy.cli import app
 from ulsam_deploy.models import build_model, save_checkpoint
 
@@ -16,13 +17,6 @@ from ulsam_deploy.models import build_model, save_checkpoint
 def ckpt(tmp_path):
     model = randomize_bn(build_model("mv2", 0.5, "14,17:1", groups=4, num_classes=10, input_size=96))
     return save_checkpoint(model, tmp_path / "ck.pt")
-
-
-def _assert_clean_error(result, code, needle):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert needle in result.output
-    assert result.output.count("error:") == 1
 
 
 def test_export_happy_path(cli_runner, ckpt, tmp_path):
@@ -43,15 +37,15 @@ def test_export_default_output_path(cli_runner, ckpt):
 def test_export_refuses_overwrite(cli_runner, ckpt, tmp_path):
     out = tmp_path / "out.onnx"
     assert cli_runner.invoke(app, ["export", str(ckpt), "-o", str(out)]).exit_code == 0
-    _assert_clean_error(cli_runner.invoke(app, ["export", str(ckpt), "-o", str(out)]), 2, "--force")
+    clean_error(cli_runner.invoke(app, ["export", str(ckpt), "-o", str(out)]), 2, "--force")
     assert cli_runner.invoke(app, ["export", str(ckpt), "-o", str(out), "--force"]).exit_code == 0
 
 
 def test_export_missing_and_corrupt_files(cli_runner, tmp_path):
-    _assert_clean_error(cli_runner.invoke(app, ["export", str(tmp_path / "nope.pt")]), 2, "does not exist")
+    clean_error(cli_runner.invoke(app, ["export", str(tmp_path / "nope.pt")]), 2, "does not exist")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
-    _assert_clean_error(cli_runner.invoke(app, ["export", str(bad)]), 2, "corrupt")
+    clean_error(cli_runner.invoke(app, ["export", str(bad)]), 2, "corrupt")
     assert not (tmp_path / "bad.onnx").exists()
 
 
@@ -60,7 +54,7 @@ def test_export_wrong_architecture_for_foreign_checkpoint(cli_runner, tmp_path):
     model = build_model("mv2", 0.5, "17:1", num_classes=10, input_size=32)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "sd.pt")
     result = cli_runner.invoke(app, ["export", str(tmp_path / "sd.pt"), "--arch", "mv1"])
-    _assert_clean_error(result, 2, "does not fit MobileNet-V1")
+    clean_error(result, 2, "does not fit MobileNet-V1")
     assert "--arch mv2" in result.output
     assert not (tmp_path / "sd.onnx").exists()
     # without flags the config is inferred from the shapes and the export works
@@ -73,13 +67,25 @@ def test_export_wrong_architecture_for_foreign_checkpoint(cli_runner, tmp_path):
 ])
 def test_export_bad_flag_values(cli_runner, ckpt, tmp_path, args, needle):
     result = cli_runner.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "o.onnx"), *args])
-    _assert_clean_error(result, 2, needle)
+    clean_error(result, 2, needle)
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_debug_shows_traceback(cli_runner, tmp_path):
-    result = cli_runner.invoke(app, ["--debug", "export", str(tmp_path / "nope.pt")])
-    assert result.exit_code != 0 and result.exception is not None
+@pytest.mark.slow  # fresh Python processes
+def test_debug_shows_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "ulsam_deploy", "export", str(tmp_path / "nope.pt")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    debug = subprocess.run([cmd[0], cmd[1], cmd[2], "--debug", *cmd[3:]], capture_output=True, text=True, env=env,
+                           timeout=120, check=False)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "does not exist" in plain.stderr
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "CheckpointError" in debug.stderr
 
 
 def test_inspect_json_from_flags(cli_runner):
@@ -110,10 +116,10 @@ def test_inspect_checkpoint(cli_runner, ckpt):
     (["--arch", "mv1", "--width", "-1"], "Width multiplier"),
 ])
 def test_inspect_bad_input(cli_runner, args, needle):
-    _assert_clean_error(cli_runner.invoke(app, ["inspect", *args]), 2, needle)
+    clean_error(cli_runner.invoke(app, ["inspect", *args]), 2, needle)
 
 
 def test_build_plugin_without_tensorrt_is_one_sentence(cli_runner, tmp_path):
     result = cli_runner.invoke(app, ["build-plugin", "--tensorrt-root", str(tmp_path / "none"),
                                      "--build-dir", str(tmp_path / "b")])
-    _assert_clean_error(result, 2, "No NvInfer.h")
+    clean_error(result, 2, "No NvInfer.h")

@@ -88,6 +88,7 @@ def test_a_sidecar_with_the_wrong_number_of_class_names_is_refused(cli_runner, t
                 "class_names has 3 names for the model's 10 classes")
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_the_fused_op_loads_without_importing_torch():
     probe = ("import sys; from ulsam_deploy.backends.onnxrt.custom_ops import register_custom_ops\n"
              "import onnxruntime as ort; register_custom_ops(ort.SessionOptions())\n"

@@ -21,6 +21,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 from PIL import Image
 
+from helpers import one_error_line
 from ulsam_deploy.artifacts import read_sidecar, sha256_file
 from ulsam_deploy.data.sources import load_images, preprocess_of
 from ulsam_deploy.errors import ParityError, UserError
@@ -569,13 +570,6 @@ def test_idx_directory_splits():
 # ----------------------------------------------------------------------------------------- CLI
 
 
-def _one_error_line(output: str) -> str:
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, output
-    return errors[0]
-
-
 def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_path):
     from ulsam_deploy.cli import app
 
@@ -587,13 +581,13 @@ def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_pa
     assert out.exists() and Path(str(out) + ".json").exists() and "top-1 agree" in result.output
 
     result = cli_runner.invoke(app, ["convert", str(tmp_path / "nope.onnx"), "--precision", "fp16"])
-    assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
+    assert result.exit_code == 2 and "does not exist" in one_error_line(result.output)
     target = tmp_path / "x.int8.onnx"
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "bf16", "-o", str(target)])
-    assert result.exit_code == 2 and "fp16 or int8" in _one_error_line(result.output)
+    assert result.exit_code == 2 and "fp16 or int8" in one_error_line(result.output)
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "fp16", "-o", str(target),
                                      "--verify-data", str(grey_images), "--threshold", "fp16:min_cosine=1.1"])
-    assert result.exit_code == 3 and "nothing was written" in _one_error_line(result.output)
+    assert result.exit_code == 3 and "nothing was written" in one_error_line(result.output)
     assert not target.exists() and not Path(str(target) + ".json").exists()
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from helpers import PAPER_CONFIGS, randomize_bn
+from helpers import PAPER_CONFIGS, clean_error, randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
@@ -472,12 +472,6 @@ def exported(tmp_path_factory):
     return tmp / "m.onnx"
 
 
-def _clean_error(result, code, needle):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and needle in result.output, result.output
-    assert result.output.count("error:") == 1
-
-
 def test_cli_fuse_happy_path(cli_runner, exported, tmp_path):
     out = tmp_path / "f.onnx"
     result = cli_runner.invoke(app, ["fuse", str(exported), "-o", str(out)])
@@ -511,16 +505,16 @@ def test_cli_fuse_default_output_and_overwrite_refusal(cli_runner, exported):
     target.unlink(missing_ok=True)
     assert cli_runner.invoke(app, ["fuse", str(exported)]).exit_code == 0
     stamp = target.stat().st_mtime_ns
-    _clean_error(cli_runner.invoke(app, ["fuse", str(exported)]), 2, "--force")
+    clean_error(cli_runner.invoke(app, ["fuse", str(exported)]), 2, "--force")
     assert target.stat().st_mtime_ns == stamp
     assert cli_runner.invoke(app, ["fuse", str(exported), "--force"]).exit_code == 0
 
 
 def test_cli_fuse_bad_inputs(cli_runner, tmp_path):
-    _clean_error(cli_runner.invoke(app, ["fuse", str(tmp_path / "missing.onnx")]), 2, "does not exist")
+    clean_error(cli_runner.invoke(app, ["fuse", str(tmp_path / "missing.onnx")]), 2, "does not exist")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    _clean_error(cli_runner.invoke(app, ["fuse", str(junk)]), 2, "not a readable ONNX model")
+    clean_error(cli_runner.invoke(app, ["fuse", str(junk)]), 2, "not a readable ONNX model")
     assert not (tmp_path / "junk.fused.onnx").exists()
 
 
@@ -540,7 +534,7 @@ def test_cli_fuse_parity_failure_writes_nothing(cli_runner, exported, tmp_path, 
 
     monkeypatch.setattr(fuse_module, "fuse_model", corrupted)
     out = tmp_path / "bad.onnx"
-    _clean_error(cli_runner.invoke(app, ["fuse", str(exported), "-o", str(out)]), 3, "nothing was written")
+    clean_error(cli_runner.invoke(app, ["fuse", str(exported), "-o", str(out)]), 3, "nothing was written")
     assert not out.exists() and not (tmp_path / "bad.onnx.json").exists()
     assert list(tmp_path.iterdir()) == []  # no temp files either
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ulsam_deploy.cli import app
-from helpers import needs_fmnist
+from helpers import clean_error, needs_fmnist
 from ulsam_deploy.data import MissingResource, export_fashion_mnist_folder
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.models.checkpoint import load_checkpoint_with_info, read_checkpoint_file
@@ -20,12 +20,6 @@ from ulsam_deploy.train import TrainOptions, augment, lr_at, resolve_options, tr
 # small but real: MV2 x0.35 + ULSAM after layer 7 (a 4x4 map at 32x32), on Fashion-MNIST slices
 TINY = dict(dataset="fashion-mnist", arch="mv2", width=0.35, ulsam="7:1", groups=4, input_size=32, batch_size=32,
             threads=2, test_limit=300)
-
-
-def _clean_error(result, code, needle):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.output.count("error:") == 1
-    assert needle in result.output, result.output
 
 
 @pytest.mark.slow
@@ -108,11 +102,11 @@ def test_cli_trains_on_an_image_folder_and_guards_the_run_dir(cli_runner, tmp_pa
     assert info.config.arch == "mv1" and info.config.ulsam == "11" and info.meta["test_samples"] == held_out
     assert "hold-out" in info.meta["data"]
 
-    _clean_error(cli_runner.invoke(app, args), 2, "--resume")  # the run dir is taken
-    _clean_error(cli_runner.invoke(app, args + ["--resume"]), 2, "already finished epoch 1")
-    _clean_error(cli_runner.invoke(app, args[:-2] + ["--resume", "--epochs", "2", "--lr", "0.5", "--out", str(run)]),
+    clean_error(cli_runner.invoke(app, args), 2, "--resume")  # the run dir is taken
+    clean_error(cli_runner.invoke(app, args + ["--resume"]), 2, "already finished epoch 1")
+    clean_error(cli_runner.invoke(app, args[:-2] + ["--resume", "--epochs", "2", "--lr", "0.5", "--out", str(run)]),
                  2, "--lr 0.5")
-    _clean_error(cli_runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")]), 2, "Nothing to resume")
+    clean_error(cli_runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")]), 2, "Nothing to resume")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -124,7 +118,7 @@ def test_a_corrupt_training_image_is_one_sentence_from_every_worker(cli_runner, 
     result = cli_runner.invoke(app, ["train", str(root), "--in-channels", "1", "--arch", "mv2", "--width", "0.35",
                                      "--input-size", "32", "--epochs", "1", "--batch-size", "4", "--workers",
                                      str(workers), "--out", str(tmp_path / "run")])
-    _clean_error(result, 2, f"'{bad}' is not a readable image")
+    clean_error(result, 2, f"'{bad}' is not a readable image")
     assert "worker" not in result.output
 
 
@@ -144,7 +138,7 @@ def test_a_corrupt_training_image_is_one_sentence_from_every_worker(cli_runner, 
 ])
 def test_cli_bad_input_is_one_sentence(cli_runner, tmp_path, args, needle):
     result = cli_runner.invoke(app, ["train", *args, "--out", str(tmp_path / "run"), "--epochs", "1", "--limit", "4"])
-    _clean_error(result, 2, needle)
+    clean_error(result, 2, needle)
     assert not (tmp_path / "run").exists()
 
 

@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from helpers import one_error_line
 from ulsam_deploy.events import Events
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
@@ -36,7 +37,11 @@ def engine_sidecar(version="10.3.0.30", gpu=ORIN, **build) -> dict:
 
 
 def test_same_tensorrt_and_gpu_is_accepted():
-    check_engine_compat(engine_sidecar(), runtime=RuntimeInfo("10.3.0.30", ORIN))
+    warnings = []
+    assert check_engine_compat(engine_sidecar(), runtime=RuntimeInfo("10.3.0.30", ORIN), warn=warnings.append) is None
+    assert warnings == []  # nothing soft to say either
+    with pytest.raises(EngineMismatch):  # and the same call does refuse another TensorRT
+        check_engine_compat(engine_sidecar(), runtime=RuntimeInfo("11.1.0.5", ORIN))
 
 
 @pytest.mark.parametrize("running", ["10.3.0.26", "10.4.0.26", "11.1.0.5"])
@@ -795,22 +800,8 @@ def test_weakly_typed_qdq_build_sets_int8_on_the_real_config(trt, tmp_path, monk
 # ---------------------------------------------------------------------------- real TensorRT (GPU)
 
 
-def _real_tensorrt_and_gpu() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"TensorRT is not installed ({type(exc).__name__})"
-    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
-
-    driver = probe_cuda_driver()
-    return None if driver.available else f"no usable GPU: {driver.error}"
-
-
 @pytest.mark.tensorrt
 def test_real_engine_build_and_compat(tmp_path):
-    reason = _real_tensorrt_and_gpu()
-    if reason:
-        pytest.skip(reason)
     import tensorrt as trt
 
     from ulsam_deploy.steps.build_trt import build_engine
@@ -828,13 +819,6 @@ def test_real_engine_build_and_compat(tmp_path):
 # ----------------------------------------------------------------------------------------- CLI
 
 
-def _one_error_line(output: str) -> str:
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, output
-    return errors[0]
-
-
 def test_cli_build_trt_error_paths(cli_runner, tmp_path):
     from ulsam_deploy.cli import app
 
@@ -842,7 +826,7 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
     engine = tmp_path / "m.engine"
     if _no_real_tensorrt():
         result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch-profile", "1:2:4"])
-        line = _one_error_line(result.output)
+        line = one_error_line(result.output)
         assert result.exit_code == 4 and "TensorRT's Python package is not installed" in line
         assert "pip install tensorrt" in line or "python3-libnvinfer" in line
     for args, code, text in (
@@ -853,12 +837,12 @@ def test_cli_build_trt_error_paths(cli_runner, tmp_path):
             ([], 2, "pass --batch"),
     ):
         result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine)] + args)
-        assert result.exit_code == code and text in _one_error_line(result.output), (args, result.output)
+        assert result.exit_code == code and text in one_error_line(result.output), (args, result.output)
     result = cli_runner.invoke(app, ["build-trt", str(tmp_path / "missing.onnx")])
-    assert result.exit_code == 2 and "does not exist" in _one_error_line(result.output)
+    assert result.exit_code == 2 and "does not exist" in one_error_line(result.output)
     engine.write_bytes(b"old")
     result = cli_runner.invoke(app, ["build-trt", str(model), "-o", str(engine), "--batch-profile", "1"])
-    assert result.exit_code == 2 and "--force" in _one_error_line(result.output) and engine.read_bytes() == b"old"
+    assert result.exit_code == 2 and "--force" in one_error_line(result.output) and engine.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.onnx"]
 
 
@@ -873,7 +857,7 @@ def test_cli_build_trt_shows_parser_errors_in_full(trt, cli_runner, tmp_path, mo
     result = cli_runner.invoke(app, ["build-trt", str(model), "--batch-profile", "1"])
     assert result.exit_code == 2
     assert "No importer registered for op: Foo" in result.output and "creator for Foo version 1 not found" in result.output
-    assert "does not support op Foo (node 'foo_1')" in _one_error_line(result.output)
+    assert "does not support op Foo (node 'foo_1')" in one_error_line(result.output)
     assert not (tmp_path / "m.engine").exists()
 
 
