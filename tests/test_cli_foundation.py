@@ -51,7 +51,7 @@ def test_export_missing_and_corrupt_files(cli_runner, tmp_path):
 
 @pytest.mark.slow
 def test_export_wrong_architecture_for_foreign_checkpoint(cli_runner, tmp_path):
-    model = build_model("mv2", 0.5, "17:1", num_classes=10, input_size=32)
+    model = randomize_bn(build_model("mv2", 0.5, "17:1", num_classes=10, input_size=32))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "sd.pt")
     result = cli_runner.invoke(app, ["export", str(tmp_path / "sd.pt"), "--arch", "mv1"])
     clean_error(result, 2, "does not fit MobileNet-V1")

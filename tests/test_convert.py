@@ -379,7 +379,7 @@ def test_failed_gate_writes_nothing(small_onnx, grey_images, tmp_path):
     verify = _verify_set(small_onnx, grey_images)
     out = tmp_path / "x.onnx"
     strict = {"fp16": {"min_cosine": 1.0 + 1e-9}}  # no fp16 model reaches a cosine above 1
-    with pytest.raises(ParityError, match=r"fp16 misses its gate on 60 real images: cosine .* < 1; nothing was written"):
+    with pytest.raises(ParityError, match=r"fp16 misses its gate on 60 real images: cosine .* < 1;.* nothing was written"):
         convert_file(small_onnx, out, ConvertOptions(precision="fp16", tolerances=strict), verify_data=verify)
     assert not out.exists() and not Path(str(out) + ".json").exists() and not list(tmp_path.iterdir())
     drop = {"int8": {"max_top1_drop": -1.0, "min_top1_agreement": 0.0, "min_cosine": 0.0}}  # any result is a drop

@@ -20,7 +20,7 @@ from helpers import PAPER_CONFIGS, clean_error, randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.steps.export import export_checkpoint, to_export_form
+from ulsam_deploy.steps.export import ExportOptions, export_checkpoint, to_export_form
 from ulsam_deploy.passes.common import check_model, fit_ir_version
 from ulsam_deploy.backends.onnxrt.custom_ops import prepare_model, register_custom_ops, subspace_attention, take_errors
 from ulsam_deploy.passes.fuse import fuse_model
@@ -100,7 +100,7 @@ def _fuse_and_compare(proto, channels, size, reference=None, batch=3, expect=Non
     a, b = _run(proto, x, probes), _run(fused, x, probes)
     assert a.keys() == b.keys()
     for name in a:
-        assert np.abs(a[name] - b[name]).max() < 1e-5, name
+        assert np.abs(a[name] - b[name]).max() < 1e-5 * max(1.0, float(np.abs(a[name]).max())), name  # fp32 noise
         assert np.abs(a[name]).max() > 1e-2, f"{name} is too small for the comparison to mean anything"
     _assert_lively(fused, dict(a, **{proto.graph.input[0].name: x}))
     if reference is not None:
@@ -468,7 +468,7 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuse_cli")
     model = _net("mv2", 0.5, "14,17:1", 4, size=128)
     ck = save_checkpoint(model, tmp / "ck.pt")
-    export_checkpoint(ck, tmp / "m.onnx")
+    export_checkpoint(ck, tmp / "m.onnx", ExportOptions(atol=1e-3))
     return tmp / "m.onnx"
 
 

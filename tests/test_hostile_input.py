@@ -838,7 +838,7 @@ def test_export_at_another_size_than_trained_is_said_recorded_and_usable(cli_run
     """Exporting at another size is allowed on purpose (detection backbones): export warns, the sidecar keeps the
     trained size, and bench compares the export with the checkpoint at the export's size."""
     out = tmp_path / "m64.onnx"
-    result = cli_runner.invoke(app, ["export", str(ck), "--input-size", "64", "-o", str(out)])
+    result = cli_runner.invoke(app, ["export", str(ck), "--input-size", "64", "-o", str(out), "--atol", "1e-3"])
     assert result.exit_code == 0, result.output
     assert "trained at 32x32" in result.output
     side = read_sidecar(out)

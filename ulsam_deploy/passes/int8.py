@@ -285,8 +285,8 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
 def tensorrt_fusions(model: onnx.ModelProto) -> dict:
     """What TensorRT's int8 fusions will make of a Q/DQ graph, predicted from its structure (TensorRT's documented
     rules): residual Adds it fuses with the Conv before them (exactly one input behind Q/DQ, the other straight from
-    a Conv), weighted ops with int8 data and weights, fused SubspaceAttention nodes kept float, and the Q/DQ pairs
-    no int8 kernel absorbs (named)."""
+    a Conv), weighted ops with int8 data and weights, and the Q/DQ pairs no int8 kernel absorbs (named). A fused
+    SubspaceAttention plugin computes in float: a DQ before it and a Q after it are its boundary, not a loss."""
     from ulsam_deploy import op_spec
 
     producer, consumers = _graph_maps(model)
@@ -310,8 +310,8 @@ def tensorrt_fusions(model: onnx.ModelProto) -> dict:
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or _qdq_input(node.output[0], producer) is None:
             continue
-        readers = consumers.get(node.output[0], [])
-        if not readers or any(r.op_type not in QDQ_ABSORBING_OPS for r in readers):
+        readers = consumers.get(node.output[0], [])  # a fused plugin reads float: DQ before it is its boundary
+        if not readers or any(r.op_type not in QDQ_ABSORBING_OPS + (op_spec.OP_TYPE,) for r in readers):
             unabsorbed.append(node.name or node.output[0])
     plugins = [n for n in model.graph.node if n.op_type == op_spec.OP_TYPE]
     plugin_int8 = [n.name for n in plugins if _qdq_input(n.input[0], producer) is None
