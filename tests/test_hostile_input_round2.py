@@ -175,6 +175,7 @@ COMMANDS = [  # (arguments, the library function the command calls first)
     (["train", "--dataset", "fashion-mnist", "--out", "{tmp}/run"], "ulsam_deploy.train.train"),
     (["demo", "--quick", "--out", "{tmp}/d"], "ulsam_deploy.demo.run_demo"),
     (["doctor"], "ulsam_deploy.doctor.run_doctor"),
+    (["deploy", "{ck}", "--out", "{tmp}/dep"], "ulsam_deploy.deploy.run_deploy"),
     (["build-plugin", "--build-dir", "{tmp}/b"], "ulsam_deploy.backends.trt.plugin_build.build_plugin"),
 ]
 

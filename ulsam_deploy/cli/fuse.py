@@ -17,14 +17,15 @@ from ulsam_deploy.cli.ui import RichEvents, console, print_warning
 def fuse(
     model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model to fuse (run after export/onnxsim)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Fused ONNX to write [default: MODEL.fused.onnx]."),
-    atol: float = typer.Option(1e-5, "--atol", min=0, help="Largest allowed |fused - unfused| on ONNX Runtime."),
+    atol: float = typer.Option(1e-5, "--atol", min=0, help="An element passes when |fused - unfused| <= atol on ONNX Runtime..."),
+    rtol: float = typer.Option(1e-5, "--rtol", min=0, help="... or <= rtol x |unfused| (Polygraphy's rule: fp32 reordering scales with the values)."),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the parity inputs."),
     force: bool = ForceOpt,
 ) -> None:
     """Replace every ULSAM block with one SubspaceAttention node, proven equal to the unfused graph on ONNX Runtime."""
     from ulsam_deploy.steps.fuse import fuse_file
 
-    result = fuse_file(model, output, atol=atol, force=force, seed=seed, events=RichEvents())
+    result = fuse_file(model, output, atol=atol, rtol=rtol, force=force, seed=seed, events=RichEvents())
     report = result.report
     if report["blocks"]:
         table = Table(title=f"Fused into {report['op']['type']} ({report['op']['domain']})", title_justify="left")
@@ -53,4 +54,4 @@ def fuse(
     console.print(f"[green]Wrote[/] {result.path} ({report['fused']} ULSAM block(s) fused, "
                   f"{report['nodes_before']} -> {report['nodes_after']} nodes, {len(report['left_alone'])} left alone; "
                   f"fused == unfused on ONNX Runtime, max |diff| {result.verdict.max_abs:.2g} ({at_blocks:.2g} at the "
-                  f"blocks) <= {atol:g}) and {result.sidecar_path}")
+                  f"blocks); every element within --atol {atol:g} or --rtol {rtol:g}) and {result.sidecar_path}")

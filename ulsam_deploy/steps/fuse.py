@@ -87,6 +87,7 @@ def prove_on_ort(original, candidate, shapes, tolerances, seed: int = 0, probes:
 
 
 def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = None, *, atol: float = 1e-5,
+              rtol: float = 1e-5,
               force: bool = False, seed: int = 0, events: Events = SILENT) -> StepResult:
     """Fuse ``model_path`` into ``output`` (default ``<stem>.fused.onnx``); see the module docstring."""
     from ulsam_deploy.backends.judge import Tolerances
@@ -98,7 +99,7 @@ def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = 
     if not (np.isfinite(atol) and atol > 0):
         raise UserError(f"--atol must be a positive number, not {atol}.")
     with Step("fuse", output, force=force, inputs=[model_path], events=events,
-              options={"atol": atol, "seed": seed}) as step:
+              options={"atol": atol, "rtol": rtol, "seed": seed}) as step:
         with step.stage(f"Loading {model_path}"):
             original, sidecar = load_with_sidecar(model_path, required=False)
             shapes = parity_shapes(original, sidecar)
@@ -107,10 +108,10 @@ def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = 
         fused = step.finalize(fused)
         where = ", ".join("x".join(map(str, s)) for s in shapes)
         with step.stage(f"Proving fused == unfused on ONNX Runtime ({where})", "parity"):
-            verdict = prove_on_ort(original, fused, shapes, Tolerances(atol=atol), seed,
+            verdict = prove_on_ort(original, fused, shapes, Tolerances(atol=atol, rtol=rtol), seed,
                                    probes=tuple(b["output"] for b in report["blocks"]))
         step.require(verdict, f"The fused graph differs from the unfused one on ONNX Runtime (max abs "
-                     f"{verdict.max_abs:.3g}, --atol {atol:g})", "this is a fusion bug; please report it with the model",
+                     f"{verdict.max_abs:.3g}, --atol {atol:g} or --rtol {rtol:g} per element)", "this is a fusion bug; please report it with the model",
                      reference="the unfused model on ONNX Runtime")
         if sidecar is None:
             inputs, outputs = io_specs(original)
