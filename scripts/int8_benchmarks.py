@@ -100,7 +100,7 @@ def _ops_of_optimized(path: Path, threads: int) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from ulsam_deploy.passes.common import op_counts
+    from ulsam_deploy.onnx_graph import op_counts
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

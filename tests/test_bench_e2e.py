@@ -268,7 +268,7 @@ def test_no_runnable_backend_exits_4_with_the_reasons(cli_runner):
 def test_newer_ir_version_than_onnxruntime_reads_is_lowered_in_memory(small, tmp_path):
     """A board's older ONNX Runtime (JetPack 6: 1.23 reads IR 11) still runs a file written with a newer IR."""
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
-    from ulsam_deploy.passes.common import ort_max_ir_version
+    from ulsam_deploy.onnx_graph import ort_max_ir_version
 
     model = onnx.load(small["onnx"])
     model.ir_version = ort_max_ir_version() + 1

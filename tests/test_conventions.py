@@ -54,7 +54,7 @@ def test_a_bundled_name_stands_for_its_checkpoint(cli_runner, tmp_path, monkeypa
 
 
 def test_written_files_carry_no_tool_leftovers():
-    from ulsam_deploy.passes.common import tidy
+    from ulsam_deploy.onnx_graph import tidy
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])

@@ -110,7 +110,7 @@ def grey_images(tmp_path_factory) -> Path:
 
 
 def _elem_type_of(model: onnx.ModelProto, tensor: str) -> int | None:
-    from ulsam_deploy.passes.common import elem_types
+    from ulsam_deploy.onnx_graph import elem_types
 
     return elem_types(model).get(tensor)
 
@@ -198,7 +198,7 @@ def test_onnxruntime_fallback_converter_output_is_valid(small_onnx, monkeypatch)
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     from ulsam_deploy.passes import fp16
-    from ulsam_deploy.passes.common import check_model, fit_ir_version
+    from ulsam_deploy.onnx_graph import check_model, fit_ir_version
 
     monkeypatch.setattr(fp16, "_converter", lambda: (convert_float_to_float16, DEFAULT_OP_BLOCK_LIST,
                                                      f"onnxruntime {onnxruntime.__version__}"))
@@ -226,7 +226,7 @@ def test_int8_bundled_fashion_mnist_within_one_point(fashion_onnx, tmp_path, tar
     mode = "Q/DQ simulated, TensorRT semantics" if target == "tensorrt" else "ONNX Runtime int8 kernels"
     assert mode in info["candidate"]
     assert result.sidecar.int8_target == target
-    from ulsam_deploy.passes.common import INT8_TARGET_KEY, metadata
+    from ulsam_deploy.onnx_graph import INT8_TARGET_KEY, metadata
 
     assert metadata(onnx.load(out))[INT8_TARGET_KEY] == target
 
@@ -311,7 +311,7 @@ def _ort_optimized_ops(path: Path) -> dict:
     """The op counts of the graph ONNX Runtime runs after its own optimizations (default session)."""
     import onnxruntime as ort
 
-    from ulsam_deploy.passes.common import op_counts
+    from ulsam_deploy.onnx_graph import op_counts
 
     options = ort.SessionOptions()
     dump = path.with_name(path.stem + ".ort-optimized.onnx")

@@ -16,7 +16,7 @@ import pytest
 from helpers import PAPER_CONFIGS, randomize_bn
 from ulsam_deploy.data.sources import ImageSet
 from ulsam_deploy.models import build_model, save_checkpoint
-from ulsam_deploy.passes.common import check_model
+from ulsam_deploy.onnx_graph import check_model
 from ulsam_deploy.steps.convert import ConvertOptions, convert_file
 from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 from ulsam_deploy.steps.fuse import fuse_file
@@ -57,7 +57,7 @@ def test_every_configuration_exports_fuses_and_converts(tmp_path, arch, width, u
 def _share_a_bias_across_the_block_boundary(model: onnx.ModelProto) -> onnx.ModelProto:
     """What the exporter does with equal folded biases: one initializer read by a Conv inside a ULSAM block (kept
     fp32) and a Conv outside it (converted)."""
-    from ulsam_deploy.passes.common import name_nodes
+    from ulsam_deploy.onnx_graph import name_nodes
     from ulsam_deploy.passes.ulsam_pattern import find_ulsam_blocks
 
     model = name_nodes(model)

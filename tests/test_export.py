@@ -15,7 +15,7 @@ from helpers import PAPER_CONFIGS
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 from ulsam_deploy.artifacts import read_sidecar, sha256_file
-from ulsam_deploy.passes.common import ort_max_ir_version
+from ulsam_deploy.onnx_graph import ort_max_ir_version
 from ulsam_deploy.models import build_model, save_checkpoint
 
 

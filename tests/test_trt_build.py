@@ -878,7 +878,7 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     (the stand-in module has a version and nothing else, so any TensorRT use would fail here)."""
     pytest.importorskip("onnxruntime_extensions")
     from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.passes.common import fit_ir_version
+    from ulsam_deploy.onnx_graph import fit_ir_version
     from ulsam_deploy.passes.fp16 import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
@@ -907,7 +907,7 @@ def fused_small(tmp_path_factory):
     import torch
 
     from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
-    from ulsam_deploy.passes.common import fit_ir_version
+    from ulsam_deploy.onnx_graph import fit_ir_version
     from ulsam_deploy.passes.fuse import fuse_model
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model

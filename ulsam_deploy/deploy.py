@@ -130,7 +130,7 @@ def _engine_step(onnx_path: Path, engine: Path, options: DeployOptions, events: 
     from ulsam_deploy.backends.trt.settings import BuildOptions
     from ulsam_deploy.steps.build_trt import build_engine
 
-    from ulsam_deploy.passes.common import fused_nodes
+    from ulsam_deploy.onnx_graph import fused_nodes
     from ulsam_deploy.artifacts import load_onnx
 
     plugin = options.plugin if fused_nodes(load_onnx(onnx_path)) else None

@@ -330,7 +330,7 @@ def check_onnx_fits(spec: ModelSpec, path: Path) -> None:
     classifier nor a backbone its sidecar describes, another input or class count, or (by its sidecar) another
     network or checkpoint."""
     from ulsam_deploy.artifacts import load_onnx, read_sidecar, sha256_file
-    from ulsam_deploy.passes.common import io_specs
+    from ulsam_deploy.onnx_graph import io_specs
     from ulsam_deploy.steps._step import check_sidecar_matches
 
     model = load_onnx(path)

@@ -80,7 +80,7 @@ def inspect(
 def _inspect_onnx(path: Path, as_json: bool) -> None:
     """Torch-free: the sidecar's description, the graph's facts, op counts and MACs (paper rule, from the graph)."""
     from ulsam_deploy.artifacts import load_onnx, read_sidecar
-    from ulsam_deploy.passes.common import graph_facts, io_specs, precision_of
+    from ulsam_deploy.onnx_graph import graph_facts, io_specs, precision_of
     from ulsam_deploy.passes.cost import onnx_cost
 
     model = load_onnx(path)

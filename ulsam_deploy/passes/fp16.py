@@ -17,7 +17,7 @@ import warnings
 import onnx
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.passes.common import fused_nodes, name_nodes, toposort, unshare_initializers
+from ulsam_deploy.onnx_graph import fused_nodes, name_nodes, toposort, unshare_initializers
 
 FP16_BLOCKED_OPS = ("Softmax", "GlobalAveragePool", "ReduceMean")
 
@@ -62,7 +62,7 @@ def isolate_outputs(model: onnx.ModelProto) -> int:
     back to fp32 under its own name, so the inner readers would get the fp32 tensor next to fp16 weights."""
     from onnx import helper
 
-    from ulsam_deploy.passes.common import tensor_names, unique_namer
+    from ulsam_deploy.onnx_graph import tensor_names, unique_namer
 
     readers = {i for n in model.graph.node for i in n.input}
     outputs = [o.name for o in model.graph.output if o.name in readers]

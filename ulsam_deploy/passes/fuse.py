@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from ulsam_deploy import op_spec
-from ulsam_deploy.passes.common import eliminate_dead_code, unique_namer
+from ulsam_deploy.onnx_graph import eliminate_dead_code, unique_namer
 from ulsam_deploy.passes.ulsam_pattern import UlsamBlock, find_ulsam_blocks
 
 

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.passes.common import (INT8_TARGET_KEY, fit_ir_version, graph_inputs, name_nodes, set_metadata,
+from ulsam_deploy.onnx_graph import (INT8_TARGET_KEY, fit_ir_version, graph_inputs, name_nodes, set_metadata,
                                         unshare_initializers)
 
 TARGETS = ("tensorrt", "ort")
@@ -276,7 +276,7 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
         keep = [n for n in model.graph.node if id(n) not in drop]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        from ulsam_deploy.passes.common import eliminate_dead_code
+        from ulsam_deploy.onnx_graph import eliminate_dead_code
 
         eliminate_dead_code(model)  # the removed pairs' scales and zero points
     return len(drop) // 2

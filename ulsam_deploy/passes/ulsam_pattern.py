@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ulsam_deploy import op_spec
-from ulsam_deploy.passes.common import STD_DOMAINS, subgraph_reads
+from ulsam_deploy.onnx_graph import STD_DOMAINS, subgraph_reads
 
 _STD_DOMAINS = STD_DOMAINS
 PROBE_DIMS = ((3, 67, 71, 73, 79, 83, 89), (5, 101, 103, 107, 109, 113, 127))  # batch-like axis 0, then the others

@@ -41,7 +41,7 @@ class StepResult:
 
 def check_sidecar_matches(model, sidecar, path: Path) -> None:
     """Refuse a sidecar whose inputs/outputs contradict the ONNX graph (names, ranks, fixed sizes)."""
-    from ulsam_deploy.passes.common import io_specs
+    from ulsam_deploy.onnx_graph import io_specs
 
     inputs, outputs = io_specs(model)
     for kind, declared, actual in (("input", sidecar.inputs, inputs), ("output", sidecar.outputs, outputs)):
@@ -91,7 +91,7 @@ def load_with_sidecar(path: str | os.PathLike, *, required: bool = True):
 def finalize_onnx(model, *, ours: bool = True):
     """Tidy (tools' metadata, unused opset imports, redundant Casts), lower the IR version to what ONNX Runtime
     reads and run ``onnx.checker``'s full check."""
-    from ulsam_deploy.passes.common import check_model, fit_ir_version, tidy
+    from ulsam_deploy.onnx_graph import check_model, fit_ir_version, tidy
 
     tidy(model)
     model = fit_ir_version(model)
@@ -214,7 +214,7 @@ class Step:
     def write_onnx(self, model, sidecar: OnnxSidecar, record: StepRecord, *, verdict=None,
                    report: dict | None = None) -> StepResult:
         """Serialize ``model``, stamp its sha256 and graph facts into ``sidecar`` and write both."""
-        from ulsam_deploy.passes.common import graph_facts
+        from ulsam_deploy.onnx_graph import graph_facts
 
         payload = serialize_onnx(model)
         sidecar = sidecar.model_copy(deep=True)

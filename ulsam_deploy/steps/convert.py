@@ -165,7 +165,7 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
     """
     from ulsam_deploy.artifacts import TensorSpec
     from ulsam_deploy.data.sources import ImageSet, is_idx_dir, preprocess_of
-    from ulsam_deploy.passes.common import fused_nodes, io_specs, precision_of
+    from ulsam_deploy.onnx_graph import fused_nodes, io_specs, precision_of
 
     source = Path(source)
     output = Path(output) if output is not None else default_output(source, options)

@@ -246,7 +246,7 @@ def export_model(model, info, output: str | os.PathLike, options: ExportOptions,
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
     from ulsam_deploy.backends.torch.runner import TorchRunner
     from ulsam_deploy.models.config import feature_taps
-    from ulsam_deploy.passes.common import io_specs
+    from ulsam_deploy.onnx_graph import io_specs
 
     config = info.config
     taps = feature_taps(config, options.features) if options.features else None

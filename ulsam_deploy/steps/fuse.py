@@ -28,7 +28,7 @@ def default_output(model: Path) -> Path:
 def parity_shapes(model, sidecar: OnnxSidecar | None) -> list[tuple[int, ...]]:
     """Input shapes the proof runs: batch 1 and 2 (for a dynamic batch) at the opt size; for a dynamic H/W also
     batch 1 at the sidecar's min, max and a non-square (min H, max W) size."""
-    from ulsam_deploy.passes.common import dims_of, graph_inputs
+    from ulsam_deploy.onnx_graph import dims_of, graph_inputs
 
     inputs = graph_inputs(model)
     if len(inputs) != 1:
@@ -91,7 +91,7 @@ def fuse_file(model_path: str | os.PathLike, output: str | os.PathLike | None = 
               force: bool = False, seed: int = 0, events: Events = SILENT) -> StepResult:
     """Fuse ``model_path`` into ``output`` (default ``<stem>.fused.onnx``); see the module docstring."""
     from ulsam_deploy.backends.judge import Tolerances
-    from ulsam_deploy.passes.common import io_specs
+    from ulsam_deploy.onnx_graph import io_specs
     from ulsam_deploy.passes.fuse import fuse_model
 
     model_path = Path(model_path)

@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ulsam_deploy import op_spec
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.passes.common import elem_types, tensor_names, unique_namer
+from ulsam_deploy.onnx_graph import elem_types, tensor_names, unique_namer
 
 _ORT_INPUTS = (op_spec.ATTR_DW_SCALE, op_spec.ATTR_DW_SHIFT, op_spec.ATTR_PW_WEIGHT, op_spec.ATTR_PW_BIAS)
 _lock = threading.Lock()

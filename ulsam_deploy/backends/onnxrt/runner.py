@@ -32,7 +32,7 @@ def model_facts(proto) -> dict:
     """Precision, int8 target, fused-op count, node count and input dtype of an ONNX model."""
     import onnx
 
-    from ulsam_deploy.passes.common import fused_nodes, graph_inputs, int8_target, precision_of
+    from ulsam_deploy.onnx_graph import fused_nodes, graph_inputs, int8_target, precision_of
 
     inputs = graph_inputs(proto)
     io_fp16 = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
@@ -134,7 +134,7 @@ class OrtRunner(Runner):
         if self.extra_outputs:
             proto = _with_outputs(proto, self.extra_outputs)
         lowered = False
-        from ulsam_deploy.passes.common import ort_max_ir_version
+        from ulsam_deploy.onnx_graph import ort_max_ir_version
 
         if proto.ir_version > ort_max_ir_version():  # a board's older ORT (1.23: IR 11) and a newer exporter's file
             was, proto = proto.ir_version, _copy(proto)

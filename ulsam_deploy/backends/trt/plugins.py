@@ -167,7 +167,7 @@ def to_qdp_model(model):
     from onnx import helper, numpy_helper
 
     from ulsam_deploy import op_spec
-    from ulsam_deploy.passes.common import tensor_names, unique_namer
+    from ulsam_deploy.onnx_graph import tensor_names, unique_namer
     from ulsam_deploy.kernels.qdp_plugin import make_qdp_onnx_node
 
     out = onnx.ModelProto()

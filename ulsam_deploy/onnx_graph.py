@@ -1,4 +1,4 @@
-"""Shared ONNX helpers for the passes (in-memory only): IR version, checking, naming, counting, facts."""
+"""ONNX utilities every layer may use (in-memory only): IR version, checking, naming, counting, facts, tidying."""
 
 from __future__ import annotations
 
