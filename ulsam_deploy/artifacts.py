@@ -487,7 +487,9 @@ class EnginePlugin(_Open):
     library_sha256: str | None = Field(default=None, pattern=_SHA256)
 
 
-class EngineBuild(_Open):
+class EngineBuildFlags(_Open):
+    """The sidecar's ``build`` section: the compatibility flags the engine was built with."""
+
     hardware_compatibility_level: str | None = None
     version_compatible: bool | None = None
 
@@ -502,7 +504,7 @@ class EngineSidecar(_Open):
     rebuild_command: str | None = None
     tensorrt: EngineTensorRT | None = None
     gpu: EngineGpu | None = None
-    build: EngineBuild | None = None
+    build: EngineBuildFlags | None = None
     plugin: EnginePlugin | None = None
     precision: str | dict[str, Any] | None = None
     onnx: str | dict[str, Any] | None = None

@@ -45,7 +45,7 @@ def _nothing(_message: str) -> None:
 
 
 @dataclass
-class EngineBuild:
+class BuiltEngine:
     """What TensorRT built and everything the engine sidecar records about it."""
 
     engine_bytes: bytes
@@ -111,7 +111,7 @@ def _cancel_on_sigint(progress: BuildPhases):
 
 
 def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOptions, *, events: Events = SILENT,
-                     progress: BuildPhases | None = None) -> EngineBuild:
+                     progress: BuildPhases | None = None) -> BuiltEngine:
     """Parse ``model`` (read from ``onnx_path``) and build it with TensorRT; the engine's bytes and facts.
 
     ``events`` gets stages, one-line warnings (``warn``) and long texts (``detail``: the parser's errors in full,
@@ -229,7 +229,7 @@ def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOpti
             cache_record = {"path": str(plan.timing_cache), "loaded_bytes": len(cache_bytes or b""), "saved_bytes": len(blob)}
         except Exception as exc:  # noqa: BLE001 - the engine is fine; say the cache was not saved
             _warn(f"The timing cache could not be saved to '{plan.timing_cache}' ({type(exc).__name__}: {exc}).")
-    return EngineBuild(engine_bytes, model, info, plan, applied, trt, seconds, plugin_info, fusion, cache_record,
+    return BuiltEngine(engine_bytes, model, info, plan, applied, trt, seconds, plugin_info, fusion, cache_record,
                        warnings)
 
 
@@ -242,7 +242,7 @@ def engine_precision(onnx_precision: str, builder_flags: list[str]) -> str:
     return onnx_precision
 
 
-def engine_sidecar(output: Path, onnx_path: Path, build: EngineBuild, options: BuildOptions) -> dict:
+def engine_sidecar(output: Path, onnx_path: Path, build: BuiltEngine, options: BuildOptions) -> dict:
     """What the engine is, what built it, and how to rebuild it (read by check_engine_compat and bench)."""
     import hashlib
 
@@ -305,4 +305,4 @@ def engine_sidecar(output: Path, onnx_path: Path, build: EngineBuild, options: B
     }
 
 
-__all__ = ["EngineBuild", "ParserFailed", "build_serialized", "engine_precision", "engine_sidecar", "make_logger"]
+__all__ = ["BuiltEngine", "ParserFailed", "build_serialized", "engine_precision", "engine_sidecar", "make_logger"]
