@@ -28,6 +28,9 @@ class CommandGroup(typer.core.TyperGroup):
     """The application's group: a usage error (bad flag, bad value) is one sentence and exit 2, like every other
     bad input, rather than Click's boxed usage text."""
 
+    def get_help_option(self, ctx):
+        return _without_type(super().get_help_option(ctx))
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -92,27 +95,30 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _plain_help() -> None:
-    """Typer's help, corrected once for every command: usage lines name arguments as their metavar (``CHECKPOINT``,
-    where Typer 0.29 prints ``{CHECKPOINT}`` for required ones) and flags show no ``<bool>`` type."""
-    from typer.core import TyperArgument, TyperOption
-
-    def usage_name(self) -> str:
-        name = self.display_name_raw
-        if self.nargs != 1 and not name.endswith("..."):
-            name += "..."
-        return name if self.required or name.startswith("[") else f"[{name}]"
-
-    typed = TyperOption.display_type_rich
-
-    def display_type_rich(self, ctx):
-        return None if self.is_flag else typed(self, ctx)
-
-    TyperArgument._usage_display_name = usage_name
-    TyperOption.display_type_rich = display_type_rich
+def _without_type(option):
+    """The help flag takes no value: no '<bool>' type in its help line (Click's public ``metavar``)."""
+    if option is not None:
+        option.metavar = ""
+    return option
 
 
-_plain_help()
+class PlainUsageCommand(typer.core.TyperCommand):
+    """Usage lines name arguments as users type them (``CHECKPOINT``, ``[CHECKPOINT]``, ``MODEL...``), through Click's
+    public ``collect_usage_pieces`` (Typer 0.29 prints ``{CHECKPOINT}`` for a required argument)."""
+
+    def get_help_option(self, ctx):
+        return _without_type(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = param.metavar or param.name.upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            pieces.append(name if param.required or name.startswith("[") else f"[{name}]")
+        return pieces
 _DOCUMENTED: set[int] = set()
 
 
@@ -131,6 +137,10 @@ def document_defaults(fn):
             continue
         _DOCUMENTED.add(id(info))  # options shared by several commands are one object
         text = info.help or ""
+        flag = isinstance(info, OptionInfo) and (isinstance(info.default, bool)
+                                                 or any("/" in decl for decl in info.param_decls or ()))
+        if flag and info.metavar is None:
+            info.metavar = ""  # a flag takes no value: no '<bool>' type column in the help
         if isinstance(info, OptionInfo) and "default:" not in text and info.default is not ...:
             two_way = any("/" in decl for decl in info.param_decls or ())
             if info.default is None or (info.default is False and not two_way):
@@ -236,7 +246,7 @@ def checked_inputs(fn):
 def register(fn) -> None:
     """Add a function marked with ``@command`` to the app, behind the error policy and the input checks."""
     name, kwargs = fn.__cli_command__
-    app.command(name, **kwargs)(handle_errors(checked_inputs(document_defaults(fn))))
+    app.command(name, cls=PlainUsageCommand, **kwargs)(handle_errors(checked_inputs(document_defaults(fn))))
 
 
 def _on_sigterm(_signum, _frame):
