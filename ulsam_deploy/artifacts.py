@@ -92,6 +92,13 @@ def path_kind(path: str | os.PathLike, what: str, fix: str) -> str:
     return "file" if stat.S_ISREG(mode) else "special"
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists: where a folder about to be created would go."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
                  inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Refuse, in one sentence, an output path that cannot or must not be written; return it as a Path.
@@ -121,10 +128,7 @@ def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
                     raise UserError(f"The {what} '{path}' is the input itself; choose another path.")
         if not force:
             raise UserError(f"'{path}' already exists; pass --force to replace it or choose another path.")
-    parent = path.parent
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(path.parent)
     if not probe.is_dir():
         raise UserError(f"Cannot write '{path}': '{probe}' is a file, not a directory.")
     if not os.access(probe, os.W_OK | os.X_OK):

@@ -183,14 +183,17 @@ def check_report_folder(out: Path, *, force: bool) -> Path:
     """The report folder, checked before any work. ``--force`` replaces only an earlier demo report (a folder
     whose ``demo.json`` lists every entry in it); the working folder, its parents, links and a user's folders
     are never replaced."""
+    from ulsam_deploy.artifacts import path_kind
+
     shown = out
     out = Path(os.path.abspath(out))
-    if out.is_symlink():
+    kind = path_kind(out, "report folder (--out)", "choose another --out")
+    if kind == "link":
         raise UserError(f"--out '{shown}' is a symbolic link; ulsam-deploy never replaces links, so give the real "
                         "folder's path or another one.")
-    if not out.exists():
+    if kind == "missing":
         return out
-    if not out.is_dir():
+    if kind != "dir":
         raise UserError(f"--out '{shown}' is not a folder (a file or special file); give a new folder path for the "
                         "report.")
     if not any(out.iterdir()):

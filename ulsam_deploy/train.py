@@ -310,12 +310,11 @@ def _folder_channels(root: str | None) -> int:
     grey PNGs is not trained as RGB unless --in-channels 3 says so."""
     from PIL import Image
 
-    from ulsam_deploy.data.images import IMAGE_EXTENSIONS
-    from ulsam_deploy.data.sources import walk_files
+    from ulsam_deploy.data.sources import is_image, walk_files
 
     if not root or not Path(root).is_dir():
         return 3
-    files = [f for f in walk_files(Path(root)) if f.suffix.lower() in IMAGE_EXTENSIONS][:16]
+    files = [f for f in walk_files(Path(root)) if is_image(f)][:16]
     modes = set()
     for path in files:
         try:

@@ -191,7 +191,7 @@ def label_tokens(tokens: list[str | None], kind: str, class_names: Sequence[str]
 
 # ------------------------------------------------------------------------------------ discovery
 
-def _is_image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -239,7 +239,7 @@ def discover(spec: str | os.PathLike) -> tuple[list[Path], list[str | None], str
                         "folder of idx files or a glob.")
     path = user_path(text, "image input")
     if any(ch in text for ch in "*?[") and not path.exists():
-        files = [f for f in sorted(Path(p) for p in globlib.glob(str(path), recursive=True)) if _is_image(f)]
+        files = [f for f in sorted(Path(p) for p in globlib.glob(str(path), recursive=True)) if is_image(f)]
         if not files:
             raise UserError(f"No image files match '{text}'; check the pattern (supported: {', '.join(IMAGE_EXTENSIONS)}).")
         return files, [None] * len(files), "glob"
@@ -248,8 +248,8 @@ def discover(spec: str | os.PathLike) -> tuple[list[Path], list[str | None], str
                         "a folder of idx files or a glob.")
     if path.is_file():
         return [path], [None], "file"
-    class_files = [(f, sub.name) for sub in class_folders(path) for f in walk_files(sub) if _is_image(f)]
-    loose = sorted(f for f in path.iterdir() if _is_image(f))
+    class_files = [(f, sub.name) for sub in class_folders(path) for f in walk_files(sub) if is_image(f)]
+    loose = sorted(f for f in path.iterdir() if is_image(f))
     if class_files and not loose:
         return [f for f, _ in class_files], [c for _, c in class_files], "imagefolder"
     files = loose + [f for f, _ in class_files]
@@ -274,8 +274,9 @@ def load_images(spec: str | os.PathLike, preprocess: Preprocess, *, split: str =
     """Read, preprocess and label the images of ``spec`` (see the module docstring)."""
     if limit is not None and int(limit) < 1:
         raise UserError(f"The image limit must be a positive number, not {limit}.")
-    if str(spec).strip() and is_idx_dir(user_path(spec, "image input")):
-        return load_idx(user_path(spec, "image input"), preprocess, split, limit, seed)
+    folder = user_path(spec, "image input") if str(spec).strip() else None
+    if folder is not None and is_idx_dir(folder):
+        return load_idx(folder, preprocess, split, limit, seed)
     files, tokens, kind = discover(spec)
     if label_regex:
         try:

@@ -265,7 +265,7 @@ def prepare_build_dir(bdir: Path, *, clean: bool) -> Path:
     deleted) only when it is recognisably a plugin build folder of ours; a user's own folder is never
     written into or removed.
     """
-    from ulsam_deploy.artifacts import path_kind
+    from ulsam_deploy.artifacts import nearest_existing, path_kind
 
     kind = path_kind(bdir, "build folder", "give another --build-dir")
     if kind != "missing":
@@ -281,9 +281,7 @@ def prepare_build_dir(bdir: Path, *, clean: bool) -> Path:
                             "with --build-dir.")
         if clean:
             shutil.rmtree(bdir)
-    probe = bdir.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(bdir.parent)
     if not probe.is_dir():
         raise UserError(f"Cannot create the build folder '{bdir}': '{probe}' is a file, not a folder; give another "
                         "--build-dir.")
