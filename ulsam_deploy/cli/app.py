@@ -21,7 +21,6 @@ from ulsam_deploy.cli.ui import console, print_error
 from ulsam_deploy.errors import UserError
 
 EXIT_BUG = 70  # an unexpected exception: a bug in ulsam-deploy (sysexits' EX_SOFTWARE)
-EXIT_IO = 74  # the system refused a read or write: disk full, read-only, closed output (sysexits' EX_IOERR)
 
 
 class CommandGroup(typer.core.TyperGroup):
@@ -137,12 +136,11 @@ def document_defaults(fn):
             continue
         _DOCUMENTED.add(id(info))  # options shared by several commands are one object
         text = info.help or ""
-        flag = isinstance(info, OptionInfo) and (isinstance(info.default, bool)
-                                                 or any("/" in decl for decl in info.param_decls or ()))
-        if flag and info.metavar is None:
+        option = isinstance(info, OptionInfo)
+        two_way = option and any("/" in decl for decl in info.param_decls or ())
+        if option and (isinstance(info.default, bool) or two_way) and info.metavar is None:
             info.metavar = ""  # a flag takes no value: no '<bool>' type column in the help
-        if isinstance(info, OptionInfo) and "default:" not in text and info.default is not ...:
-            two_way = any("/" in decl for decl in info.param_decls or ())
+        if option and "default:" not in text and info.default is not ...:
             if info.default is None or (info.default is False and not two_way):
                 text = f"{text} [default: {'off' if info.default is False else 'none'}]".strip()
         info.help = escape(text)
@@ -202,11 +200,11 @@ def handle_errors(fn):
 
 def report_os_error(exc: OSError) -> int:
     """Say which file the system refused and why (on standard error, if that still works); the exit code."""
-    from ulsam_deploy.errors import os_error_sentence
+    from ulsam_deploy.errors import IOFailure, os_error_sentence
 
     with contextlib.suppress(OSError, ValueError):
         print_error(os_error_sentence(exc))
-    return EXIT_IO
+    return IOFailure.exit_code
 
 
 def checked_inputs(fn):
@@ -216,12 +214,15 @@ def checked_inputs(fn):
 
     from typer.models import ParameterInfo
 
-    flags = {}
+    labels, floats = {}, set()  # how the user spells each parameter: its long flag, or an argument's metavar
     for param in pyinspect.signature(fn).parameters.values():
         info = param.default
-        if isinstance(info, ParameterInfo) and "float" in str(param.annotation):
-            decls = [d for d in getattr(info, "param_decls", None) or () if d.startswith("--")]
-            flags[param.name] = decls[0] if decls else f"--{param.name.replace('_', '-')}"
+        if not isinstance(info, ParameterInfo):
+            continue
+        decls = [d for d in getattr(info, "param_decls", None) or () if d.startswith("--")]
+        labels[param.name] = decls[0] if decls else (getattr(info, "metavar", None) or param.name.upper())
+        if "float" in str(param.annotation):
+            floats.add(param.name)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -229,15 +230,16 @@ def checked_inputs(fn):
 
         from ulsam_deploy.artifacts import user_path
 
-        for key, flag in flags.items():
+        for key in floats:
             value = kwargs.get(key)
             if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{flag} must be a finite number, not {value}.")
+                raise UserError(f"{labels[key]} must be a finite number, not {value}.")
         for key, value in kwargs.items():  # every path, once: '~' expanded, names that are not text refused
+            what = f"path given to {labels.get(key, key)}"
             if isinstance(value, PurePath):
-                kwargs[key] = user_path(value, f"path given to --{key.replace('_', '-')}")
+                kwargs[key] = user_path(value, what)
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, PurePath) for v in value):
-                kwargs[key] = type(value)(user_path(v, f"path given to --{key.replace('_', '-')}") for v in value)
+                kwargs[key] = type(value)(user_path(v, what) for v in value)
         return fn(*args, **kwargs)
 
     return wrapper
