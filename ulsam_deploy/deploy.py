@@ -81,18 +81,21 @@ def run_deploy(checkpoint: str | os.PathLike, out: str | os.PathLike, options: D
         check_output(path, force=options.force, what="deploy output")
         check_output(sidecar_path(path), force=options.force, what="sidecar")
     result = DeployResult(out)
-    result.onnx = _onnx_steps(checkpoint, out, final, options, events, result, overrides)
+    made = _onnx_steps(checkpoint, out, final, options, events, result, overrides)
+    result.onnx = made.path
     if not options.engine:
         result.steps.append(DeployStep("build-trt", "skipped", "--no-engine"))
     else:
-        result.engine = _engine_step(result.onnx, engine, options, events, result)
+        plugin = options.plugin if made.sidecar.fused_blocks else None  # the plugin runs fused nodes only
+        result.engine = _engine_step(result.onnx, engine, plugin, options, events, result)
     if options.bench:
         result.bench = _bench_step(checkpoint, result, options, out)
     return result
 
 
 def _onnx_steps(checkpoint, out: Path, final: Path, options: DeployOptions, events: Events, result: DeployResult,
-                overrides: dict) -> Path:
+                overrides: dict):
+    """Export, then fuse or convert; the last step's StepResult (the engine is built from its file)."""
     from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
     t0 = time.perf_counter()
@@ -102,7 +105,7 @@ def _onnx_steps(checkpoint, out: Path, final: Path, options: DeployOptions, even
                                    f"PyTorch (max abs {exported.verdict.max_abs:.2g})", exported.path,
                                    time.perf_counter() - t0))
     if options.precision == "fp32" and not options.fuse:
-        return exported.path
+        return exported
     t0 = time.perf_counter()
     if options.precision == "fp32":
         from ulsam_deploy.steps.fuse import fuse_file
@@ -110,7 +113,7 @@ def _onnx_steps(checkpoint, out: Path, final: Path, options: DeployOptions, even
         fused = fuse_file(exported.path, final, force=options.force, events=events)
         result.steps.append(DeployStep("fuse", "ok", f"{fused.report['fused']} ULSAM block(s) -> SubspaceAttention "
                                        f"(max abs {fused.verdict.max_abs:.2g})", fused.path, time.perf_counter() - t0))
-        return fused.path
+        return fused
     from ulsam_deploy.steps.convert import ConvertOptions, convert_file
 
     converted = convert_file(exported.path, final, ConvertOptions(precision=options.precision, target=options.target,
@@ -122,18 +125,14 @@ def _onnx_steps(checkpoint, out: Path, final: Path, options: DeployOptions, even
     result.steps.append(DeployStep(f"convert ({options.precision}{', fused' if options.fuse else ''})", "ok",
                                    f"verified on {main.comparison.samples} real images: {detail}", converted.path,
                                    time.perf_counter() - t0))
-    return converted.path
+    return converted
 
 
-def _engine_step(onnx_path: Path, engine: Path, options: DeployOptions, events: Events,
+def _engine_step(onnx_path: Path, engine: Path, plugin: str | None, options: DeployOptions, events: Events,
                  result: DeployResult) -> Path | None:
     from ulsam_deploy.backends.trt.settings import BuildOptions
     from ulsam_deploy.steps.build_trt import build_engine
 
-    from ulsam_deploy.onnx_graph import fused_nodes
-    from ulsam_deploy.artifacts import load_onnx
-
-    plugin = options.plugin if fused_nodes(load_onnx(onnx_path)) else None
     t0 = time.perf_counter()
     try:
         built = build_engine(onnx_path, engine, BuildOptions(batch=options.batch_profile, plugin=plugin,

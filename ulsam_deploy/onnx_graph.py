@@ -84,6 +84,16 @@ def unshare_initializers(model: onnx.ModelProto) -> int:
     return copies
 
 
+def producers_and_consumers(graph: onnx.GraphProto) -> tuple[dict, dict]:
+    """``(producer, consumers)``: the node writing each tensor, and the nodes reading it (main graph)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 def tensor_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a graph already uses (initializers, inputs, node outputs)."""
     return ({t.name for t in graph.initializer} | {i.name for i in graph.input}
@@ -303,7 +313,7 @@ def remove_redundant_casts(model: onnx.ModelProto) -> int:
     from onnx import numpy_helper
 
     types = elem_types(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer, _ = producers_and_consumers(model.graph)
     outputs = {o.name for o in model.graph.output}
     inits = {t.name: t for t in model.graph.initializer}
     replace: dict[str, str] = {}
@@ -346,5 +356,5 @@ def graph_facts(model: onnx.ModelProto) -> dict:
 
 __all__ = ["INT8_TARGET_KEY", "check_model", "dims_of", "elem_types", "eliminate_dead_code", "fit_ir_version", "fused_nodes",
            "graph_facts", "graph_inputs", "int8_target", "io_specs", "metadata", "name_nodes", "op_counts", "opset_of",
-           "ort_max_ir_version", "precision_of", "remove_redundant_casts", "set_metadata", "subgraph_reads",
+           "ort_max_ir_version", "precision_of", "producers_and_consumers", "remove_redundant_casts", "set_metadata", "subgraph_reads",
            "tensor_names", "tidy", "toposort", "unique_namer", "unshare_initializers"]

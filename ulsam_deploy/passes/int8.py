@@ -31,8 +31,8 @@ import onnx
 from onnx import numpy_helper
 
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.onnx_graph import (INT8_TARGET_KEY, fit_ir_version, graph_inputs, name_nodes, set_metadata,
-                                        unshare_initializers)
+from ulsam_deploy.onnx_graph import (INT8_TARGET_KEY, eliminate_dead_code, fit_ir_version, graph_inputs, name_nodes,
+                                     producers_and_consumers, set_metadata, unshare_initializers)
 
 TARGETS = ("tensorrt", "ort")
 TRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
@@ -227,15 +227,6 @@ QDQ_ABSORBING_OPS = WEIGHTED_OPS + ("Add", "MaxPool", "AveragePool", "GlobalAver
                                     "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 
 
-def _graph_maps(model: onnx.ModelProto):
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return producer, consumers
-
-
 def _qdq_input(name: str, producer: dict):
     """(Q, DQ, source tensor) when ``name`` is ``DequantizeLinear(QuantizeLinear(source))``, else None."""
     dq = producer.get(name)
@@ -253,7 +244,7 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
     convolution operator from the element-wise addition operator"; with only the other (skip) input quantized,
     TensorRT fuses Conv + Add (+ activation) into one int8 kernel. The Conv-side input is the one whose tensor is
     made by a Conv and read by nothing but this pair (the skip tensor is also read by the next block's Conv)."""
-    producer, consumers = _graph_maps(model)
+    producer, consumers = producers_and_consumers(model.graph)
     drop: set[int] = set()
     for add in model.graph.node:
         if add.op_type != "Add" or len(add.input) != 2:
@@ -265,8 +256,8 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
                      if getattr(producer.get(src), "op_type", None) in WEIGHTED_OPS
                      and len(consumers.get(src, [])) == 1 and len(consumers.get(q.output[0], [])) == 1
                      and len(consumers.get(dq.output[0], [])) == 1]
-        if len(conv_side) == 2:  # both from a Conv: the skip is the one whose Conv output other nodes read too
-            conv_side = conv_side[1:]
+        if len(conv_side) == 2:  # both are a Conv's output read by this pair alone: nothing tells the skip apart,
+            conv_side = conv_side[1:]  # so the first input keeps its Q/DQ and the second loses it
         if len(conv_side) != 1:
             continue
         q, dq, src = sides[conv_side[0]]
@@ -276,8 +267,6 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
         keep = [n for n in model.graph.node if id(n) not in drop]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        from ulsam_deploy.onnx_graph import eliminate_dead_code
-
         eliminate_dead_code(model)  # the removed pairs' scales and zero points
     return len(drop) // 2
 
@@ -289,7 +278,7 @@ def tensorrt_fusions(model: onnx.ModelProto) -> dict:
     SubspaceAttention plugin computes in float: a DQ before it and a Q after it are its boundary, not a loss."""
     from ulsam_deploy import op_spec
 
-    producer, consumers = _graph_maps(model)
+    producer, consumers = producers_and_consumers(model.graph)
     adds = fusable = 0
     not_fusable = []
     for node in model.graph.node:

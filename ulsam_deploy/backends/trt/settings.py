@@ -216,8 +216,7 @@ _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16
 
 
 def describe_onnx(model: onnx.ModelProto, path: Path, dynamic: dict | None = None) -> OnnxInfo:
-    from ulsam_deploy.onnx_graph import opset_of
-    from ulsam_deploy.onnx_graph import fused_nodes, precision_of
+    from ulsam_deploy.onnx_graph import fused_nodes, opset_of, precision_of
 
     inits = {t.name for t in model.graph.initializer}
     inputs = []
