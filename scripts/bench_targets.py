@@ -36,7 +36,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ulsam_deploy.backends import OrtRunner  # noqa: E402
-from ulsam_deploy.bench.run import BenchOptions, ModelSpec, export_in_memory, machine_info, run_bench, versions  # noqa: E402
+from ulsam_deploy.bench.options import BenchOptions  # noqa: E402
+from ulsam_deploy.bench.models import ModelSpec, export_in_memory  # noqa: E402
+from ulsam_deploy.bench.machine import machine_info, versions  # noqa: E402
+from ulsam_deploy.bench.run import run_bench  # noqa: E402
 from ulsam_deploy.bench.latency import LatencyStats, TimingConfig, TimingTarget, measure_interleaved  # noqa: E402
 
 MODELS = [("vanilla MV2", ""), ("MV2+ULSAM 17:1 g4", "17:1"), ("MV2+ULSAM 13,14,16,17 g4", "13,14,16,17")]

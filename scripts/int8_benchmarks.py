@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _machine() -> dict:
     from ulsam_deploy.backends.onnxrt.cpu import int8_capabilities, ort_int8_recipe
-    from ulsam_deploy.bench.run import machine_info, versions
+    from ulsam_deploy.bench.machine import machine_info, versions
 
     caps = int8_capabilities()
     return {"machine": machine_info(), "versions": versions(), "int8": caps.to_dict(),
@@ -47,7 +47,7 @@ def accuracy(args) -> dict:
     from ulsam_deploy.backends.onnxrt.runner import OrtRunner
     from ulsam_deploy.data.resources import fashion_mnist_dir
     from ulsam_deploy.data.sources import fashion_mnist_set, preprocess_of
-    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.sidecars import read_onnx_sidecar
     from ulsam_deploy.steps.convert import ConvertOptions, convert_file
     from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 
@@ -56,7 +56,7 @@ def accuracy(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fp32 = export_checkpoint(bundled.checkpoint_path("fashion-mnist"), tmp / "model.onnx", ExportOptions()).path
-        images = fashion_mnist_set(preprocess_of(read_sidecar(fp32)), "test")
+        images = fashion_mnist_set(preprocess_of(read_onnx_sidecar(fp32)), "test")
         with OrtRunner(fp32, threads=args.threads) as r:
             ref = infer_in_chunks(r, images.images, 256)[0]
         out["rows"].append({"artifact": "model.onnx", "precision": "fp32", "runner": "default ORT session",
@@ -138,7 +138,9 @@ def speed(args) -> dict:
 
     from ulsam_deploy import bundled
     from ulsam_deploy.bench.latency import TimingConfig
-    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.models import ModelSpec
+    from ulsam_deploy.bench.run import run_bench
     from ulsam_deploy.data.resources import foolbox_data_dir, mv2_weights_path
     from ulsam_deploy.models import build_model, load_pretrained, save_checkpoint
     from ulsam_deploy.models.checkpoint import load_checkpoint_with_info
@@ -171,9 +173,9 @@ def speed(args) -> dict:
                                    "profile_int8_batch32": _profile(int8.path, 32, args.threads),
                                    "profile_fp32_batch32": _profile(fp32, 32, args.threads)}
             specs.append(ModelSpec(name=name, onnx=[fp32, int8.path]))
-            from ulsam_deploy.bench.run import _apply_onnx_sidecar
+            from ulsam_deploy.bench.models import apply_onnx_sidecar
 
-            _apply_onnx_sidecar(specs[-1], fp32)
+            apply_onnx_sidecar(specs[-1], fp32)
         timing = TimingConfig(warmup_s=1.0, min_iters=20, min_seconds=args.seconds)
         report = run_bench(specs, BenchOptions(backends=("ort",), reference="ort", batches=(1, 32), threads=args.threads,
                                                timing=timing, parity=False))

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from ulsam_deploy.artifacts import read_sidecar
+from ulsam_deploy.sidecars import read_onnx_sidecar
 from ulsam_deploy.backends.base import infer_in_chunks
 from ulsam_deploy.backends.judge import judge, tolerances_for
 from ulsam_deploy.backends.onnxrt.cpu import int8_capabilities, ort_int8_recipe
@@ -29,7 +29,7 @@ from ulsam_deploy.data.sources import fashion_mnist_set, preprocess_of
 
 here = Path(sys.argv[1])
 limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
-images = fashion_mnist_set(preprocess_of(read_sidecar(here / "model.onnx")), "test", limit)
+images = fashion_mnist_set(preprocess_of(read_onnx_sidecar(here / "model.onnx")), "test", limit)
 caps = int8_capabilities()
 out = {"cpu": caps.summary(), "recipe_here": ort_int8_recipe(caps).to_dict(), "images": len(images), "rows": {}}
 

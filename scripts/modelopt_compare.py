@@ -81,11 +81,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the comparison")
     args = parser.parse_args()
 
-    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.sidecars import read_onnx_sidecar
     from ulsam_deploy.data.sources import fashion_mnist_set, preprocess_of
     from ulsam_deploy.steps.convert import ConvertOptions, convert_file
 
-    pre = preprocess_of(read_sidecar(args.model))
+    pre = preprocess_of(read_onnx_sidecar(args.model))
     calib = fashion_mnist_set(pre, "train", args.calib)
     test = fashion_mnist_set(pre, "test", None)
     with tempfile.TemporaryDirectory(prefix="ulsam-modelopt-") as tmp:

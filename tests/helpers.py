@@ -11,8 +11,8 @@ import torch
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ulsam_deploy.artifacts import (DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, sha256_file,
-                                    sidecar_path)
+from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.sidecars import DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, sidecar_path
 from ulsam_deploy.models.config import ModelConfig
 
 PAPER_CONFIGS = [

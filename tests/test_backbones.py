@@ -14,7 +14,7 @@ import torch
 
 from helpers import randomize_bn
 from ulsam_deploy import op_spec
-from ulsam_deploy.artifacts import DynamicRange, read_sidecar
+from ulsam_deploy.sidecars import DynamicRange, read_onnx_sidecar
 from ulsam_deploy.backends.judge import Tolerances, judge, tolerances_for
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import ConfigError, UserError
@@ -146,7 +146,7 @@ def test_symbolic_hw_export_matches_pytorch_at_every_legal_size(tmp_path, arch, 
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
     assert sum(n.op_type == "Softmax" for n in proto.graph.node) == len(ulsam.split(","))
-    side = read_sidecar(result.path)
+    side = read_onnx_sidecar(result.path)
     assert side.dynamic.height == RANGE and side.dynamic.width == RANGE and side.dynamic.multiple_of == 32
     assert side.dynamic.batch == (1, 1, 8) and side.preprocess.size == 64 and side.model.config["input_size"] == 64
     sess = _session(result.path)
@@ -165,7 +165,7 @@ def test_backbone_export_outputs_each_feature_map(tmp_path):
     assert [(o["name"], o["layer"], o["stride"], o["channels"]) for o in outs] == [
         ("feat_s8", 7, 8, 8), ("feat_s16", 14, 16, 24), ("feat_s32", 19, 32, 1280)]
     assert all(o["shape"][1] == o["channels"] and isinstance(o["shape"][2], str) for o in outs)  # channels stay static
-    assert side["model"]["class_names"] is None and not read_sidecar(result.path).is_classifier
+    assert side["model"]["class_names"] is None and not read_onnx_sidecar(result.path).is_classifier
     names = [o.name for o in result.verdict.outputs]
     assert len(names) == 5 * 3 and "batch 1, 32x96/feat_s16" in names  # every output at every proven size
     assert side["steps"][0]["report"]["features"][0]["layer"] == 7
@@ -184,7 +184,7 @@ def test_backbone_export_outputs_each_feature_map(tmp_path):
 def test_static_backbone_any_subset(tmp_path):
     ck, _ = _ck(tmp_path, size=64)
     result = export_checkpoint(ck, tmp_path / "s.onnx", ExportOptions(atol=ATOL, features="2,s16"))
-    side = read_sidecar(result.path)
+    side = read_onnx_sidecar(result.path)
     assert [(o.name, o.shape) for o in side.outputs] == [("feat_s2", ["batch", 8, 32, 32]),
                                                          ("feat_s16", ["batch", 24, 4, 4])]
     assert side.dynamic.height is None and side.dynamic.multiple_of == 16
@@ -226,7 +226,7 @@ def dynamic_backbone(tmp_path_factory):
 def test_fusion_with_symbolic_hw(dynamic_backbone, tmp_path):
     from ulsam_deploy.steps.fuse import fuse_file, parity_shapes
 
-    model, side = onnx.load(str(dynamic_backbone)), read_sidecar(dynamic_backbone)
+    model, side = onnx.load(str(dynamic_backbone)), read_onnx_sidecar(dynamic_backbone)
     shapes = parity_shapes(model, side)
     assert shapes == [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 32, 32), (1, 3, 96, 96), (1, 3, 32, 96)]
     result = fuse_file(dynamic_backbone, tmp_path / "f.onnx", atol=ATOL / 10)
@@ -260,7 +260,7 @@ def test_fp16_backbone_is_judged_per_feature_map(dynamic_backbone, tmp_path):
     assert verdict.tolerances.min_top1_agreement is None and verdict.tolerances.min_cosine == 0.999
     assert all(not o.classifier and o.comparison.cosine > 0.999 for o in verdict.outputs)
     assert result.report["kept_fp32"]["outputs_isolated"] == 2  # feat_s8 and feat_s16 also feed the next layer
-    side = read_sidecar(result.path)
+    side = read_onnx_sidecar(result.path)
     assert side.precision == "fp16" and [o.layer for o in side.outputs] == [7, 14, 19]
     assert side.dynamic.height == RANGE and side.fused_blocks == 3
     x = _x(32, 96, batch=1)  # the fp16 graph keeps its symbolic H/W
@@ -310,7 +310,7 @@ def test_int8_backbone_calibrates_at_the_opt_size(dynamic_backbone, tmp_path, mo
                           calib_data=ImageSet(calib), verify_data=ImageSet(verify))
     assert seen["shape"][1:] == (3, 64, 64)  # the sidecar's opt size
     assert [o.name for o in result.verdict.outputs] == ["feat_s8", "feat_s16", "feat_s32"]
-    assert result.verdict.tolerances.max_top1_drop is None and read_sidecar(result.path).precision == "int8"
+    assert result.verdict.tolerances.max_top1_drop is None and read_onnx_sidecar(result.path).precision == "int8"
 
 
 # ------------------------------------------------------------------------------------ build-trt plan
@@ -318,7 +318,7 @@ def test_int8_backbone_calibrates_at_the_opt_size(dynamic_backbone, tmp_path, mo
 def test_profiles_derive_from_the_sidecar_and_flags_override(dynamic_backbone):
     from ulsam_deploy.backends.trt.settings import BuildOptions, describe_onnx, plan_build, rebuild_command
 
-    side = read_sidecar(dynamic_backbone)
+    side = read_onnx_sidecar(dynamic_backbone)
     info = describe_onnx(onnx.load(str(dynamic_backbone)), dynamic_backbone, side.dynamic.model_dump())
     plan = plan_build(BuildOptions(), info, "10.3.0")
     assert plan.profile == {"input": ((1, 3, 32, 32), (1, 3, 64, 64), (8, 3, 96, 96))}
@@ -342,7 +342,7 @@ def test_profiles_derive_from_the_sidecar_and_flags_override(dynamic_backbone):
 
 def _fast(**kw):
     from ulsam_deploy.bench.latency import TimingConfig
-    from ulsam_deploy.bench.run import BenchOptions
+    from ulsam_deploy.bench.options import BenchOptions
 
     kw.setdefault("timing", TimingConfig(warmup_s=0.0, min_iters=3, min_seconds=0.0, block_s=0.01))
     return BenchOptions(**kw)

@@ -14,7 +14,9 @@ import pytest
 from onnx import numpy_helper
 
 from helpers import randomize_bn
-from ulsam_deploy.bench.run import BenchOptions, parse_model_spec, resolve_model, run_bench
+from ulsam_deploy.bench.options import BenchOptions
+from ulsam_deploy.bench.models import parse_model_spec, resolve_model
+from ulsam_deploy.bench.run import run_bench
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.data.sources import load_images, resolve_preprocess
@@ -281,3 +283,45 @@ def test_newer_ir_version_than_onnxruntime_reads_is_lowered_in_memory(small, tmp
                                    f"for onnxruntime {__import__('onnxruntime').__version__} (the file is unchanged)"]
         assert ref.warnings == []
     assert onnx.load(path).ir_version == model.ir_version
+
+
+def test_a_new_backend_is_one_folder(small, tmp_path, monkeypatch):
+    """The registry finds a backend by its folder alone: a package with a ``backend.py`` next to the others is
+    benched, judged and timed like them, and nothing else in the code names it."""
+    import ulsam_deploy.backends as backends_package
+    from ulsam_deploy.backends import registry
+
+    folder = tmp_path / "plugins_here" / "echo"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text('"""A test backend: ONNX Runtime under another name."""\n')
+    (folder / "backend.py").write_text(
+        "from ulsam_deploy.backends.onnxrt.runner import OrtRunner\n"
+        "from ulsam_deploy.backends.registry import Backend, NoArtifact\n\n\n"
+        "class EchoRunner(OrtRunner):\n"
+        "    name = 'echo'\n\n"
+        "    @property\n"
+        "    def label(self):\n"
+        "        return 'echo'\n\n\n"
+        "def _open(model, options):\n"
+        "    if not model.onnx:\n"
+        "        raise NoArtifact('no ONNX file for echo')\n"
+        "    for path in model.onnx:\n"
+        "        yield EchoRunner(path, threads=options.threads), str(path)\n\n\n"
+        "BACKEND = Backend('echo', 9, 'ONNX Runtime, echoed', lambda: None, _open)\n")
+    monkeypatch.setattr(backends_package, "__path__", [*backends_package.__path__, str(folder.parent)])
+    registry.backends.cache_clear()
+    try:
+        assert registry.names() == ("torch", "ort", "trt", "echo")
+        report = run_bench([resolve_model(small["ckpt"], onnx=[small["onnx"]])],
+                           _fast_options(backends=("torch", "echo"), num_inputs=4))
+        assert {row.backend for row in report.parity} == {"torch:cpu", "echo"} and report.passed
+        assert {row.backend for row in report.latency} == {"torch:cpu", "echo"}
+        from ulsam_deploy.errors import BackendUnavailable
+
+        with pytest.raises(BackendUnavailable, match="echo: no ONNX file for echo"):
+            run_bench([resolve_model("mv2x0.35@32")], _fast_options(backends=("echo",), num_inputs=2,
+                                                                     export_missing_onnx=False))
+        with pytest.raises(UserError, match="Unknown backend.*choose from torch, ort, trt, echo"):
+            BenchOptions(backends=("nope",))
+    finally:
+        registry.backends.cache_clear()

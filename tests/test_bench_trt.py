@@ -22,7 +22,8 @@ from ulsam_deploy.backends.base import RunnerUnavailable
 from ulsam_deploy.backends.trt.cuda import GpuInfo, open_cuda_memory
 from ulsam_deploy.backends.trt.runner import TrtRunner
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo
+from ulsam_deploy.backends.trt.compat import EngineMismatch, RuntimeInfo
+from ulsam_deploy.sidecars import ENGINE_SIDECAR_FORMAT, EngineSidecar
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
 RTX4090 = GpuInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30, False)
@@ -30,10 +31,11 @@ REBUILD = "ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:4
 PLUGIN_KEY = ("SubspaceAttention", "1", "ulsam")
 
 
-def sidecar(version="10.3.0.30", gpu=ORIN, plugin=None, precision="fp16") -> dict:
-    return {"format": ENGINE_SIDECAR_FORMAT, "engine": "model.engine", "rebuild_command": REBUILD,
-            "tensorrt": {"version": version}, "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
-            "build": {}, "precision": precision, "plugin": plugin or {}}
+def sidecar(version="10.3.0.30", gpu=ORIN, plugin=None, precision="fp16") -> EngineSidecar:
+    return EngineSidecar.model_validate(
+        {"format": ENGINE_SIDECAR_FORMAT, "engine": "model.engine", "rebuild_command": REBUILD,
+         "tensorrt": {"version": version}, "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+         "build": {}, "precision": precision, "plugin": plugin})
 
 
 def _tensorrt_importable() -> bool:
@@ -167,10 +169,12 @@ def test_bench_reports_a_mismatched_engine_as_skipped(engine_file, monkeypatch):
 
     import ulsam_deploy.backends.trt.compat as compat
     import ulsam_deploy.backends.trt.runtime as runtime
-    from ulsam_deploy.bench.run import BenchOptions, resolve_model, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.models import resolve_model
+    from ulsam_deploy.bench.run import run_bench
     from ulsam_deploy.bench.latency import TimingConfig
 
-    (engine_file.parent / "model.engine.json").write_text(json.dumps(sidecar("10.3.0.30", ORIN)))
+    (engine_file.parent / "model.engine.json").write_text(sidecar("10.3.0.30", ORIN).to_json())
     monkeypatch.setattr(runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30"))
     monkeypatch.setattr(compat, "current_runtime", lambda device=0: RuntimeInfo("10.3.0.30", RTX4090))
     spec = resolve_model("mv2x0.35@32", engines=[engine_file])
@@ -403,9 +407,16 @@ def test_real_engine_matches_onnx_runtime(tmp_path):
         assert set(timings) == {"h2d", "compute", "d2h"} and all(v >= 0 for v in timings.values())
 
 
-@pytest.mark.parametrize("value, expected", [("fp16", "fp16"), ({"precision": "int8", "calibration": "x"}, "int8"),
-                                             (None, "fp32"), ("FP16", "fp16"), ("mixed?", "fp32")])
-def test_engine_precision_read_from_sidecar(value, expected):
-    from ulsam_deploy.backends.trt.runner import _sidecar_precision
+@pytest.mark.parametrize("value, ok", [("fp16", True), ("int8", True), ({"precision": "int8"}, False),
+                                       (None, False), ("FP16", False), ("mixed?", False)])
+def test_engine_precision_is_one_word_of_the_schema(tmp_path, value, ok):
+    """The runner labels rows with the sidecar's precision as written: a word the schema knows, nothing guessed."""
+    from ulsam_deploy.sidecars import read_engine_sidecar
 
-    assert _sidecar_precision({"precision": value}) == expected
+    side = tmp_path / "m.engine.json"
+    side.write_text(json.dumps({"format": ENGINE_SIDECAR_FORMAT, "engine": "m.engine", "precision": value}))
+    if ok:
+        assert read_engine_sidecar(side).precision == value
+    else:
+        with pytest.raises(UserError, match="field 'precision'"):
+            read_engine_sidecar(side)

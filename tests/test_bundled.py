@@ -146,10 +146,10 @@ def bundled_export(tmp_path_factory):
 def test_bench_of_a_demo_export_finds_the_bundled_checkpoint(bundled_export, monkeypatch, tmp_path):
     """bench of the demo's model.onnx, from another folder, keeps the torch reference: 'bundled:NAME' is the bundled
     model's checkpoint, not a missing path."""
-    from ulsam_deploy.artifacts import read_sidecar
-    from ulsam_deploy.bench.run import resolve_model
+    from ulsam_deploy.sidecars import read_onnx_sidecar
+    from ulsam_deploy.bench.models import resolve_model
 
-    assert read_sidecar(bundled_export).model.bundled_name == "fashion-mnist"
+    assert read_onnx_sidecar(bundled_export).model.bundled_name == "fashion-mnist"
     monkeypatch.chdir(tmp_path)
     spec = resolve_model(bundled_export)
     assert spec.checkpoint == bundled.checkpoint_path("fashion-mnist") and spec.module is not None
@@ -157,12 +157,12 @@ def test_bench_of_a_demo_export_finds_the_bundled_checkpoint(bundled_export, mon
 
 
 def test_a_recorded_bundled_name_that_is_not_bundled_is_one_sentence(bundled_export, tmp_path):
-    from ulsam_deploy.artifacts import read_sidecar, sidecar_path
-    from ulsam_deploy.bench.run import resolve_model
+    from ulsam_deploy.sidecars import read_onnx_sidecar, sidecar_path
+    from ulsam_deploy.bench.models import resolve_model
 
     copy = tmp_path / "model.onnx"
     copy.write_bytes(bundled_export.read_bytes())
-    side = read_sidecar(bundled_export)
+    side = read_onnx_sidecar(bundled_export)
     side.model.checkpoint = "bundled:cifar-100"
     sidecar_path(copy).write_text(side.to_json())
     with pytest.raises(UserError, match="no bundled model 'cifar-100'"):
@@ -171,7 +171,7 @@ def test_a_recorded_bundled_name_that_is_not_bundled_is_one_sentence(bundled_exp
 
 def test_without_torch_a_recorded_bundled_model_is_noted_not_loaded(bundled_export, monkeypatch):
     from ulsam_deploy import extras
-    from ulsam_deploy.bench.run import resolve_model
+    from ulsam_deploy.bench.models import resolve_model
 
     monkeypatch.setattr(extras, "missing", lambda *names: list(names))
     spec = resolve_model(bundled_export, load_module=False)

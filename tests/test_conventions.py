@@ -102,7 +102,8 @@ def test_the_fused_op_loads_without_importing_torch():
 def test_the_bench_table_fits_the_terminal(tmp_path, width):
     from rich.console import Console
 
-    from ulsam_deploy.bench.run import BenchOptions, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.run import run_bench
     from ulsam_deploy.bench.latency import TimingConfig
     from ulsam_deploy.cli.bench import bench_tables
 

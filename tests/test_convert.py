@@ -22,7 +22,8 @@ from onnx import TensorProto, numpy_helper
 from PIL import Image
 
 from helpers import one_error_line
-from ulsam_deploy.artifacts import read_sidecar, sha256_file
+from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.sidecars import read_onnx_sidecar
 from ulsam_deploy.data.sources import load_images, preprocess_of
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.steps import convert as C
@@ -116,7 +117,7 @@ def _elem_type_of(model: onnx.ModelProto, tensor: str) -> int | None:
 
 
 def _verify_set(onnx_path: Path, folder: Path):
-    return load_images(folder, preprocess_of(read_sidecar(onnx_path)))
+    return load_images(folder, preprocess_of(read_onnx_sidecar(onnx_path)))
 
 
 # ------------------------------------------------------------------------------- fp16 figures
@@ -418,7 +419,9 @@ def test_convert_and_bench_give_one_verdict(artifacts, strict):
     """The gate in convert and the parity in bench call the same judge with the same runner settings: on the same
     artifact and images they agree, figure for figure, when it passes and when it fails."""
     from ulsam_deploy.backends.judge import parse_tolerance_overrides
-    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.models import ModelSpec
+    from ulsam_deploy.bench.run import run_bench
 
     source, images, paths = artifacts
     overrides = parse_tolerance_overrides(["fp32:atol=1e-9", "fp32:rtol=1e-9", "fp16:min_cosine=1", "int8:max_top1_drop=0",
@@ -430,9 +433,9 @@ def test_convert_and_bench_give_one_verdict(artifacts, strict):
         precision = name.split("-")[0]
         gates[name] = C.verify(reference, onnx.load(path), verify, precision, overrides)[0]
     spec = ModelSpec(name="fm", onnx=[source, *paths.values()])
-    from ulsam_deploy.bench.run import _apply_onnx_sidecar
+    from ulsam_deploy.bench.models import apply_onnx_sidecar
 
-    _apply_onnx_sidecar(spec, source)
+    apply_onnx_sidecar(spec, source)
     report = run_bench([spec], BenchOptions(backends=("ort",), reference="ort", inputs=str(images), latency=False,
                                             threshold_overrides=overrides))
     rows = {Path(r.artifact).name: r for r in report.parity}

@@ -14,7 +14,8 @@ from helpers import randomize_bn
 from helpers import PAPER_CONFIGS
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
-from ulsam_deploy.artifacts import read_sidecar, sha256_file
+from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.sidecars import read_onnx_sidecar
 from ulsam_deploy.onnx_graph import ort_max_ir_version
 from ulsam_deploy.models import build_model, save_checkpoint
 
@@ -98,7 +99,7 @@ def test_sidecar_describes_the_model(tmp_path):
     assert step["verdict"]["max_abs"] < 1e-4
     assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(step["versions"])
     assert side["preprocess"]["mean"] == [0.485, 0.456, 0.406]
-    assert read_sidecar(result.path).model.config == side["model"]["config"]  # what later steps read back
+    assert read_onnx_sidecar(result.path).model.config == side["model"]["config"]  # what later steps read back
 
 
 @pytest.mark.slow

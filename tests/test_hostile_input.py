@@ -28,9 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from helpers import GREY, clean_error, randomize_bn, tiny_onnx
-from ulsam_deploy.artifacts import (DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, atomic_target,
-                                    check_output, read_sidecar, sha256_file, sidecar_path, write_bytes,
-                                    write_text_output)
+from ulsam_deploy.artifacts import atomic_target, check_output, sha256_file, write_bytes, write_text_output
+from ulsam_deploy.sidecars import DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, read_onnx_sidecar, sidecar_path
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.models import build_model, save_checkpoint
@@ -450,7 +449,7 @@ def test_non_finite_outputs_fail_parity(cli_runner, tiny, tmp_path):
 
 def test_engine_sidecars_are_untrusted(tmp_path):
     """Wrong JSON types, another engine's sha256, a FIFO or a huge file: refused in one sentence (no hang)."""
-    from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT, read_engine_sidecar
+    from ulsam_deploy.sidecars import ENGINE_SIDECAR_FORMAT, read_engine_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0engine")
@@ -458,10 +457,11 @@ def test_engine_sidecars_are_untrusted(tmp_path):
     good = {"format": ENGINE_SIDECAR_FORMAT, "engine": "m.engine", "engine_sha256": sha256_file(engine),
             "tensorrt": {"version": "10.3.0.30"}, "gpu": {"name": "Orin", "compute_capability": "8.7"}, "build": {}}
     side.write_text(json.dumps(good))
-    assert read_engine_sidecar(engine)["engine"] == "m.engine"
+    assert read_engine_sidecar(engine).engine == "m.engine"
     for key, value, needle in (("tensorrt", "10.3", "'tensorrt'"), ("gpu", {"compute_capability": 8.7}, "gpu."),
                                ("plugin", {"library": ["x"]}, "plugin.library"), ("build", [], "'build'"),
-                               ("engine_sha256", "f" * 64, "another engine"), ("engine_sha256", "xyz", "not a sha256")):
+                               ("engine_sha256", "f" * 64, "another engine"), ("engine_sha256", "xyz", "pattern"),
+                               ("precision", {"precision": "int8"}, "'precision'"), ("onnx", "m.onnx", "'onnx'")):
         side.write_text(json.dumps({**good, key: value}))
         with pytest.raises(UserError, match="invalid|another engine") as info:
             read_engine_sidecar(engine)
@@ -531,7 +531,7 @@ def test_every_sidecar_field_is_validated(tiny, tmp_path, field, which):
     value = _bad_values()[field][0 if which == "wrong type" else 1]
     model = _write_mutated(tiny, tmp_path, lambda d: d.__setitem__(field, value))
     with pytest.raises(UserError) as info:
-        read_sidecar(model)
+        read_onnx_sidecar(model)
     message = str(info.value)
     assert str(sidecar_path(model)) in message and "\n" not in message
     assert field in message or "schema" in message
@@ -561,7 +561,7 @@ def test_nested_sidecar_fields_are_validated(tiny, tmp_path, where, value, needl
 
     model = _write_mutated(tiny, tmp_path, mutate)
     with pytest.raises(UserError, match="invalid") as info:
-        read_sidecar(model)
+        read_onnx_sidecar(model)
     assert needle in str(info.value)
 
 
@@ -597,7 +597,7 @@ def test_a_missing_recorded_checkpoint_is_said_not_hidden(cli_runner, tmp_path):
 
 def test_a_recorded_checkpoint_is_found_relative_to_its_sidecar(ck, tmp_path, monkeypatch):
     """A sidecar written with a relative checkpoint path works from any directory (relative to the sidecar)."""
-    from ulsam_deploy.bench.run import resolve_model
+    from ulsam_deploy.bench.models import resolve_model
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -841,7 +841,7 @@ def test_export_at_another_size_than_trained_is_said_recorded_and_usable(cli_run
     result = cli_runner.invoke(app, ["export", str(ck), "--input-size", "64", "-o", str(out), "--atol", "1e-3"])
     assert result.exit_code == 0, result.output
     assert "trained at 32x32" in result.output
-    side = read_sidecar(out)
+    side = read_onnx_sidecar(out)
     assert side.preprocess.size == 64 and side.model.meta["trained_input_size"] == 32
     result = cli_runner.invoke(app, ["bench", str(out), "--backends", "torch,ort", "--no-latency"])
     assert result.exit_code == 0, result.output

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from helpers import clean_error, randomize_bn, tiny_onnx
-from ulsam_deploy.artifacts import atomic_target, sidecar_path
+from ulsam_deploy.artifacts import atomic_target
+from ulsam_deploy.sidecars import sidecar_path
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import IOFailure, UserError
 from ulsam_deploy.models import build_model, save_checkpoint
@@ -340,12 +341,12 @@ def test_zip_bombs_and_thin_images_are_refused_before_loading(cli_runner, tmp_pa
 def test_a_sidecar_range_too_large_for_memory_is_refused_before_parity(ck, tmp_path):
     import onnx
 
-    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.sidecars import read_onnx_sidecar
     from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
     from ulsam_deploy.steps.fuse import parity_shapes
 
     path = export_checkpoint(ck, tmp_path / "d.onnx", ExportOptions(input_range=(32, 32, 64), atol=1e-3)).path
-    model, side = onnx.load(str(path)), read_sidecar(path)
+    model, side = onnx.load(str(path)), read_onnx_sidecar(path)
     assert parity_shapes(model, side)[-1][2:] == (32, 64)
     side.dynamic.height = side.dynamic.width = (32, 32, 60_000)  # what a hostile sidecar may claim (within its schema)
     with pytest.raises(UserError, match="Proving parity at 60000x60000 .* more than this machine can spare"):

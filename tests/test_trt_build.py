@@ -16,8 +16,8 @@ import pytest
 from helpers import one_error_line
 from ulsam_deploy.events import Events
 from ulsam_deploy.errors import UserError
-from ulsam_deploy.backends.trt.compat import (ENGINE_SIDECAR_FORMAT, EngineMismatch, RuntimeInfo, check_engine_compat,
-                                     read_engine_sidecar)
+from ulsam_deploy.backends.trt.compat import EngineMismatch, RuntimeInfo, check_engine_compat
+from ulsam_deploy.sidecars import ENGINE_SIDECAR_FORMAT, EnginePlugin, EngineSidecar, read_engine_sidecar
 from ulsam_deploy.backends.trt.cuda import GpuInfo
 
 ORIN = GpuInfo(0, "Orin (nvgpu)", "8.7", 0, True)
@@ -26,11 +26,12 @@ L4 = GpuInfo(0, "NVIDIA L4", "8.9", 24 << 30, False)
 A100 = GpuInfo(0, "NVIDIA A100-SXM4-40GB", "8.0", 40 << 30, False)
 
 
-def engine_sidecar(version="10.3.0.30", gpu=ORIN, **build) -> dict:
-    return {"format": ENGINE_SIDECAR_FORMAT, "engine": "model.engine",
-            "rebuild_command": "ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:8:32",
-            "tensorrt": {"version": version}, "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
-            "build": build}
+def engine_sidecar(version="10.3.0.30", gpu=ORIN, **build) -> EngineSidecar:
+    return EngineSidecar.model_validate(
+        {"format": ENGINE_SIDECAR_FORMAT, "engine": "model.engine",
+         "rebuild_command": "ulsam-deploy build-trt model.onnx -o model.engine --batch-profile 1:8:32",
+         "tensorrt": {"version": version}, "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+         "build": build})
 
 
 # ------------------------------------------------------------------------------------ compat
@@ -93,7 +94,7 @@ def test_no_gpu_is_refused():
 
 def test_incomplete_sidecar_is_refused():
     sidecar = engine_sidecar()
-    del sidecar["gpu"]
+    sidecar.gpu = None
     with pytest.raises(EngineMismatch, match="does not record"):
         check_engine_compat(sidecar, runtime=RuntimeInfo("10.3.0.30", ORIN))
 
@@ -109,7 +110,7 @@ def test_sidecar_read_from_engine_path(tmp_path):
     (tmp_path / "m.engine.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(UserError, match="not an engine sidecar"):
         read_engine_sidecar(engine)
-    (tmp_path / "m.engine.json").write_text(json.dumps(engine_sidecar()))
+    (tmp_path / "m.engine.json").write_text(engine_sidecar().to_json())
     check_engine_compat(engine, runtime=RuntimeInfo("10.3.0.30", ORIN))
 
 
@@ -117,7 +118,7 @@ def test_changed_plugin_library_warns(tmp_path):
     lib = tmp_path / "libulsam_plugin.so"
     lib.write_bytes(b"v2")
     sidecar = engine_sidecar()
-    sidecar["plugin"] = {"route": "lib", "library": str(lib), "library_sha256": "0" * 64}
+    sidecar.plugin = EnginePlugin(route="lib", library=str(lib), library_sha256="0" * 64)
     warnings = []
     check_engine_compat(sidecar, runtime=RuntimeInfo("10.3.0.30", ORIN), warn=warnings.append)
     assert any("changed" in w for w in warnings)
@@ -736,7 +737,8 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
         "create_network", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     assert b.parsed == [model.read_bytes()]
     data = json.loads((tmp_path / "m.engine.json").read_text())
-    assert data == result.sidecar and data["format"] == ENGINE_SIDECAR_FORMAT
+    assert read_engine_sidecar(tmp_path / "m.engine") == result.sidecar and data["format"] == ENGINE_SIDECAR_FORMAT
+    assert [s["step"] for s in data["steps"]] == ["build-trt"] and data["steps"][0]["report"]["precision"] == "fp32"
     assert data["tensorrt"]["version"] == trt.__version__ and data["precision_details"]["strongly_typed"]
     assert data["precision"] == "fp32" and data["precision_details"]["tf32"] is False
     assert data["build"]["tf32"] is False and data["build"]["cleared_builder_flags"] == ["TF32"]
@@ -750,13 +752,14 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     b2 = Build(trt, monkeypatch)
     tf32 = build_engine(model, tmp_path / "t.engine", BuildOptions(batch="1:2:4", tf32=True))
     assert not any(c[0] == "clear_flag" for c in b2.config.method_calls)
-    assert tf32.sidecar["precision_details"]["tf32"] is True and "--tf32" in tf32.sidecar["rebuild_command"]
+    assert tf32.sidecar.precision_details["tf32"] is True and "--tf32" in tf32.sidecar.rebuild_command
 
 
 @pytest.mark.trt_api
 def test_dynamic_hw_profile_from_the_sidecar_on_the_real_api(trt, tmp_path, monkeypatch):
     """A symbolic-H/W ONNX whose sidecar records its ranges: the profile's set_shape gets them, flags win."""
-    from ulsam_deploy.artifacts import DynamicRange, OnnxSidecar, TensorSpec, sha256_file, sidecar_path
+    from ulsam_deploy.artifacts import sha256_file
+    from ulsam_deploy.sidecars import DynamicRange, OnnxSidecar, TensorSpec, sidecar_path
     from ulsam_deploy.steps.build_trt import build_engine
 
     model = tiny_onnx(tmp_path / "d.onnx", size="height")
@@ -771,8 +774,8 @@ def test_dynamic_hw_profile_from_the_sidecar_on_the_real_api(trt, tmp_path, monk
     b = Build(trt, monkeypatch)
     result = build_engine(model, tmp_path / "d.engine", BuildOptions())
     assert mock_call("set_shape", "input", (1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 128)) in b.profile.method_calls
-    assert result.sidecar["profiles"][0]["source"] == {"batch": "sidecar", "sizes": "sidecar"}
-    assert "--batch-profile 1:2:4 --size-profile 32:64:96x128" in result.sidecar["rebuild_command"]
+    assert result.sidecar.profiles[0]["source"] == {"batch": "sidecar", "sizes": "sidecar"}
+    assert "--batch-profile 1:2:4 --size-profile 32:64:96x128" in result.sidecar.rebuild_command
     b2 = Build(trt, monkeypatch)
     build_engine(model, tmp_path / "e.engine", BuildOptions(batch="1", sizes="64"))
     assert mock_call("set_shape", "input", (1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64)) in b2.profile.method_calls
@@ -794,7 +797,7 @@ def test_weakly_typed_qdq_build_sets_int8_on_the_real_config(trt, tmp_path, monk
     result = build_engine(model, tmp_path / "q.engine", BuildOptions(batch="1", weakly_typed=True))
     assert mock_call("set_flag", trt.BuilderFlag.INT8) in b.config.method_calls
     assert b.builder.create_network.call_args == mock_call("create_network", 0)
-    assert result.sidecar["precision"] == "int8" and result.sidecar["build"]["builder_flags"] == ["INT8"]
+    assert result.sidecar.precision == "int8" and result.sidecar.build.builder_flags == ["INT8"]
 
 
 # ---------------------------------------------------------------------------- real TensorRT (GPU)
@@ -882,7 +885,7 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     from ulsam_deploy.passes.fp16 import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
     from ulsam_deploy.models import build_model
-    from ulsam_deploy.backends.trt import builder as trt_build
+    from ulsam_deploy.backends.trt import runtime as trt_runtime
     from ulsam_deploy.steps.build_trt import build_engine
 
     import torch
@@ -895,7 +898,7 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     onnx.save(fit_ir_version(fp16), path)
     lib = tmp_path / "lib.so"
     lib.write_bytes(b"x")
-    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30"))
     with pytest.raises(UserError, match=r"cannot be fused as they are \(fp16 Casts split them\); fuse before converting"):
         build_engine(path, tmp_path / "m.engine", BuildOptions(batch="1", plugin_lib=lib))
     assert not (tmp_path / "m.engine").exists()
@@ -925,7 +928,7 @@ def fused_small(tmp_path_factory):
 def test_qdp_rewrite_of_fused_nodes(fused_small):
     from ulsam_deploy import op_spec
     from ulsam_deploy.kernels import qdp_plugin as qdp
-    from ulsam_deploy.backends.trt.plugins import to_qdp_model
+    from ulsam_deploy.passes.qdp import to_qdp_model
 
     model = onnx.load(fused_small)
     source = next(n for n in model.graph.node if n.op_type == op_spec.OP_TYPE)
@@ -969,7 +972,8 @@ def test_python_plugin_route_on_the_real_api(trt, fresh_qdp, tmp_path, monkeypat
     assert b.builder.create_network.call_args == mock_call(
         "create_network", (1 << int(flags.STRONGLY_TYPED)) | (1 << int(flags.PREFER_AOT_PYTHON_PLUGINS)))
     assert ("SubspaceAttentionAOT", "1", "ulsam") in recorder.creators
-    plugin = result.sidecar["plugin"]
-    assert plugin["route"] == "python" and plugin["plugin_id"] == qdp.QDP_PLUGIN_ID and plugin["library"] is None
+    plugin = result.sidecar.plugin
+    assert plugin.route == "python" and plugin.plugin_id == qdp.QDP_PLUGIN_ID and plugin.library is None
+    assert result.sidecar.build.fusion["qdp_nodes"] == 1
     again = build_engine(model, tmp_path / "n.engine", BuildOptions(plugin="python"))  # same process: harmless
-    assert again.sidecar["plugin"]["plugin_id"] == qdp.QDP_PLUGIN_ID
+    assert again.sidecar.plugin.plugin_id == qdp.QDP_PLUGIN_ID

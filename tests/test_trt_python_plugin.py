@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import trt_fakes as F
+from ulsam_deploy import op_spec
 from ulsam_deploy.errors import BackendUnavailable
 from ulsam_deploy.backends.trt.runtime import parse_version
 from ulsam_deploy.kernels import aot
@@ -116,7 +117,7 @@ def test_registration_failure_is_one_sentence_and_a_retry_works(trt, trtp, monke
 def test_recorded_creator_serves_the_fused_node_with_an_aot_plugin(trt, trtp, monkeypatch):
     Q.register_qdp_plugin(arch=87)
     creator = trtp.recorder.creators[AOT_KEY]
-    node = Q.make_qdp_onnx_node(["x", "s", "t", "w", "b"], ["y", "ws"], groups=4, relu_dw=True, relu_pw=False)
+    node = op_spec.make_qdp_onnx_node(["x", "s", "t", "w", "b"], ["y", "ws"], groups=4, relu_dw=True, relu_pw=False)
     node_attrs = {a.name: a.i for a in node.attribute if a.name not in ("plugin_namespace", "aot")}
     assert sorted(f.name for f in creator.field_names) == sorted(node_attrs)
     assert [a.s for a in node.attribute if a.name == "plugin_namespace"] == [b"ulsam"]
@@ -223,13 +224,13 @@ def test_kernel_selection_falls_back_to_lower_arch(monkeypatch):
 
 
 def test_qdp_onnx_node():
-    node = Q.make_qdp_onnx_node(["x", "s", "t", "w", "b"], ["y", "ws"], groups=4, relu_dw=True, relu_pw=False)
+    node = op_spec.make_qdp_onnx_node(["x", "s", "t", "w", "b"], ["y", "ws"], groups=4, relu_dw=True, relu_pw=False)
     assert node.op_type == "SubspaceAttentionAOT"
     attrs = {a.name: a for a in node.attribute}
     assert attrs["plugin_namespace"].s == b"ulsam" and attrs["aot"].i == 1
     assert (attrs["groups"].i, attrs["relu_dw"].i, attrs["relu_pw"].i) == (4, 1, 0)
     with pytest.raises(ValueError):
-        Q.make_qdp_onnx_node(["x"], ["y"], groups=1)
+        op_spec.make_qdp_onnx_node(["x"], ["y"], groups=1)
 
 
 def test_qdp_launch_config_fits_workspace_output():

@@ -6,8 +6,11 @@ SIGTERM or Ctrl-C while the CLI loads ends with 143 / 130 and no traceback (noth
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+
+PARENT_DEATH_ENV = "ULSAM_DIE_WITH_PARENT"  # set by the fleet's worker for the steps it starts
 
 
 def _exit_on(code: int):
@@ -17,9 +20,26 @@ def _exit_on(code: int):
     return handler
 
 
+def _die_with_parent() -> None:
+    """A step started by a fleet worker ends (SIGTERM) when that worker dies, so a killed worker leaves no orphan
+    running on the board (Linux's PR_SET_PDEATHSIG; elsewhere nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the worker died before the call
+        raise SystemExit(143)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on(143))
     signal.signal(signal.SIGINT, _exit_on(130))
+    if os.environ.get(PARENT_DEATH_ENV):
+        _die_with_parent()
     from ulsam_deploy.cli.app import run
 
     run()

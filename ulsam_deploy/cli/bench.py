@@ -154,7 +154,9 @@ def bench(
     from ulsam_deploy.backends.judge import parse_tolerance_overrides
     from ulsam_deploy.bench.latency import TimingConfig
     from ulsam_deploy.bench.report import check_report_paths, write_reports
-    from ulsam_deploy.bench.run import BenchOptions, parse_sizes, resolve_model, run_bench
+    from ulsam_deploy.bench.options import BenchOptions, parse_sizes
+    from ulsam_deploy.bench.models import resolve_model
+    from ulsam_deploy.bench.run import run_bench
 
     if compare and len(models) < 2:
         raise UserError("--compare needs two or more models, e.g. 'ulsam-deploy bench mv2 mv2+14,17 --compare'.")

@@ -42,22 +42,27 @@ def build_trt(
                            weakly_typed=weakly_typed, fp16=fp16, int8=int8, tf32=tf32, force=force, verbose=verbose)
     result = build_engine(model, output, options, events=RichEvents(), progress=BuildProgress())
     data = result.sidecar
-    table = Table(title=f"TensorRT engine {result.engine_path}", title_justify="left", show_header=False)
+    table = Table(title=f"TensorRT engine {result.path}", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    gpu = data.get("gpu") or {}
-    table.add_row("TensorRT", f"{data['tensorrt']['version']} (CUDA driver {data['cuda']['driver_version']})")
-    table.add_row("GPU", f"{gpu.get('name', '?')} ({gpu.get('sm', '?')})")
-    details = data["precision_details"]
-    table.add_row("precision", details["mode"] + (", strongly typed" if details["strongly_typed"] else ""))
+    gpu = data.gpu
+    table.add_row("TensorRT", f"{data.tensorrt.version if data.tensorrt else '?'} "
+                              f"(CUDA driver {(data.cuda or {}).get('driver_version')})")
+    table.add_row("GPU", f"{gpu.name if gpu else '?'} ({gpu.sm if gpu else '?'})")
+    details = data.precision_details or {}
+    table.add_row("precision", str(details.get("mode", data.precision))
+                  + (", strongly typed" if details.get("strongly_typed") else ""))
     table.add_row("profile", "; ".join(f"{p['input']} {p['min']} / {p['opt']} / {p['max']}"
                                        + (f" (from the {', '.join(sorted(set(p['source'].values())))})"
-                                          if p.get("source") else "") for p in data["profiles"]))
-    if data.get("plugin"):
-        p = data["plugin"]
-        table.add_row("plugin", f"{p['route']}: {p.get('library') or p.get('python_module')} ({p['fused_blocks']} block(s))")
-    table.add_row("size / time", f"{data['engine_bytes'] / 2**20:.1f} MiB, built in {result.seconds:.1f}s")
+                                          if p.get("source") else "") for p in data.profiles or []))
+    plugin = data.plugin
+    if plugin is not None:
+        table.add_row("plugin", f"{plugin.route}: {plugin.library or plugin.python_module} "
+                                f"({plugin.fused_blocks} block(s))")
+    table.add_row("size / time", f"{(data.engine_bytes or 0) / 2**20:.1f} MiB, built in "
+                                 f"{result.seconds.get('build', 0.0):.1f}s")
     console.print(table)
-    console.print(f"[green]Wrote[/] {result.engine_path} and {result.sidecar_path} "
-                  f"(run it: trtexec --loadEngine={result.engine_path}"
-                  f"{' --dynamicPlugins=' + data['plugin']['library'] if data.get('plugin') and data['plugin'].get('library') else ''})")
+    library = plugin.library if plugin is not None else None
+    console.print(f"[green]Wrote[/] {result.path} and {result.sidecar_path} "
+                  f"(run it: trtexec --loadEngine={result.path}"
+                  f"{' --dynamicPlugins=' + library if library else ''})")

@@ -79,12 +79,13 @@ def inspect(
 
 def _inspect_onnx(path: Path, as_json: bool) -> None:
     """Torch-free: the sidecar's description, the graph's facts, op counts and MACs (paper rule, from the graph)."""
-    from ulsam_deploy.artifacts import load_onnx, read_sidecar
+    from ulsam_deploy.artifacts import load_onnx
+    from ulsam_deploy.sidecars import read_onnx_sidecar
     from ulsam_deploy.onnx_graph import graph_facts, io_specs, precision_of
     from ulsam_deploy.passes.cost import onnx_cost
 
     model = load_onnx(path)
-    sidecar = read_sidecar(path, required=False, check_hash=False)
+    sidecar = read_onnx_sidecar(path, required=False, check_hash=False)
     facts = graph_facts(model)
     inputs, outputs = io_specs(model)
     try:

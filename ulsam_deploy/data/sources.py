@@ -129,7 +129,7 @@ def _per_channel(values, channels: int, what: str) -> tuple[float, ...]:
 
 
 def preprocess_of(sidecar) -> Preprocess:
-    """The preprocessing a sidecar records (:class:`ulsam_deploy.artifacts.OnnxSidecar`), else ImageNet's
+    """The preprocessing a sidecar records (:class:`ulsam_deploy.sidecars.OnnxSidecar`), else ImageNet's
     rule for the input shape it declares."""
     if sidecar.preprocess is not None:
         p = sidecar.preprocess

@@ -43,12 +43,10 @@ from ulsam_deploy.errors import BackendUnavailable
 from ulsam_deploy.kernels import aot as _aot
 from ulsam_deploy.kernels import plan as _plan
 
-QDP_NAMESPACE = "ulsam"
-QDP_NAME = "SubspaceAttentionAOT"
-QDP_PLUGIN_ID = f"{QDP_NAMESPACE}::{QDP_NAME}"
+from ulsam_deploy.op_spec import (QDP_INPUT_NAMES as INPUT_NAMES, QDP_NAME, QDP_NAMESPACE,  # noqa: F401
+                                  QDP_OUTPUT_NAMES as OUTPUT_NAMES, QDP_PLUGIN_ID, make_qdp_onnx_node)
+
 MIN_TENSORRT = (10, 9)
-INPUT_NAMES = ("x", "dw_scale", "dw_shift", "pw_weight", "pw_bias")
-OUTPUT_NAMES = ("y", "ws")
 
 _registered = set()
 
@@ -126,19 +124,6 @@ def qdp_launch_config(n: int, c: int, h: int, w: int, groups: int) -> dict:
     """Concrete version of what :func:`register_qdp_plugin`'s aot_impl encodes symbolically."""
     return {"grid": n * groups, "split": 1, "chunk": c // groups, "items": n * groups,
             "ws_shape": (n * groups, h * w)}
-
-
-def make_qdp_onnx_node(inputs, outputs, groups: int, relu_dw: bool = True, relu_pw: bool = True,
-                       name: "str | None" = None):
-    """ONNX NodeProto for the AOT QDP plugin (``inputs``: x + the 4 constant initializers'
-    names; ``outputs``: y and the unused workspace)."""
-    from onnx import helper
-
-    if len(inputs) != len(INPUT_NAMES) or len(outputs) != len(OUTPUT_NAMES):
-        raise ValueError(f"need inputs {INPUT_NAMES} and outputs {OUTPUT_NAMES}")
-    return helper.make_node(QDP_NAME, list(inputs), list(outputs), name=name, groups=int(groups),
-                            relu_dw=int(bool(relu_dw)), relu_pw=int(bool(relu_pw)),
-                            plugin_namespace=QDP_NAMESPACE, aot=1)
 
 
 # --------------------------------------------------------------------------- TensorRT glue

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulsam_deploy.artifacts import (OnnxSidecar, StepRecord, atomic_target, check_output, load_onnx, now,
-                                    sha256_file, sidecar_path, tool_versions)
+from ulsam_deploy.artifacts import atomic_target, check_output, load_onnx, now, sha256_file, tool_versions
+from ulsam_deploy.sidecars import OnnxSidecar, StepRecord, sidecar_path
 from ulsam_deploy.errors import ParityError, UserError
 from ulsam_deploy.events import SILENT, Events
 
@@ -79,10 +79,10 @@ def check_sidecar_matches(model, sidecar, path: Path) -> None:
 def load_with_sidecar(path: str | os.PathLike, *, required: bool = True):
     """``(model, sidecar)``: the ONNX and its validated sidecar (None when absent and not ``required``), which must
     describe this very file and graph."""
-    from ulsam_deploy.artifacts import read_sidecar
+    from ulsam_deploy.sidecars import read_onnx_sidecar
 
     model = load_onnx(path)
-    sidecar = read_sidecar(path, required=required)
+    sidecar = read_onnx_sidecar(path, required=required)
     if sidecar is not None:
         check_sidecar_matches(model, sidecar, Path(path))
     return model, sidecar

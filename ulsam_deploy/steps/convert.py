@@ -163,7 +163,7 @@ def convert_file(source: str | os.PathLike, output: str | os.PathLike | None, op
     verification default is real labelled images that fit the model (Fashion-MNIST test set for 1-channel
     10-class models, foolbox's ImageNet photos for 3-channel 1000-class ones).
     """
-    from ulsam_deploy.artifacts import TensorSpec
+    from ulsam_deploy.sidecars import TensorSpec
     from ulsam_deploy.data.sources import ImageSet, is_idx_dir, preprocess_of
     from ulsam_deploy.onnx_graph import fused_nodes, io_specs, precision_of
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ulsam_deploy.artifacts import ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, DynamicRange, sha256_file
+from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.sidecars import DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.limits import ACTIVATION_FACTOR, fit_count

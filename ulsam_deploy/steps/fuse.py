@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ulsam_deploy.artifacts import OnnxSidecar, TensorSpec
+from ulsam_deploy.sidecars import OnnxSidecar, TensorSpec
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.steps._step import Step, StepResult, load_with_sidecar

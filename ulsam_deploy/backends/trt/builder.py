@@ -1,6 +1,7 @@
-"""TensorRT's side of ``build-trt``: an ONNX model -> the serialized engine bytes and what built them.
+"""TensorRT's side of ``build-trt``: a ready ONNX model -> the serialized engine bytes and what built them.
 
-The file side (output checks, atomic write, the sidecar) is the step :mod:`ulsam_deploy.steps.build_trt`.
+Everything else (the ONNX's sidecar, the fusion and QDP passes, output checks, atomic write, the engine sidecar) is
+the step :mod:`ulsam_deploy.steps.build_trt`.
 
 Flow (TensorRT Python API 10.x and 11.x; the calls are checked by the tests against the real Python bindings of
 10.3.0, 10.16.1 and 11.4.0 - see tests/test_trt_bindings.py - but no engine is built there):
@@ -15,7 +16,6 @@ read the file) -> the timing cache (``config.get_timing_cache().serialize()``) s
 from __future__ import annotations
 
 import contextlib
-import platform
 import signal
 import threading
 import time
@@ -25,15 +25,12 @@ from typing import Callable
 
 import onnx
 
-from ulsam_deploy.artifacts import sha256_file, write_bytes
-from ulsam_deploy.backends.trt.compat import ENGINE_SIDECAR_FORMAT
-from ulsam_deploy.backends.trt.cuda import cuda_runtime_version, jetson_release, probe_cuda_driver
+from ulsam_deploy.artifacts import write_bytes
 from ulsam_deploy.backends.trt.explain import explain_build_failure, explain_parser_errors, format_parser_errors, read_parser_errors
-from ulsam_deploy.backends.trt.plugins import PluginRoute, activate, resolve_route
+from ulsam_deploy.backends.trt.plugins import PluginRoute, activate
 from ulsam_deploy.backends.trt.progress import BuildPhases, make_progress_monitor
-from ulsam_deploy.backends.trt.runtime import import_tensorrt, parse_version, version_of
-from ulsam_deploy.backends.trt.settings import (BuildOptions, apply_plan, describe_onnx, network_creation_flags,
-                                               plan_build, rebuild_command)
+from ulsam_deploy.backends.trt.runtime import version_of
+from ulsam_deploy.backends.trt.settings import BuildOptions, apply_plan, network_creation_flags, plan_build
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.events import SILENT, Events
 
@@ -56,7 +53,6 @@ class BuiltEngine:
     trt: object
     seconds: float
     plugin_info: dict | None
-    fusion: dict | None
     cache_record: dict | None
     warnings: list[str] = field(default_factory=list)
 
@@ -110,66 +106,24 @@ def _cancel_on_sigint(progress: BuildPhases):
         signal.signal(signal.SIGINT, previous)
 
 
-def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOptions, *, events: Events = SILENT,
+def build_serialized(trt, model: onnx.ModelProto, onnx_path: Path, info, options: BuildOptions, *,
+                     route: PluginRoute | None = None, events: Events = SILENT,
                      progress: BuildPhases | None = None) -> BuiltEngine:
-    """Parse ``model`` (read from ``onnx_path``) and build it with TensorRT; the engine's bytes and facts.
+    """Build the ready ``model`` (read from ``onnx_path``; already fused and rewritten for ``route``'s plugin, see
+    :mod:`ulsam_deploy.steps.build_trt`) with TensorRT module ``trt``; the engine's bytes and facts.
 
     ``events`` gets stages, one-line warnings (``warn``) and long texts (``detail``: the parser's errors in full,
     TensorRT's warnings); ``progress`` receives TensorRT's build phases (a silent sink when None).
     """
     stage, warn, details = events.stage, events.warn, events.detail
-    from ulsam_deploy.artifacts import read_sidecar
-
-    onnx_sidecar = read_sidecar(onnx_path, required=False)  # its ranges are the profile flags' defaults
-    dynamic = onnx_sidecar.dynamic.model_dump() if onnx_sidecar is not None and onnx_sidecar.dynamic else None
-    info = describe_onnx(model, onnx_path, dynamic)
-    plan_build(options, info, None)  # option/model mistakes first: reported even where TensorRT is missing
-
-    trt = import_tensorrt()
     trt_version = version_of(trt)
-    plan_build(options, info, trt_version)  # version limits (opset, weak typing) before any TensorRT work
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
         warnings.append(message)
         warn(message)
 
-    route: PluginRoute | None = None
-    fusion = None
-    data = None
-    if options.plugin:
-        route = resolve_route(options.plugin, trt_version, options.plugin_lib)
-        if not info.fused_nodes:
-            with stage("Fusing ULSAM blocks into SubspaceAttention for the plugin"):
-                try:
-                    from ulsam_deploy.passes.fuse import fuse_model
-                except ImportError as exc:
-                    raise UserError("The fusion pass (ulsam_deploy.passes.fuse) is not in this install; pass an "
-                                    "already fused ONNX.") from exc
-                fused, fusion = fuse_model(model)
-            if not (fusion or {}).get("fused"):
-                from ulsam_deploy.passes.ulsam_pattern import find_ulsam_blocks
-
-                if (fusion or {}).get("left_alone") or find_ulsam_blocks(model).blocks:
-                    raise UserError(f"'{onnx_path.name}' has ULSAM blocks that cannot be fused as they are"
-                                    f"{' (fp16 Casts split them)' if info.precision == 'fp16' else ''}; fuse before "
-                                    f"converting: 'ulsam-deploy convert MODEL.onnx --precision {info.precision} --fuse' "
-                                    "(or 'ulsam-deploy fuse' on the fp32 export), then build that file.")
-                _warn("No ULSAM block was found to fuse; the engine is built without the plugin.")
-                route, fusion = None, None
-            else:
-                model = fused
-                info = describe_onnx(model, onnx_path, dynamic)
-                data = model.SerializeToString()
-    if route is not None and route.route == "python":  # the AOT Python plugin has its own node signature
-        from ulsam_deploy.backends.trt.plugins import to_qdp_model
-
-        model, converted = to_qdp_model(model)
-        data = model.SerializeToString()
-        fusion = {**(fusion or {}), "fused": (fusion or {}).get("fused", info.fused_nodes), "qdp_nodes": converted}
-    if data is None:
-        data = model.SerializeToString()
-
+    data = model.SerializeToString()
     start = time.perf_counter()
     logger = make_logger(trt, options.verbose, details)
     with stage(f"Starting TensorRT {trt_version}"):
@@ -229,80 +183,7 @@ def build_serialized(model: onnx.ModelProto, onnx_path: Path, options: BuildOpti
             cache_record = {"path": str(plan.timing_cache), "loaded_bytes": len(cache_bytes or b""), "saved_bytes": len(blob)}
         except Exception as exc:  # noqa: BLE001 - the engine is fine; say the cache was not saved
             _warn(f"The timing cache could not be saved to '{plan.timing_cache}' ({type(exc).__name__}: {exc}).")
-    return BuiltEngine(engine_bytes, model, info, plan, applied, trt, seconds, plugin_info, fusion, cache_record,
-                       warnings)
+    return BuiltEngine(engine_bytes, model, info, plan, applied, trt, seconds, plugin_info, cache_record, warnings)
 
 
-def engine_precision(onnx_precision: str, builder_flags: list[str]) -> str:
-    """fp32 / fp16 / int8: the ONNX's precision (strongly typed), or the widest a weakly typed build allows."""
-    if "INT8" in builder_flags or onnx_precision == "int8":
-        return "int8"
-    if "FP16" in builder_flags or onnx_precision == "fp16":
-        return "fp16"
-    return onnx_precision
-
-
-def engine_sidecar(output: Path, onnx_path: Path, build: BuiltEngine, options: BuildOptions) -> dict:
-    """What the engine is, what built it, and how to rebuild it (read by check_engine_compat and bench)."""
-    import hashlib
-
-    info, plan, applied, trt = build.info, build.plan, build.applied, build.trt
-    seconds, plugin_info, fusion = build.seconds, build.plugin_info, build.fusion
-    cache_record, warnings = build.cache_record, build.warnings
-    from ulsam_deploy import __version__
-    from ulsam_deploy.artifacts import read_sidecar
-
-    driver = probe_cuda_driver()
-    gpu = driver.gpus[0].to_dict() if driver.gpus else {}
-    onnx_sidecar = read_sidecar(onnx_path, required=False)
-    model_info = {}
-    verification = None
-    if onnx_sidecar is not None:
-        model_info = {"config": onnx_sidecar.model.config if onnx_sidecar.model else None,
-                      "description": onnx_sidecar.model.description if onnx_sidecar.model else None,
-                      "class_names": onnx_sidecar.model.class_names if onnx_sidecar.model else None,
-                      "inputs": [s.model_dump() for s in onnx_sidecar.inputs],
-                      "outputs": [s.model_dump() for s in onnx_sidecar.outputs],
-                      "preprocess": onnx_sidecar.preprocess.model_dump() if onnx_sidecar.preprocess else None}
-        converts = [s for s in onnx_sidecar.steps if s.step == "convert"]
-        verification = converts[-1].verdict if converts else None
-    profiles = [{"input": name, "min": list(v[0]), "opt": list(v[1]), "max": list(v[2]),
-                 "source": dict(plan.profile_source)} for name, v in (plan.profile or {}).items()]
-    profiles += [{"input": name, "min": list(v), "opt": list(v), "max": list(v), "static": True}
-                 for name, v in plan.static_shapes.items()]
-    return {
-        "format": ENGINE_SIDECAR_FORMAT,
-        "engine": output.name,
-        "engine_sha256": hashlib.sha256(build.engine_bytes).hexdigest(),
-        "engine_bytes": len(build.engine_bytes),
-        "onnx": {"file": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": info.precision,
-                 "fused_nodes": info.fused_nodes, "opset": info.opset},
-        "model": model_info,
-        "tensorrt": {"version": version_of(trt), "major": parse_version(version_of(trt))[0],
-                     "module": getattr(trt, "__file__", None)},
-        "cuda": {"driver_version": driver.driver_version, "runtime_version": cuda_runtime_version()},
-        "gpu": gpu,
-        "jetson": jetson_release(),
-        # one word (what bench labels rows with), details beside it
-        "precision": engine_precision(info.precision, plan.builder_flags),
-        "precision_details": {"mode": plan.precision, "strongly_typed": plan.strongly_typed, "onnx": info.precision,
-                              "builder_flags": [f for f in plan.builder_flags if f in ("FP16", "INT8")],
-                              "tf32": plan.tf32,
-                              "onnx_verification": verification},
-        "profiles": profiles,
-        "plugin": ({**plugin_info, "fused_blocks": (fusion or {}).get("fused", info.fused_nodes)}
-                   if plugin_info else None),
-        "build": {"options": options.to_dict(), "network_flags": plan.network_flags,
-                  "builder_flags": plan.builder_flags, "cleared_builder_flags": plan.clear_flags, "tf32": plan.tf32,
-                  "applied": applied, "timing_cache": cache_record,
-                  "default_device": plan.default_device, "dla_core": plan.dla_core,
-                  "version_compatible": False, "hardware_compatibility_level": "NONE",
-                  "seconds": round(seconds, 3), "warnings": warnings},
-        "rebuild_command": rebuild_command(onnx_path, output, options, plan),
-        "versions": {"ulsam_deploy": __version__, "onnx": onnx.__version__, "python": platform.python_version()},
-        "host": {"machine": platform.machine(), "system": platform.system()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-__all__ = ["BuiltEngine", "ParserFailed", "build_serialized", "engine_precision", "engine_sidecar", "make_logger"]
+__all__ = ["BuiltEngine", "ParserFailed", "build_serialized", "make_logger"]

@@ -10,7 +10,7 @@ Routes (``build-trt --plugin``):
   ``--setPluginsToSerialize`` works for version-compatible engines only, which build-trt does not build.
 - ``python``: ``ulsam_deploy.kernels.qdp_plugin.register_qdp_plugin()`` registers
   ``ulsam::SubspaceAttentionAOT`` with ``tensorrt.plugin`` (QDP; ``aot_impl`` since TensorRT 10.9),
-  and :func:`to_qdp_model` rewrites each fused node into that plugin's signature (constants as
+  and the pass :func:`ulsam_deploy.passes.qdp.to_qdp_model` rewrites each fused node into that plugin's signature (constants as
   initializer inputs, an extra workspace output); engines embed the AOT kernel and run without
   Python. The network gets ``PREFER_AOT_PYTHON_PLUGINS``.
 - ``auto``: the library when one is found, else the Python plugin.
@@ -152,47 +152,3 @@ def activate(trt, registry, route: PluginRoute) -> dict:
     info.update(python_module=route.module, plugin_id=plugin_id, op=getattr(module, "QDP_NAME", OP_TYPE),
                 library=None, library_sha256=None)
     return info
-
-
-def to_qdp_model(model):
-    """Rewrite every fused ``SubspaceAttention`` node into the AOT Python plugin's node.
-
-    The QDP plugin (``ulsam::SubspaceAttentionAOT``) takes the folded constants as inputs (AOT
-    plugin attributes are not serialized into the engine) and has a second, unused workspace
-    output; see :mod:`ulsam_deploy.kernels.qdp_plugin`. Returns ``(model, count)``; the
-    input model is not modified.
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from ulsam_deploy import op_spec
-    from ulsam_deploy.onnx_graph import tensor_names, unique_namer
-    from ulsam_deploy.kernels.qdp_plugin import make_qdp_onnx_node
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    fresh = unique_namer(tensor_names(out.graph))
-
-    nodes, count = [], 0
-    for index, node in enumerate(out.graph.node):
-        if node.op_type != op_spec.OP_TYPE:
-            nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        missing = [k for k in (op_spec.ATTR_GROUPS, *op_spec.FLOAT_LIST_ATTRS) if k not in attrs]
-        if missing:
-            raise UserError(f"SubspaceAttention node '{node.name}' lacks {', '.join(missing)}; re-run 'ulsam-deploy fuse'.")
-        base = node.name or f"subspace_attention_{index}"
-        consts = []
-        for key in op_spec.FLOAT_LIST_ATTRS:
-            name = fresh(f"{base}_{key}")
-            out.graph.initializer.append(numpy_helper.from_array(np.asarray(attrs[key], np.float32), name))
-            consts.append(name)
-        nodes.append(make_qdp_onnx_node([node.input[0], *consts], [node.output[0], fresh(f"{base}_ws")],
-                                        int(attrs[op_spec.ATTR_GROUPS]), bool(attrs.get(op_spec.ATTR_RELU_DW, 1)),
-                                        bool(attrs.get(op_spec.ATTR_RELU_PW, 1)), name=base))
-        count += 1
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out, count

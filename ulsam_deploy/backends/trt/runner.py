@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ulsam_deploy.artifacts import check_input_file
+from ulsam_deploy.sidecars import EngineSidecar, read_engine_sidecar, sidecar_path
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.backends.base import Runner, RunnerUnavailable
 from ulsam_deploy.backends.trt.cuda import CudaMemory, open_cuda_memory
@@ -62,19 +63,10 @@ def load_plugin_library(trt, library: str | os.PathLike):
     return ensure_plugin_library(trt.get_plugin_registry(), path, version_of(trt))
 
 
-def _sidecar_precision(sidecar: dict) -> str:
-    """The engine's precision from its sidecar: a string, or a section such as {"precision": "fp16", ...}."""
-    value = sidecar.get("precision")
-    if isinstance(value, dict):
-        value = value.get("precision") or value.get("mode") or value.get("name")
-    value = str(value or "fp32").lower()
-    return value if value in ("fp32", "fp16", "int8", "bf16", "fp8") else "fp32"
-
-
 class TrtRunner(Runner):
     name = "trt"
 
-    def __init__(self, engine: str | os.PathLike, device: int = 0, *, sidecar: dict | None = None,
+    def __init__(self, engine: str | os.PathLike, device: int = 0, *, sidecar: EngineSidecar | None = None,
                  runtime=None, check: bool = True, cuda: CudaMemory | None = None, trt_module=None,
                  warn: Callable[[str], None] | None = None):
         """``runtime`` (a :class:`ulsam_deploy.backends.trt.compat.RuntimeInfo`), ``trt_module`` and ``cuda`` (a
@@ -102,22 +94,19 @@ class TrtRunner(Runner):
         if self._warn is not None:
             self._warn(message)
 
-    def read_sidecar(self) -> dict | None:
+    def read_engine_sidecar(self) -> EngineSidecar | None:
         if self.sidecar is not None:
             return self.sidecar
-        from ulsam_deploy.backends.trt.compat import engine_sidecar_path, read_engine_sidecar
-
-        if not engine_sidecar_path(self.engine_path).exists():
-            self._note(f"'{self.engine_path}' has no sidecar ({engine_sidecar_path(self.engine_path).name}), so it is "
-                       "not checked against this TensorRT and GPU before loading; build engines with "
+        self.sidecar = read_engine_sidecar(self.engine_path, required=False)
+        if self.sidecar is None:
+            self._note(f"'{self.engine_path}' has no sidecar ({sidecar_path(self.engine_path).name}), so it is not "
+                       "checked against this TensorRT and GPU before loading; build engines with "
                        "'ulsam-deploy build-trt' to get one.")
-            return None
-        self.sidecar = read_engine_sidecar(self.engine_path)
         return self.sidecar
 
     def check_compat(self) -> None:
         """Refuse an engine built for another TensorRT/GPU (EngineMismatch: one sentence + rebuild command)."""
-        sidecar = self.read_sidecar()
+        sidecar = self.read_engine_sidecar()
         if sidecar is None or not self.check:
             return
         from ulsam_deploy.backends.trt.compat import check_engine_compat, current_runtime
@@ -137,16 +126,16 @@ class TrtRunner(Runner):
                 raise RunnerUnavailable(str(exc)) from exc
         trt = self.trt
         self.check_compat()
-        sidecar = self.sidecar or {}
-        self.precision = _sidecar_precision(sidecar)
+        sidecar = self.sidecar
+        self.precision = sidecar.precision if sidecar is not None else "fp32"
         if self.cuda is None:
             try:
                 self.cuda = self._cuda_choice if self._cuda_choice is not None else open_cuda_memory(self.device)
             except BackendUnavailable as exc:
                 raise RunnerUnavailable(str(exc)) from exc
-        plugin = sidecar.get("plugin") or {}
-        if plugin.get("library"):
-            self.plugin = load_plugin_library(trt, plugin["library"])
+        library = sidecar.plugin.library if sidecar is not None and sidecar.plugin else None
+        if library:
+            self.plugin = load_plugin_library(trt, library)
         # an engine of the Python (QDP) route embeds its AOT kernel: nothing to register at run time
         self.logger = _make_logger(trt)
         try:  # a bindings package over a missing or foreign libnvinfer returns nullptr here
@@ -159,7 +148,7 @@ class TrtRunner(Runner):
         if self.engine is None:
             detail = self.logger.messages[-1] if self.logger.messages else "no message from TensorRT"
             raise UserError(f"TensorRT could not deserialize '{self.engine_path}' ({detail[:240]}); rebuild it on this "
-                            f"machine: {sidecar.get('rebuild_command') or 'ulsam-deploy build-trt MODEL.onnx -o ENGINE'}.")
+                            f"machine: {(sidecar.rebuild_command if sidecar else None) or 'ulsam-deploy build-trt MODEL.onnx -o ENGINE'}.")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -285,11 +274,11 @@ class TrtRunner(Runner):
         if self.runtime is not None and getattr(self.runtime, "gpu", None) is not None:
             info["gpu"] = self.runtime.gpu.name
             info["compute_capability"] = self.runtime.gpu.compute_capability
-        sidecar = self.sidecar or {}
-        if sidecar:
-            info["built_with"] = {"tensorrt": (sidecar.get("tensorrt") or {}).get("version"),
-                                  "gpu": (sidecar.get("gpu") or {}).get("name"),
-                                  "plugin": (sidecar.get("plugin") or {}).get("library")}
+        sidecar = self.sidecar
+        if sidecar is not None:
+            info["built_with"] = {"tensorrt": sidecar.tensorrt.version if sidecar.tensorrt else None,
+                                  "gpu": sidecar.gpu.name if sidecar.gpu else None,
+                                  "plugin": sidecar.plugin.library if sidecar.plugin else None}
         if self.engine is not None:
             info["batch_limits"] = self.batch_limits()
             info["size_limits"] = self.size_limits()

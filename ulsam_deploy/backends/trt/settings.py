@@ -207,7 +207,7 @@ class OnnxInfo:
     opset: int | None
     has_qdq: bool = False
     extra: dict = field(default_factory=dict)
-    # the ONNX sidecar's ranges (artifacts.DynamicRange as a dict: batch, height, width, multiple_of), if any
+    # the ONNX sidecar's ranges (sidecars.DynamicRange as a dict: batch, height, width, multiple_of), if any
     dynamic: dict | None = None
 
 
