@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
 from ulsam_deploy.backends.judge import accuracy, judge, reference_problem, tolerances_for
@@ -33,20 +33,20 @@ from ulsam_deploy.bench.options import BenchOptions
 from ulsam_deploy.bench.results import BenchReport, CompareRow, LatencyRow, ParityRow, RunnerEntry, artifact_name
 from ulsam_deploy.data.sources import ImageSet, load_images, random_images, resolve_preprocess
 from ulsam_deploy.errors import BackendUnavailable, UserError
+from ulsam_deploy.events import SILENT, Events
 
-Event = Callable[..., None]
 
 
-def _export_missing_onnx(spec: ModelSpec, options: BenchOptions, event: Event) -> None:
+def _export_missing_onnx(spec: ModelSpec, options: BenchOptions, events: Events) -> None:
     """A checkpoint benched on ONNX Runtime without an ONNX file gets one from the export pipeline, in memory."""
     if "ort" in options.backends and not spec.onnx and spec.module is not None and options.export_missing_onnx:
-        event("export", model=spec.name)
+        events.emit("export", model=spec.name)
         spec.onnx = [export_in_memory(spec, sizes=options.sizes)]
         spec.notes.append("ONNX exported in memory for the ort backend (export pipeline, not written)")
 
 
 def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], warnings: list[str],
-                  event: Event) -> list[RunnerEntry]:
+                  events: Events) -> list[RunnerEntry]:
     """One loaded runner per (backend, artifact) the registry's backends open for ``spec``; the rest skipped with
     the reason."""
     from ulsam_deploy.backends.registry import NoArtifact, get
@@ -55,9 +55,9 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
 
     def skip(backend: str, reason: str, artifact: str = "") -> None:
         skipped.append({"model": spec.name, "backend": backend, "artifact": artifact, "reason": reason})
-        event("skip", model=spec.name, backend=backend, reason=reason)
+        events.emit("skip", model=spec.name, backend=backend, reason=reason)
 
-    _export_missing_onnx(spec, options, event)
+    _export_missing_onnx(spec, options, events)
     for name in options.backends:
         backend = get(name)
         reason = backend.missing()
@@ -66,7 +66,7 @@ def _open_runners(spec: ModelSpec, options: BenchOptions, skipped: list[dict], w
             continue
         try:
             for runner, artifact in backend.open(spec, options):
-                event("load", model=spec.name, backend=runner.label, artifact=artifact)
+                events.emit("load", model=spec.name, backend=runner.label, artifact=artifact)
                 try:
                     runner.load()
                 except backend.skip_on as exc:
@@ -165,11 +165,11 @@ def _accepts(runner: Runner, hw: tuple[int, int]) -> bool:
 
 # ------------------------------------------------------------------------------------- bench
 
-def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOptions | None = None,
-              event: Event | None = None) -> BenchReport:
+def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOptions | None = None, *,
+              events: Events = SILENT) -> BenchReport:
     """Parity and interleaved latency of every available backend of every model (see the module doc)."""
     options = options or BenchOptions()
-    event = event or (lambda *a, **k: None)
+    event = events.emit
     started = time.perf_counter()
     specs = [m if isinstance(m, ModelSpec) else resolve_model(m, seed=options.seed) for m in models]
     if not specs:
@@ -196,7 +196,7 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
     per_model: dict[str, list[RunnerEntry]] = {}
     try:
         for spec in specs:
-            per_model[spec.name] = _open_runners(spec, options, skipped, warnings, event)
+            per_model[spec.name] = _open_runners(spec, options, skipped, warnings, events)
         if not any(per_model.values()):
             reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped[:3])
             raise BackendUnavailable(f"No backend could run here ({reasons}).")

@@ -181,7 +181,7 @@ def bench(
     with reports_on_stdout((json_path, csv_path, markdown_path)):
         specs = [resolve_model(m, onnx=onnx or (), engines=engine or (), seed=seed) for m in models]
         with BenchProgress() as progress:
-            report = run_bench(specs, options, event=progress)
+            report = run_bench(specs, options, events=progress)
         for table in bench_tables(report):
             console.print(table)
         for item in report.skipped:

@@ -34,7 +34,7 @@ def demo(
                           batches=csv_list(batch_sizes, "--batch-sizes", int) or None)
     with BenchProgress() as progress:
         result = run_demo(options, events=RichEvents(), echo=lambda text: console.print(text, soft_wrap=True),
-                          bench_event=progress)
+                          bench_events=progress)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     console.print(f"{verdict} in {result.seconds:.0f}s. Report: [bold]{result.out / 'README.md'}[/] "
                   f"(demo.json, bench.md/json/csv/png beside it)")

@@ -14,6 +14,7 @@ from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import MAX_COUNT, MAX_SECONDS, MAX_SEED, MAX_THREADS, ForceOpt, csv_list
 from ulsam_deploy.cli.ui import console, print_warning, reports_on_stdout
 from ulsam_deploy.errors import UserError
+from ulsam_deploy.events import Events
 
 
 @command()
@@ -79,18 +80,9 @@ def fleet(
         print_warning(NO_TLS_WARNING)
     with reports_on_stdout((json_path, csv_path, markdown_path)):
         with console.status("Starting the fleet", spinner="dots") as status:
-            def event(kind_of_event: str, **data) -> None:
-                if kind_of_event == "submit":
-                    status.update(f"Sent the artifacts to '{data['kind']}' ({data['workers']} worker(s))")
-                elif kind_of_event == "running":
-                    status.update(f"'{data['kind']}' is running on {data['worker']}")
-                elif kind_of_event == "done":
-                    console.print(f"[{'green' if data['status'] == 'ok' else 'yellow'}]{data['kind']}[/]: "
-                                  f"{data['status']}", highlight=False)
-
             with open_client(address, tls=tls) as client:
                 run = run_fleet(client, artifacts, options, scheduler=address or "an embedded cluster on 127.0.0.1",
-                                tls=tls is not None, event=event)
+                                tls=tls is not None, events=FleetProgress(status))
         _print_matrix(run, matrix(run))
         if fetch_engines is not None and not run.interrupted:
             _write_engines(run, fetch_engines, force)
@@ -103,6 +95,22 @@ def fleet(
         failed = [f"{r.kind} ({r.status})" for r in run.results if r.status != "ok"]
         raise UserError(f"Not every device passed: {', '.join(failed) or 'a parity check failed'}; the report says "
                         "why for each row.", exit_code=3)
+
+
+class FleetProgress(Events):
+    """The fleet's events on the status line; each device's end on a line of its own."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def emit(self, kind: str, **data) -> None:
+        if kind == "submit":
+            self.status.update(f"Sent the artifacts to '{data['device']}' ({data['workers']} worker(s))")
+        elif kind == "running":
+            self.status.update(f"'{data['device']}' is running on {data['worker']}")
+        elif kind == "done":
+            console.print(f"[{'green' if data['status'] == 'ok' else 'yellow'}]{escape(data['device'])}[/]: "
+                          f"{data['status']}", highlight=False)
 
 
 def _print_matrix(run, rows: list[dict]) -> None:

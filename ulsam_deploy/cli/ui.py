@@ -112,8 +112,8 @@ class RichEvents(Events):
             self._bar = None
 
 
-class BenchProgress:
-    """Rich progress on stderr for :func:`ulsam_deploy.bench.run.run_bench` events (use as ``event=``)."""
+class BenchProgress(Events):
+    """Rich progress on stderr for the events :func:`ulsam_deploy.bench.run.run_bench` emits (use as ``events=``)."""
 
     def __init__(self, console=None):
         from rich.progress import (BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
@@ -136,7 +136,7 @@ class BenchProgress:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def __call__(self, kind: str, **data) -> None:
+    def emit(self, kind: str, **data) -> None:
         import time
 
         if kind == "load":

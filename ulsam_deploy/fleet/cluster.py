@@ -20,7 +20,7 @@ from ulsam_deploy import extras
 from ulsam_deploy.errors import UserError
 
 LOCAL_HOST = "127.0.0.1"
-CONNECT_TIMEOUT_S = 20
+CONNECT_TIMEOUT_S = 10
 NO_TLS_WARNING = ("The fleet's traffic is not encrypted and anyone who reaches the scheduler can run code on every "
                   "board; on any network that is not yours alone use TLS (--tls-ca, --tls-cert, --tls-key; see "
                   "docs/fleet.md).")
@@ -115,8 +115,10 @@ def open_client(address: str | None = None, *, tls: TlsFiles | None = None,
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     workers = local or {f"local-{kind}": {kind: 1} for kind in local_kinds()}
-    spec = {name: {"cls": Nanny if processes else Worker,
-                   "options": {"resources": resources, "nthreads": 1, "host": LOCAL_HOST}}
+    options = {"nthreads": 1, "host": LOCAL_HOST, "dashboard": False}
+    if processes:
+        options["silence_logs"] = logging.CRITICAL
+    spec = {name: {"cls": Nanny if processes else Worker, "options": {**options, "resources": resources}}
             for name, resources in workers.items()}
     with _quiet_dask():
         cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {

@@ -16,27 +16,22 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import threading
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ulsam_deploy.errors import UserError
+from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.fleet.schema import KIND_PATTERN, ArtifactFile, BenchSettings, DeviceResult, DeviceTask, parse_result
 
 MAX_SEND_BYTES = 512 << 20
 CLIENT_GRACE_S = 60.0  # beyond a task's own limit, before the client gives up on a silent worker
 LOST_GRACE_S = 5.0  # how long a kind may have no worker before its task is reported lost
 POLL_S = 0.5
-
-Event = Callable[..., None]
-
-
-def _nothing(*_args, **_kw) -> None:
-    pass
-
 
 @dataclass
 class FleetOptions:
@@ -132,13 +127,14 @@ def _pack_images(folder: Path) -> bytes:
 
 
 def run_fleet(client, artifacts: Sequence[Path], options: FleetOptions | None = None, *, scheduler: str = "local",
-              tls: bool = False, event: Event = _nothing) -> FleetRun:
+              tls: bool = False, events: Events = SILENT) -> FleetRun:
     """Run every kind's steps and gather the results (see the module's docstring for the faults)."""
     from ulsam_deploy import __version__
     from ulsam_deploy.fleet.cluster import workers_by_kind
     from ulsam_deploy.fleet.worker import kill_children, run_device
 
     options = options or FleetOptions()
+    event = events.emit
     t0 = time.perf_counter()
     files, specs, reference = collect_files(artifacts, options.images)
     connected = workers_by_kind(client)
@@ -161,19 +157,23 @@ def run_fleet(client, artifacts: Sequence[Path], options: FleetOptions | None = 
             futures[kind] = client.submit(run_device, task.to_json(), files, resources={kind: 1}, pure=False,
                                           key=f"ulsam-fleet-{run_id}-{kind}")
         started[kind] = time.monotonic()
-        event("submit", kind=kind, workers=len(connected[kind]))
+        event("submit", device=kind, workers=len(connected[kind]))
     results: dict[str, DeviceResult] = {}
     seen_on: dict[str, list[str]] = {k: [] for k in kinds}
     lonely_since: dict[str, float] = {}
     interrupted = False
+    wake = threading.Event()
+    for future in futures.values():
+        future.add_done_callback(lambda _f: wake.set())
     try:
         pending = dict(futures)
         while pending:
-            time.sleep(POLL_S if not any(f.done() for f in pending.values()) else 0)
+            wake.wait(POLL_S)
+            wake.clear()
             for kind, future in list(pending.items()):
                 if future.done():
                     results[kind] = _result_of(kind, future, seen_on[kind])
-                    event("done", kind=kind, status=results[kind].status)
+                    event("done", device=kind, status=results[kind].status)
                     del pending[kind]
             if not pending:
                 break
@@ -231,7 +231,7 @@ def _watch(client, pending, started, seen_on, lonely_since, results, options: Fl
         for worker, keys in processing.items():
             if future.key in keys and (not seen_on[kind] or seen_on[kind][-1] != worker):
                 seen_on[kind].append(worker)
-                event("running", kind=kind, worker=worker)
+                event("running", device=kind, worker=worker)
         if connected.get(kind):
             lonely_since.pop(kind, None)
         else:
@@ -246,7 +246,7 @@ def _watch(client, pending, started, seen_on, lonely_since, results, options: Fl
                                    f"{CLIENT_GRACE_S:g} s; the task was cancelled")
             results[kind] = DeviceResult(kind=kind, status="worker lost" if gone else "timed out", reason=reason,
                                          worker=last, finished=_clock())
-            event("done", kind=kind, status=results[kind].status)
+            event("done", device=kind, status=results[kind].status)
             del pending[kind]
 
 

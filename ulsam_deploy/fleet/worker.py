@@ -174,12 +174,22 @@ def run_device(task_json: str, files: dict) -> str:
     return _finish(result, t0)
 
 
-def _steps(task: DeviceTask, folder: Path, images: Path | None, deadline: float, result: DeviceResult) -> None:
-    _, doctor_json = _run("doctor", ["doctor", "--json"], folder, deadline, result.steps)
+def _doctor(steps: list[StepRun]) -> dict | None:
+    """``ulsam-deploy doctor --json``, run in this worker's process (the same checks; no second interpreter)."""
+    from ulsam_deploy.doctor import run_doctor
+
+    started = time.perf_counter()
     try:
-        result.doctor = json.loads(doctor_json)
-    except ValueError:
-        result.doctor = None
+        report, code, log = run_doctor(include_data=False).to_dict(), 0, ""
+    except Exception as exc:  # noqa: BLE001 - a device whose doctor fails still benches; the row says why
+        report, code, log = None, 70, f"{type(exc).__name__}: {exc}"
+    steps.append(StepRun(step="doctor", command=["ulsam-deploy", "doctor", "--json"], exit_code=code,
+                         seconds=round(time.perf_counter() - started, 3), output_tail=log[-TAIL_CHARS:]))
+    return report
+
+
+def _steps(task: DeviceTask, folder: Path, images: Path | None, deadline: float, result: DeviceResult) -> None:
+    result.doctor = _doctor(result.steps)
     engines: list[Path] = []
     if task.engines:
         missing = _tensorrt_here(result.doctor)
