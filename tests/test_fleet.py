@@ -281,3 +281,39 @@ def test_a_tls_fleet_runs_and_refuses_plain_clients(artifacts, tmp_path):
                 pass
     finally:
         cluster.close()
+
+
+@pytest.mark.slow
+def test_labelled_images_travel_and_every_device_reports_top1(artifacts, tmp_path):
+    """--inputs: an ImageFolder of real Fashion-MNIST images (named as the model's classes) goes to each device,
+    which reports top-1 per artifact; the same top-1 as a plain bench of the same images."""
+    import shutil
+
+    from ulsam_deploy.bench.latency import TimingConfig
+    from ulsam_deploy.bench.models import resolve_model
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.bench.run import run_bench
+    from ulsam_deploy.sidecars import read_onnx_sidecar
+
+    try:
+        from ulsam_deploy.data.resources import foolbox_data_dir
+
+        files = sorted(foolbox_data_dir().glob("fashionMNIST_*.png"))
+    except Exception:  # noqa: BLE001
+        files = []
+    if not files:
+        pytest.skip("foolbox's Fashion-MNIST sample images are not installed (scripts/setup.sh installs them)")
+    names = read_onnx_sidecar(artifacts[0]).model.class_names
+    for f in files:
+        folder = tmp_path / "images" / names[int(f.stem.rsplit("_", 1)[1])]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / f.name)
+    with open_client(local={"w": {"cpu": 1}}) as client:
+        run = run_fleet(client, artifacts, FleetOptions(bench=FAST.model_copy(update={"num_inputs": None}),
+                                                         images=tmp_path / "images", engines=False))
+    plain = run_bench([resolve_model(artifacts[0], onnx=[artifacts[1]])],
+                      BenchOptions(backends=("ort",), reference="ort", inputs=str(tmp_path / "images"),
+                                   timing=TimingConfig(warmup_s=0.0, min_iters=5, min_seconds=0.2)))
+    expected = {p.file: p.accuracy.top1 for p in plain.parity}
+    got = {r["file"]: r["top1"] for r in matrix(run) if r["median_ms"] is not None}
+    assert got == expected and all(v is not None and v > 0.5 for v in got.values())

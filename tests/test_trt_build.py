@@ -719,18 +719,19 @@ def test_file_handling_on_the_real_api(trt, tmp_path, monkeypatch):
     """Our side only (sidecar, raw bytes written atomically, timing cache round trip, progress, TF32); the
     'engine' is the fake builder's marker bytes, so this says nothing about TensorRT building engines."""
     from ulsam_deploy.steps.build_trt import build_engine
-    from ulsam_deploy.backends.trt.progress import BuildPhases
+    from ulsam_deploy.events import Recorder
 
     b = Build(trt, monkeypatch)
     model = tiny_onnx(tmp_path / "m.onnx")
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"previous")
-    progress = BuildPhases()
+    progress = Recorder()
     result = build_engine(model, tmp_path / "m.engine", BuildOptions(batch="1:2:4", timing_cache=cache),
-                          progress=progress)
+                          events=progress)
     assert (tmp_path / "m.engine").read_bytes() == b"NOT-AN-ENGINE: marker bytes of the fake builder"
     assert cache.read_bytes() == b"previous+tuned"
-    assert progress.phases == [("Building", None, 2)]
+    assert ("build_phase", {"phase": "Building", "parent": None, "steps": 2}) in progress.events
+    assert ("build_phase_done", {"phase": "Building"}) in progress.events
     assert isinstance(b.config.progress_monitor, trt.IProgressMonitor)
     assert mock_call("clear_flag", trt.BuilderFlag.TF32) in b.config.method_calls
     assert b.builder.create_network.call_args == mock_call(

@@ -20,11 +20,12 @@ class Events:
     def detail(self, text: str) -> None:
         """Verbatim text worth showing (a tool's log, a parser's error list)."""
 
-    def progress(self, task: str, done: int, total: int) -> None:
-        """Determinate progress of ``task`` (images verified, batches calibrated...)."""
+    def progress(self, task: str, done: int, total: int, **stats) -> None:
+        """Determinate progress of ``task`` (images verified, batches calibrated, training steps...): ``done`` of
+        ``total``, the task ends when ``done >= total``; ``stats`` are running figures (loss, accuracy)."""
 
     def emit(self, kind: str, **data) -> None:
-        """A structured event of a longer loop (the bench runner, TensorRT's build phases)."""
+        """A structured event of a longer loop (bench's runners, a training epoch, a fleet's devices)."""
 
 
 SILENT = Events()

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ulsam_deploy.errors import UserError
+from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.artifacts import atomic_target, check_output, write_bytes
 from ulsam_deploy.models import build_model, load_pretrained
 from ulsam_deploy.models.checkpoint import FORMAT, read_checkpoint_file, save_checkpoint
@@ -397,17 +398,6 @@ def augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------- progress
 
-class Reporter:
-    """Callbacks for progress; the default is silent (library use, tests)."""
-
-    def message(self, text: str) -> None: ...
-    def warning(self, text: str) -> None: ...
-    def start_phase(self, name: str, total: int) -> None: ...
-    def advance(self, loss: float | None = None, acc: float | None = None) -> None: ...
-    def end_phase(self) -> None: ...
-    def epoch_done(self, record: EpochRecord, total_epochs: int) -> None: ...
-
-
 # ------------------------------------------------------------------------------------ checkpoints
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.pt$")
@@ -470,13 +460,14 @@ def write_metrics(out: Path, history: list[EpochRecord], fmt: str) -> Path:
 # ------------------------------------------------------------------------------------------ train
 
 def evaluate(model: nn.Module, dataset, preprocess, device: str, batch_size: int = 256, workers: int = 0,
-             reporter: Reporter | None = None, name: str = "test") -> tuple[float, float, int]:
+             events: Events = SILENT, name: str = "test") -> tuple[float, float, int]:
     """(mean cross-entropy, top-1 accuracy, images) of ``model`` on ``dataset`` in eval mode."""
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     order = torch.arange(len(dataset))
-    if reporter:
-        reporter.start_phase(name, math.ceil(len(dataset) / batch_size))
+    total = math.ceil(len(dataset) / batch_size)
+    events.progress(name, 0, total)
+    done = 0
     try:
         with torch.no_grad():
             for images, labels in _batches(dataset, order, batch_size, workers, drop_small_last=False):
@@ -486,15 +477,15 @@ def evaluate(model: nn.Module, dataset, preprocess, device: str, batch_size: int
                 total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
-                if reporter:
-                    reporter.advance()
+                done += 1
+                events.progress(name, done, total)
     finally:
-        if reporter:
-            reporter.end_phase()
+        if done < total:
+            events.progress(name, total, total)  # the phase ends even when the loop did not
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
-def _check_ulsam_resolution(model: MobileNetULSAM, reporter: Reporter) -> dict[str, list[int]]:
+def _check_ulsam_resolution(model: MobileNetULSAM, events: Events) -> dict[str, list[int]]:
     """Shapes each ULSAM sees at the input size; warn where the map is 1x1 (softmax constant, block degenerate)."""
     shapes: dict[str, list[int]] = {}
     hooks = []
@@ -513,14 +504,13 @@ def _check_ulsam_resolution(model: MobileNetULSAM, reporter: Reporter) -> dict[s
             h.remove()
     for key, (c, h, w) in shapes.items():
         if h * w == 1:
-            reporter.warning(f"ULSAM at {key} sees a 1x1 map at input {model.config.input_size}: its softmax is constant, "
+            events.warn(f"ULSAM at {key} sees a 1x1 map at input {model.config.input_size}: its softmax is constant, "
                              "so it only scales features by 2; use a larger --input-size or an earlier position.")
     return shapes
 
 
-def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
+def train(opts: TrainOptions, events: Events = SILENT) -> TrainResult:
     """Run (or resume) a training run; returns the history and the final checkpoint path."""
-    reporter = reporter or Reporter()
     out = Path(opts.out)
     check_run_folder(out, opts)
     existing = epoch_checkpoints(out)
@@ -537,7 +527,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     if o.threads:
         torch.set_num_threads(o.threads)
     try:
-        return _train(o, out, existing, container, reporter)
+        return _train(o, out, existing, container, events)
     finally:
         if o.threads:
             torch.set_num_threads(start_threads)
@@ -614,7 +604,7 @@ def _resume_state(opts: TrainOptions, path: Path) -> tuple[dict, TrainOptions]:
     return container, TrainOptions(**merged)
 
 
-def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporter: Reporter) -> TrainResult:
+def _train(o: TrainOptions, out: Path, existing, container: dict | None, events: Events) -> TrainResult:
     started = time.perf_counter()
     device = o.device
     start_epoch, history = 0, []
@@ -625,7 +615,7 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
             raise UserError(f"The run in '{out}' already finished epoch {start_epoch} of {o.epochs}; "
                             f"raise --epochs above {start_epoch} to train further.")
 
-    reporter.message(f"Loading data ({o.dataset or o.data})")
+    events.detail(f"Loading data ({o.dataset or o.data})")
     data = load_data(o)
     num_classes = len(data.class_names)
 
@@ -635,14 +625,14 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
     pretrained_report = None
     if o.pretrained and container is None:
         pretrained_report = _load_pretrained(model, o.in_channels)
-        reporter.message(f"Pretrained ImageNet MV2 weights: {pretrained_report}")
-    ulsam_shapes = _check_ulsam_resolution(model, reporter)
+        events.detail(f"Pretrained ImageNet MV2 weights: {pretrained_report}")
+    ulsam_shapes = _check_ulsam_resolution(model, events)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if container is not None:
         model.load_state_dict(container["state_dict"], strict=True)
         optimizer.load_state_dict(container["train_state"]["optimizer"])
-        reporter.message(f"Resumed {out} after epoch {start_epoch}")
+        events.detail(f"Resumed {out} after epoch {start_epoch}")
 
     recipe = o.recipe_dict()
     recipe.update(paper_recipe=PAPER_NOTE)
@@ -662,8 +652,8 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
             path.unlink()
         for name in ("final.pt", "metrics.jsonl", "metrics.csv"):
             (out / name).unlink(missing_ok=True)
-    reporter.message(f"Training {model.config.describe()} on {device}: {data.description}")
-    reporter.message(f"Recipe: {_plural(o.epochs, 'epoch')}, batch {o.batch_size}, SGD lr {o.lr:.4g} momentum {o.momentum} "
+    events.detail(f"Training {model.config.describe()} on {device}: {data.description}")
+    events.detail(f"Recipe: {_plural(o.epochs, 'epoch')}, batch {o.batch_size}, SGD lr {o.lr:.4g} momentum {o.momentum} "
                      f"wd {o.weight_decay:g}, " + (f"x{o.lr_gamma:.4g} per epoch" if o.arch == "mv2"
                                                    else f"/10 every {_plural(o.lr_step, 'epoch')}") + f", seed {o.seed}")
 
@@ -679,7 +669,8 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         model.train()
         t0 = time.perf_counter()
         run_loss, run_correct, run_seen, steps = 0.0, 0, 0, []
-        reporter.start_phase(f"epoch {epoch}/{o.epochs}", n_batches)
+        phase = f"epoch {epoch}/{o.epochs}"
+        events.progress(phase, 0, n_batches)
         try:
             for step, (images, labels) in enumerate(_batches(data.train, order, o.batch_size, o.workers, True), 1):
                 if o.augment:
@@ -700,12 +691,12 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
                 run_seen += len(labels)
                 if step == 1 or step % o.log_every == 0:
                     steps.append((step, batch_loss))
-                reporter.advance(run_loss / run_seen, run_correct / run_seen)
+                events.progress(phase, step, n_batches, loss=run_loss / run_seen, acc=run_correct / run_seen)
         finally:
-            reporter.end_phase()
+            events.progress(phase, n_batches, n_batches)
         train_seconds = time.perf_counter() - t0
         test_loss, test_acc, test_n = evaluate(model, data.test, data.preprocess, device, workers=o.workers,
-                                               reporter=reporter)
+                                               events=events)
         record = EpochRecord(epoch, lr, run_loss / run_seen, run_correct / run_seen, test_loss, test_acc,
                              round(time.perf_counter() - t0, 2), round(run_seen / train_seconds, 1), steps)
         history.append(record)
@@ -718,7 +709,7 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         if o.keep:
             for _, old in epoch_checkpoints(out)[:-o.keep]:
                 old.unlink(missing_ok=True)
-        reporter.epoch_done(record, o.epochs)
+        events.emit("epoch", record=record, epochs=o.epochs)
 
     final = history[-1]
     seconds = time.perf_counter() - started
@@ -728,7 +719,7 @@ def _train(o: TrainOptions, out: Path, existing, container: dict | None, reporte
         std=data.preprocess.std, epoch=final.epoch, test_accuracy=final.test_acc, test_samples=_count(data.test),
         test_loss=final.test_loss, train_seconds=round(prior + seconds, 1),
         history=[r.to_row() for r in history], torch=str(torch.__version__), device=str(device), **base_meta)
-    reporter.message(f"Test top-1 {final.test_acc:.2%} on {_count(data.test)} images; wrote {final_path}")
+    events.detail(f"Test top-1 {final.test_acc:.2%} on {_count(data.test)} images; wrote {final_path}")
     return TrainResult(out, final_path, history, final.test_acc, _count(data.test), seconds, start_epoch)
 
 
@@ -752,5 +743,5 @@ def _load_pretrained(model: MobileNetULSAM, in_channels: int) -> str:
     return load_pretrained(model, state).summary()
 
 
-__all__ = ["PAPER_RECIPES", "EpochRecord", "Reporter", "TrainOptions", "TrainResult", "evaluate",
+__all__ = ["PAPER_RECIPES", "EpochRecord", "TrainOptions", "TrainResult", "evaluate",
            "lr_at", "resolve_options", "train"]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ulsam_deploy.cli.command import command
-from ulsam_deploy.cli.ui import BuildProgress, RichEvents, console
+from ulsam_deploy.cli.ui import BuildProgress, console
 
 
 
@@ -40,7 +40,8 @@ def build_trt(
     options = BuildOptions(batch=batch_profile, sizes=size_profile, workspace_mib=workspace, opt_level=opt_level,
                            timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback, plugin=plugin, plugin_lib=plugin_lib,
                            weakly_typed=weakly_typed, fp16=fp16, int8=int8, tf32=tf32, force=force, verbose=verbose)
-    result = build_engine(model, output, options, events=RichEvents(), progress=BuildProgress())
+    with BuildProgress() as events:
+        result = build_engine(model, output, options, events=events)
     data = result.sidecar
     table = Table(title=f"TensorRT engine {result.path}", title_justify="left", show_header=False)
     table.add_column("what")

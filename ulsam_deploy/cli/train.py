@@ -58,7 +58,8 @@ def train(
         momentum=momentum, weight_decay=weight_decay, dropout=dropout, augment=augment, limit=limit,
         test_limit=test_limit, seed=seed, device=device, threads=threads, workers=workers, out=str(out),
         resume=resume, force=force, metrics_format=metrics, keep=keep)
-    result = run_training(options, TrainProgress())
+    with TrainProgress() as progress:
+        result = run_training(options, progress)
     console.print(f"[green]Done[/]: test top-1 {result.test_accuracy:.2%} on {result.test_samples} images after "
                   f"epoch {result.last.epoch}; checkpoint {result.final_checkpoint} "
                   f"(export it with 'ulsam-deploy export {result.final_checkpoint}').")

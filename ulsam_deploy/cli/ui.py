@@ -11,7 +11,6 @@ import time
 from rich.console import Console
 from rich.markup import escape
 
-from ulsam_deploy.backends.trt.progress import BuildPhases
 from ulsam_deploy.events import Events
 
 # logs and pipes get wide lines (bench's table has 15 columns): $COLUMNS, else 180
@@ -170,60 +169,77 @@ class BenchProgress(Events):
             self.progress.update(self.task, completed=self.latency_total)
 
 
-class TrainProgress:
-    """Rich progress bars (loss / accuracy live) and one summary line per epoch."""
+class TrainProgress(Events):
+    """Training's events: messages on stdout, a live bar per phase (loss / accuracy, count, ETA), one summary line
+    per epoch; without a terminal, a line at each quarter of a training epoch instead of the bar. Use as a context
+    manager so a bar never outlives an error."""
 
     def __init__(self, console=None):
         self.console = console or globals()["console"]
-        self.progress = None
+        self.bar = None
         self.task = None
+        self.phase = None
+        self.marks: set[int] = set()
 
-    def message(self, text: str) -> None:
+    def __enter__(self) -> "TrainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def detail(self, text: str) -> None:
         self.console.print(text)
 
-    def warning(self, text: str) -> None:
-        print_warning(text)
+    def warn(self, message: str) -> None:
+        print_warning(message)
 
-    def start_phase(self, name: str, total: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+    def _stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar, self.phase = None, None
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("<"),
-                                 TimeRemainingColumn(), console=self.console, transient=True,
-                                 disable=not self.console.is_terminal)
-        self.progress.start()
-        self.task = self.progress.add_task(name, total=total, stats="")
-        self.phase, self.total, self.done = name, total, 0
-        # no live bar in a log file: a line at each quarter of a training epoch instead
-        self.marks = {total * q // 4 for q in (1, 2, 3)} if not self.console.is_terminal and total >= 8 else set()
+    def progress(self, task: str, done: int, total: int, **stats) -> None:
+        if task != self.phase:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-    def advance(self, loss=None, acc=None) -> None:
-        stats = "" if loss is None else f"loss {loss:.4f}  acc {acc:.2%}"
-        self.progress.update(self.task, advance=1, stats=stats)
-        self.done += 1
-        if self.done in self.marks and loss is not None:
-            self.console.print(f"  {self.phase}: {self.done}/{self.total} steps, {stats}")
+            self._stop()
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("<"),
+                                TimeRemainingColumn(), console=self.console, transient=True,
+                                disable=not self.console.is_terminal)
+            self.bar.start()
+            self.task = self.bar.add_task(task, total=total, stats="")
+            self.phase = task
+            self.marks = {total * q // 4 for q in (1, 2, 3)} if not self.console.is_terminal and total >= 8 else set()
+        text = f"loss {stats['loss']:.4f}  acc {stats['acc']:.2%}" if "loss" in stats else ""
+        self.bar.update(self.task, completed=done, stats=text)
+        if done in self.marks and text:
+            self.console.print(f"  {task}: {done}/{total} steps, {text}")
+        if done >= total:
+            self._stop()
 
-    def end_phase(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def epoch_done(self, r, total_epochs: int) -> None:
-        self.console.print(f"epoch {r.epoch}/{total_epochs}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
-                           f"acc {r.train_acc:.2%}  test loss {r.test_loss:.4f} acc [bold]{r.test_acc:.2%}[/]  "
-                           f"({r.seconds:.0f}s, {r.images_per_s:.0f} img/s)")
+    def emit(self, kind: str, **data) -> None:
+        if kind == "epoch":
+            r, epochs = data["record"], data["epochs"]
+            self.console.print(f"epoch {r.epoch}/{epochs}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
+                               f"acc {r.train_acc:.2%}  test loss {r.test_loss:.4f} acc [bold]{r.test_acc:.2%}[/]  "
+                               f"({r.seconds:.0f}s, {r.images_per_s:.0f} img/s)")
 
 
-class BuildProgress(BuildPhases):
-    """TensorRT's build phases with rich.progress on a terminal, one line per top phase otherwise."""
+class BuildProgress(RichEvents):
+    """``build-trt``'s events: RichEvents' stages and warnings, plus TensorRT's build phases (called from TensorRT's
+    threads) as nested bars on a terminal, one line per top phase otherwise. A context manager."""
 
     def __init__(self, console=None, live: bool | None = None):
+        import threading
+
         super().__init__()
         self.console = console or err_console
         self.live = self.console.is_terminal if live is None else live
+        self.lock = threading.Lock()
         self.tasks: dict[str, int] = {}
+        self.parents: dict[str, str | None] = {}
         self._progress = None
 
     def __enter__(self) -> "BuildProgress":
@@ -238,27 +254,25 @@ class BuildProgress(BuildPhases):
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
-    def start(self, name: str, parent: str | None, steps: int) -> None:
+    def emit(self, kind: str, **data) -> None:
         with self.lock:
-            self.phases.append((name, parent, int(steps)))
-            depth = 0
-            p = parent
-            while p is not None and depth < 8:
-                depth += 1
-                p = next((q for n, q, _ in reversed(self.phases) if n == p), None)
-            if self._progress is not None:
-                self.tasks[name] = self._progress.add_task("  " * depth + name, total=max(int(steps), 1))
-            elif parent is None:
-                self.console.print(f"  TensorRT: {name} ({steps} steps)")
+            if kind == "build_phase":
+                name, parent = data["phase"], data["parent"]
+                self.parents[name] = parent
+                depth, p = 0, parent
+                while p is not None and depth < 8:
+                    depth += 1
+                    p = self.parents.get(p)
+                if self._progress is not None:
+                    self.tasks[name] = self._progress.add_task("  " * depth + name, total=max(data["steps"], 1))
+                elif parent is None:
+                    self.console.print(f"  TensorRT: {name} ({data['steps']} steps)")
+            elif kind == "build_phase_done" and self._progress is not None and data["phase"] in self.tasks:
+                self._progress.remove_task(self.tasks.pop(data["phase"]))
 
-    def step(self, name: str, step: int) -> bool:
+    def progress(self, task: str, done: int, total: int, **stats) -> None:
         with self.lock:
-            if self._progress is not None and name in self.tasks:
-                self._progress.update(self.tasks[name], completed=int(step) + 1)
-            return not self.cancelled
-
-    def finish(self, name: str) -> None:
-        with self.lock:
-            if self._progress is not None and name in self.tasks:
-                self._progress.remove_task(self.tasks.pop(name))
+            if self._progress is not None and task in self.tasks:
+                self._progress.update(self.tasks[task], completed=done)

@@ -135,7 +135,7 @@ def engine_sidecar(output: Path, onnx_path: Path, onnx_sidecar: OnnxSidecar | No
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, options=None, *,
-                 events: Events = SILENT, progress=None) -> StepResult:
+                 events: Events = SILENT) -> StepResult:
     """Build ``output`` (raw engine) and ``output.json`` from ``onnx_path``; nothing is written on failure.
     The result's ``sidecar`` is the typed :class:`EngineSidecar`; ``report`` holds the build seconds and warnings."""
     from ulsam_deploy.backends.trt.builder import build_serialized
@@ -164,7 +164,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         route = resolve_route(options.plugin, trt_version, options.plugin_lib) if options.plugin else None
         model, info, route, fusion = prepare_for_plugin(model, onnx_path, info, route, step=step, warn=warn)
         started = time.perf_counter()
-        build = build_serialized(trt, model, onnx_path, info, options, route=route, events=events, progress=progress)
+        build = build_serialized(trt, model, onnx_path, info, options, route=route, events=events)
         step.seconds["build"] = time.perf_counter() - started
         warnings += build.warnings
         sidecar = engine_sidecar(output, onnx_path, onnx_sidecar, build, options, fusion, warnings)

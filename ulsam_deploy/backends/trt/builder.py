@@ -107,13 +107,12 @@ def _cancel_on_sigint(progress: BuildPhases):
 
 
 def build_serialized(trt, model: onnx.ModelProto, onnx_path: Path, info, options: BuildOptions, *,
-                     route: PluginRoute | None = None, events: Events = SILENT,
-                     progress: BuildPhases | None = None) -> BuiltEngine:
+                     route: PluginRoute | None = None, events: Events = SILENT) -> BuiltEngine:
     """Build the ready ``model`` (read from ``onnx_path``; already fused and rewritten for ``route``'s plugin, see
     :mod:`ulsam_deploy.steps.build_trt`) with TensorRT module ``trt``; the engine's bytes and facts.
 
     ``events`` gets stages, one-line warnings (``warn``) and long texts (``detail``: the parser's errors in full,
-    TensorRT's warnings); ``progress`` receives TensorRT's build phases (a silent sink when None).
+    TensorRT's warnings) and TensorRT's build phases (:class:`BuildPhases`: ``build_phase`` events and progress).
     """
     stage, warn, details = events.stage, events.warn, events.detail
     trt_version = version_of(trt)
@@ -156,7 +155,7 @@ def build_serialized(trt, model: onnx.ModelProto, onnx_path: Path, info, options
         cache_bytes = plan.timing_cache.read_bytes()
     applied = apply_plan(trt, builder, config, plan, cache_bytes)
 
-    progress = progress or BuildPhases()
+    progress = BuildPhases(events)
     monitor = make_progress_monitor(trt, progress)
     if monitor is not None:
         config.progress_monitor = monitor  # TensorRT 10.0+; must outlive the build (kept referenced here)

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import threading
 
+from ulsam_deploy.events import SILENT, Events
+
 
 class BuildPhases:
-    """Thread-safe record of TensorRT's build phases (the sink of the progress monitor); subclasses render them
-    (the CLI's Rich display). ``cancelled`` set to True asks TensorRT to stop at its next step."""
+    """Thread-safe sink of TensorRT's build phases: records them (``phases``) and passes them on as the library's
+    one event protocol - ``emit("build_phase", phase=, parent=, steps=)``, ``progress(phase, done, steps)`` and
+    ``emit("build_phase_done", phase=)`` - from TensorRT's threads. ``cancelled`` set to True (Ctrl-C) asks
+    TensorRT to stop at its next step."""
 
-    def __init__(self):
+    def __init__(self, events: Events = SILENT):
+        self.events = events
         self.lock = threading.Lock()
         self.cancelled = False
         self.phases: list[tuple[str, str | None, int]] = []  # (name, parent, steps) for the record
+        self._steps: dict[str, int] = {}
 
     def __enter__(self) -> "BuildPhases":
         return self
@@ -29,12 +35,16 @@ class BuildPhases:
     def start(self, name: str, parent: str | None, steps: int) -> None:
         with self.lock:
             self.phases.append((name, parent, int(steps)))
+            self._steps[name] = max(int(steps), 1)
+        self.events.emit("build_phase", phase=name, parent=parent, steps=int(steps))
 
     def step(self, name: str, step: int) -> bool:
+        total = self._steps.get(name, int(step) + 1)
+        self.events.progress(name, min(int(step) + 1, total), total)
         return not self.cancelled
 
     def finish(self, name: str) -> None:
-        pass
+        self.events.emit("build_phase_done", phase=name)
 
 
 def make_progress_monitor(trt, sink: BuildPhases):
