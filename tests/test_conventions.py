@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
+from ulsam_deploy.declared import Flag, check_flags
 
 from helpers import clean_error, tiny_onnx
 from ulsam_deploy.cli import app
@@ -116,3 +120,31 @@ def test_the_bench_table_fits_the_terminal(tmp_path, width):
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= width
     assert "…" not in text and "ort:cpu" in text and "reference" in text
+
+
+def test_declared_flags_give_one_sentence_per_broken_rule():
+    """Options declare their flag, range and choices on the field; one checker says what is wrong and with what."""
+    from ulsam_deploy.bench.options import BenchOptions
+    from ulsam_deploy.errors import UserError
+
+    @dataclass
+    class Options:
+        size: Annotated[int | None, Flag("--size", ge=8, le=4096)] = None
+        sizes: Annotated[tuple[int, ...], Flag("--sizes", ge=1)] = (1,)
+        mode: Annotated[str, Flag("--mode", choices=("a", "b"))] = "a"
+        scale: Annotated[float, Flag("--scale", ge=0.5)] = 1.0
+
+        def __post_init__(self):
+            check_flags(self)
+
+    Options(size=8, sizes=(1, 2), mode="b", scale=0.5)  # the edges are allowed
+    for kwargs, sentence in (({"size": 4097}, "--size must be from 8 to 4096, not 4097."),
+                             ({"sizes": (3, 0)}, "--sizes must be at least 1, not 0."),
+                             ({"mode": "c"}, "--mode must be one of a, b, not 'c'."),
+                             ({"scale": float("nan")}, "--scale must be at least 0.5, not nan."),
+                             ({"size": True}, "--size must be from 8 to 4096, not True.")):
+        with pytest.raises(UserError) as err:
+            Options(**kwargs)
+        assert str(err.value) == sentence
+    with pytest.raises(UserError, match=r"^--batch-sizes must be from 1 to 4096, not 0\.$"):
+        BenchOptions(batches=(1, 0))

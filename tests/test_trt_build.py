@@ -198,9 +198,9 @@ def test_batch_profile_parsing():
     ({"fp16": True}, "--fp16 is a builder flag of TensorRT 10's weakly typed mode; add --weakly-typed"),
     ({"int8": True}, "--precision int8"),
     ({"gpu_fallback": True}, "--gpu-fallback only applies with --dla-core"),
-    ({"opt_level": 6}, "--opt-level must be 0 to 5"),
-    ({"workspace_mib": 0}, "--workspace"),
-    ({"dla_core": -1}, "--dla-core"),
+    ({"opt_level": 6}, "--opt-level must be from 0 to 5, not 6."),
+    ({"workspace_mib": 0}, "--workspace must be from 1 to 16777216, not 0."),
+    ({"dla_core": -1}, "--dla-core must be from 0 to 15, not -1."),
     ({"plugin": "cuda"}, "--plugin must be one of auto, lib, python"),
     ({"plugin": "python", "plugin_lib": "x.so"}, "does not go with --plugin python"),
 ])

@@ -268,7 +268,7 @@ def sidecar_path(artifact: str | os.PathLike) -> Path:
 MAX_SIDECAR_BYTES = 64 << 20
 
 
-def _validation_sentence(exc: ValidationError) -> str:
+def validation_sentence(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
     return f"field '{where}': {first.get('msg', 'invalid')}"
@@ -295,7 +295,7 @@ def validate_sidecar(schema: type[BaseModel], text: str, path: Path, fix: str):
     try:
         return schema.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        raise UserError(f"The sidecar '{path}' is invalid ({_validation_sentence(exc)}); {fix}.") from None
+        raise UserError(f"The sidecar '{path}' is invalid ({validation_sentence(exc)}); {fix}.") from None
 
 
 def check_recorded_sha256(artifact: Path, recorded: str, sidecar_file: Path, noun: str, fix: str) -> None:
@@ -363,4 +363,5 @@ def read_engine_sidecar(engine: str | os.PathLike, *, required: bool = True) -> 
 __all__ = ["BUNDLED_PREFIX", "DynamicRange", "ENGINE_PRECISIONS", "ENGINE_SIDECAR_FORMAT", "EngineBuildFlags",
            "EngineGpu", "EngineOnnx", "EnginePlugin", "EngineSidecar", "EngineTensorRT", "ModelInfo", "OnnxSidecar",
            "PreprocessSpec", "SIDECAR_SCHEMA", "SIDECAR_VERSION", "StepRecord", "TensorSpec", "check_recorded_sha256",
-           "read_engine_sidecar", "read_onnx_sidecar", "read_sidecar_json", "sidecar_path", "validate_sidecar"]
+           "read_engine_sidecar", "read_onnx_sidecar", "read_sidecar_json", "sidecar_path", "validate_sidecar",
+           "validation_sentence"]

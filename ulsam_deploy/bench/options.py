@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 
 from ulsam_deploy.backends.judge import PRECISIONS, tolerances_for
 from ulsam_deploy.bench.latency import TimingConfig
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 
 MAX_BATCH = 4096
@@ -23,16 +25,16 @@ def _backend_names() -> tuple[str, ...]:
 class BenchOptions:
     backends: tuple[str, ...] = ("torch", "ort", "trt")
     reference: str = "torch"
-    batches: tuple[int, ...] = (1,)
+    batches: Annotated[tuple[int, ...], Flag("--batch-sizes", ge=1, le=MAX_BATCH)] = (1,)
     timing: TimingConfig = field(default_factory=TimingConfig)
-    threads: int | None = None
+    threads: Annotated[int | None, Flag("--threads", ge=1, le=256)] = None
     ort_providers: tuple[str, ...] = ("cpu",)
     ort_spinning: bool | None = None
     torch_device: str = "cpu"
-    trt_device: int = 0
+    trt_device: Annotated[int, Flag("--trt-device", ge=0, le=63)] = 0
     inputs: str | None = None  # None: random; else image dir / file / glob
-    num_inputs: int | None = None  # random count (default 16) or image limit
-    seed: int = 0
+    num_inputs: Annotated[int | None, Flag("--num-inputs", ge=1)] = None  # random count (default 16) or image limit
+    seed: Annotated[int, Flag("--seed", ge=0, le=2**32 - 1)] = 0
     label_regex: str | None = None
     mean: tuple | None = None
     std: tuple | None = None
@@ -41,7 +43,7 @@ class BenchOptions:
     threshold_overrides: dict = field(default_factory=dict)
     parity: bool = True
     latency: bool = True
-    parity_batch: int = 16
+    parity_batch: Annotated[int, Flag("--parity-batch", ge=1)] = 16
     export_missing_onnx: bool = True
     sizes: tuple[tuple[int, int], ...] | None = None  # input (H, W) to time and judge at [default: the model's own]
 
@@ -54,14 +56,10 @@ class BenchOptions:
             raise UserError("--backends is empty; choose from torch, ort, trt.")
         if self.reference not in _backend_names():
             raise UserError(f"--reference must be one of {', '.join(_backend_names())}, not '{self.reference}'.")
-        if not self.batches or any(not 1 <= int(b) <= MAX_BATCH for b in self.batches):
-            raise UserError(f"--batch-sizes needs integers from 1 to {MAX_BATCH} such as 1,8,32, not "
-                            f"{','.join(map(str, self.batches))}.")
+        if not self.batches:
+            raise UserError(f"--batch-sizes needs integers from 1 to {MAX_BATCH} such as 1,8,32.")
+        check_flags(self)
         self.batches = tuple(dict.fromkeys(int(b) for b in self.batches))
-        if self.threads is not None and int(self.threads) < 1:
-            raise UserError(f"--threads must be at least 1, not {self.threads}.")
-        if self.num_inputs is not None and int(self.num_inputs) < 1:
-            raise UserError(f"--num-inputs must be at least 1, not {self.num_inputs}.")
         if self.std is not None and not all(np.isfinite(s) and s > 0 for s in self.std):
             raise UserError(f"--std values must be positive, not {list(self.std)}.")
         if self.mean is not None and not all(np.isfinite(m) for m in self.mean):
@@ -70,8 +68,6 @@ class BenchOptions:
                                                                self.label_regex)):
             raise UserError("--mean, --std, --resize, --crop-pct and --label-regex describe images: use them with "
                             "--inputs (random inputs are already normalized).")
-        if int(self.parity_batch) < 1:
-            raise UserError(f"--parity-batch must be at least 1, not {self.parity_batch}.")
         if self.sizes is not None:
             self.sizes = tuple(dict.fromkeys((int(h), int(w)) for h, w in self.sizes))
             if not self.sizes or any(not 8 <= v <= 4096 for hw in self.sizes for v in hw):

@@ -22,8 +22,9 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.fleet.schema import KIND_PATTERN, ArtifactFile, BenchSettings, DeviceResult, DeviceTask, parse_result
@@ -40,7 +41,7 @@ class FleetOptions:
     engines: bool = True
     plugin: str | None = "auto"
     fetch_engines: bool = False
-    time_limit_s: float = 1800.0
+    time_limit_s: Annotated[float, Flag("--time-limit", ge=1, le=86_400)] = 1800.0
     images: Path | None = None
 
     def __post_init__(self) -> None:
@@ -52,8 +53,7 @@ class FleetOptions:
                                 "'dask worker --resources KIND=1').")
         if self.kinds is not None and not self.kinds:
             raise UserError("--kinds is empty; name the device kinds to cover, e.g. --kinds orin-nx,x86-l4.")
-        if not 0 < self.time_limit_s <= 86_400:
-            raise UserError(f"--time-limit must be from 1 s to 24 h, not {self.time_limit_s:g} s.")
+        check_flags(self)
 
 
 @dataclass

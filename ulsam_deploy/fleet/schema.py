@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ulsam_deploy.errors import UserError
+from ulsam_deploy.sidecars import validation_sentence
 
 FLEET_SCHEMA = "ulsam-deploy-fleet/1"
 MAX_RESULT_BYTES = 64 << 20
@@ -127,17 +128,11 @@ class DeviceResult(_Strict):
         return self.model_dump_json(by_alias=True)
 
 
-def _sentence(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
-    return f"field '{where}': {first.get('msg', 'invalid')}"
-
-
 def parse_task(text: str) -> DeviceTask:
     try:
         return DeviceTask.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        raise UserError(f"The fleet task sent to this worker is invalid ({_sentence(exc)}); run the client and the "
+        raise UserError(f"The fleet task sent to this worker is invalid ({validation_sentence(exc)}); run the client and the "
                         "workers from the same ulsam-deploy version.") from None
 
 
@@ -149,7 +144,7 @@ def parse_result(text: object, kind: str) -> DeviceResult:
     try:
         result = DeviceResult.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        raise UserError(f"The worker of '{kind}' sent back an invalid result ({_sentence(exc)}); run the client and "
+        raise UserError(f"The worker of '{kind}' sent back an invalid result ({validation_sentence(exc)}); run the client and "
                         "the workers from the same ulsam-deploy version.") from None
     if result.kind != kind:
         raise UserError(f"The worker asked for '{kind}' answered for '{result.kind}'; check the worker's --resources.")

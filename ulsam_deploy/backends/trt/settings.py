@@ -30,9 +30,11 @@ import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import onnx
 
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.runtime import parse_version
 
@@ -118,12 +120,14 @@ class SizeProfile:
 class BuildOptions:
     batch: BatchProfile | None = None  # profile for a dynamic batch axis [default: the ONNX sidecar's batch range]
     sizes: SizeProfile | None = None  # profile for a dynamic H and W [default: the sidecar's height/width ranges]
-    workspace_mib: int | None = None  # MemoryPoolType.WORKSPACE limit; None: TensorRT's default (device memory)
-    opt_level: int | None = None  # builder_optimization_level 0..5; None: TensorRT's default (3)
+    # MemoryPoolType.WORKSPACE limit in MiB; None: TensorRT's default (device memory)
+    workspace_mib: Annotated[int | None, Flag("--workspace", ge=1, le=1 << 24)] = None
+    # builder_optimization_level; None: TensorRT's default (3)
+    opt_level: Annotated[int | None, Flag("--opt-level", ge=min(OPT_LEVELS), le=max(OPT_LEVELS))] = None
     timing_cache: Path | None = None  # loaded when present, saved after the build
-    dla_core: int | None = None
+    dla_core: Annotated[int | None, Flag("--dla-core", ge=0, le=15)] = None
     gpu_fallback: bool = False
-    plugin: str | None = None  # None, "auto", "lib", "python"
+    plugin: Annotated[str | None, Flag("--plugin", choices=PLUGIN_ROUTES)] = None
     plugin_lib: Path | None = None
     weakly_typed: bool = False  # TensorRT 10 only: let the builder choose precisions (with fp16/int8 flags)
     fp16: bool = False
@@ -137,12 +141,9 @@ class BuildOptions:
             self.batch = BatchProfile.parse(self.batch)
         if isinstance(self.sizes, (str, int)):
             self.sizes = SizeProfile.parse(str(self.sizes))
-        if self.workspace_mib is not None and int(self.workspace_mib) < 1:
-            raise UserError(f"--workspace is in MiB and must be positive, not {self.workspace_mib}.")
-        if self.opt_level is not None and int(self.opt_level) not in OPT_LEVELS:
-            raise UserError(f"--opt-level must be 0 to 5 (TensorRT's default is 3), not {self.opt_level}.")
-        if self.dla_core is not None and int(self.dla_core) < 0:
-            raise UserError(f"--dla-core must be 0 or more, not {self.dla_core}.")
+        if self.plugin_lib is not None and self.plugin is None:
+            self.plugin = "lib"
+        check_flags(self)
         if self.gpu_fallback and self.dla_core is None:
             raise UserError("--gpu-fallback only applies with --dla-core N (layers DLA cannot run go to the GPU).")
         if self.dla_core is not None and (self.plugin is not None or self.plugin_lib is not None) \
@@ -154,10 +155,6 @@ class BuildOptions:
             raise UserError(f"{flag} is a builder flag of TensorRT 10's weakly typed mode; add --weakly-typed, or put "
                             f"the precision into the ONNX with 'ulsam-deploy convert --precision "
                             f"{'fp16' if self.fp16 else 'int8'}' (the strongly typed way, the only one in TensorRT 11).")
-        if self.plugin_lib is not None and self.plugin is None:
-            self.plugin = "lib"
-        if self.plugin is not None and self.plugin not in PLUGIN_ROUTES:
-            raise UserError(f"--plugin must be one of {', '.join(PLUGIN_ROUTES)}, not '{self.plugin}'.")
         if self.plugin == "python" and self.plugin_lib is not None:
             raise UserError("--plugin-lib gives the C++ plugin library; it does not go with --plugin python.")
         if self.timing_cache is not None:
