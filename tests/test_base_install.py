@@ -67,7 +67,7 @@ def _never(work: Path) -> Path:
 
 def _wheelhouse(source: Path, work: Path, never: Path) -> Path:
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
-                         + f"{sys.version_info[:2]} {platform.machine()}".encode()).hexdigest()[:16]
+                         + f"{sys.version_info[:2]} {platform.machine()} base+fleet".encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ulsam-deploy" / "base-wheels")
     root.mkdir(parents=True, exist_ok=True)
     target = root / key
@@ -77,7 +77,7 @@ def _wheelhouse(source: Path, work: Path, never: Path) -> Path:
             return target
         shutil.rmtree(target, ignore_errors=True)
         proc = _run([sys.executable, "-m", "pip", "download", "-q", "-d", target, "-c", ROOT / "constraints.txt",
-                     "-c", never, source, "setuptools>=68", "wheel"], cwd=work)
+                     "-c", never, f"{source}[fleet]", "setuptools>=68", "wheel"], cwd=work)
         assert proc.returncode == 0, f"downloading the base dependencies failed:\n{proc.stderr[-3000:]}"
         (target / ".complete").write_text("ok\n")
     return target
@@ -119,7 +119,7 @@ def board(tmp_path_factory):
             proc = _run([*pip, *args], cwd=work)
             assert proc.returncode == 0, f"the base install failed:\n{proc.stderr[-3000:]}"
         yield {"venv": venv, "cli": venv / "bin" / "ulsam-deploy", "work": work, "model": model, "images": images,
-               "checkpoint": checkpoint}
+               "checkpoint": checkpoint, "pip": pip, "source": source}
     finally:
         shutil.rmtree(venv_root, ignore_errors=True)
 
@@ -245,3 +245,21 @@ def test_jetpack_tensorrt_api_without_torch(board):
     assert bench.returncode == 0, bench.stderr
     assert ("skipped model trt: TensorRT 10.3.0 could not create a Runtime (libnvinfer is missing or not a working "
             "TensorRT library)") in bench.stdout
+
+
+def test_a_board_joins_the_fleet_with_the_fleet_extra_and_no_torch(board):
+    """Without the extra, fleet says how to get it; with ``[fleet]`` (Dask, still no torch) the board runs a fleet
+    on its embedded cluster. Last in this module: it adds Dask to the shared venv."""
+    work, model = board["work"], board["model"]
+    refused = _cli(board, "fleet", model)
+    assert refused.returncode == 4 and "pip install 'ulsam-deploy[fleet]'" in refused.stderr, refused.stderr
+    proc = _run([*board["pip"], "--no-build-isolation", f"{board['source']}[fleet]"], cwd=work)
+    assert proc.returncode == 0, f"installing the fleet extra failed:\n{proc.stderr[-3000:]}"
+    run = _cli(board, "fleet", model, "--duration", "0.2", "--iterations", "5", "--warmup", "0", "--num-inputs", "4",
+               "--json", work / "fleet.json")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((work / "fleet.json").read_text())
+    assert report["passed"] and [d["kind"] for d in report["devices"]] == ["cpu"]
+    probe = _run([board["venv"] / "bin" / "python", "-c", "import importlib.util as u; print(u.find_spec('torch'))"],
+                 cwd=work)
+    assert probe.stdout.strip() == "None"
