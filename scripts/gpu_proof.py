@@ -16,9 +16,11 @@ Checks, in order (each one a row of ``results.json`` with its status, seconds, r
   initcheck over the cubin self-test; the ``gpu``-marked tests (``backends/trt/cuda.py`` on the real driver, the
   Triton kernel); ``scripts/gpu_kernel_bench.py`` (correctness, fused vs decomposed, bandwidth, goals).
 
-Not yet written, listed as ``not written`` so nobody mistakes silence for a pass: the C++ harness that drives the
-plugin through TensorRT's build and runtime call order on device memory (issue 19, part 2) and the whole-network
-benchmark (part 4, second bullet).
+On a GPU, per header set, also ``ulsam_sa_plugin_gpu_harness`` (plugins/subspace_attention/plugin_gpu_harness.cpp):
+the plugin driven in TensorRT's build and runtime call order on device memory against a float64 reference, with
+the serialization round trip, a second context on another thread, CUDA-graph capture and replay, enqueue without
+onShapeChange, and canaries; plus compute-sanitizer memcheck over it. Not yet written, listed as ``not written`` so
+nobody mistakes silence for a pass: the whole-network benchmark (issue 19, part 4, second bullet).
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def main() -> int:
         proof.record("headers", "failed", reason=f"no TensorRT header set (include/NvInfer.h) under {headers}; fetch "
                      "NVIDIA/TensorRT's include/ at v10.3.0 and v11.x into it")
     launcher = None
+    harnesses: list[tuple[str, Path, Path]] = []  # (tag, harness, plugin library)
     for root in sets:
         tag = root.name
         t0 = time.perf_counter()
@@ -158,6 +161,11 @@ def main() -> int:
             proof.record(f"link {tag}", "failed" if foreign else "passed",
                          reason=f"undefined symbols beyond libc/libstdc++/libgcc: {foreign[:5]}" if foreign else "")
         proof.run(f"plugin lifecycle, no driver {tag}", [str(built.plugin_selftest), str(built.plugin_library)])
+        harness = built.build_dir / "ulsam_sa_plugin_gpu_harness"
+        if harness.is_file():
+            harnesses.append((tag, harness, built.plugin_library))
+        else:
+            proof.record(f"plugin on the GPU, TensorRT's call order {tag}", "failed", reason="the harness was not built")
         proof.run(f"plugin lifecycle, stub driver {tag}", [str(built.plugin_selftest), str(built.plugin_library),
                                                            "--stub", str(built.cuda_stub)],
                   expect="enqueue (fp16) x3: three launches, no allocation")
@@ -166,6 +174,7 @@ def main() -> int:
     gpu_checks = ["launcher on the GPU, native cubins", "launcher on the GPU, forced PTX JIT",
                   *[f"compute-sanitizer {tool}" for tool in ("memcheck", "racecheck", "synccheck", "initcheck")],
                   "gpu-marked tests", "kernel benchmark"]
+    gpu_checks += [f"plugin on the GPU, TensorRT's call order {tag}" for tag, _, _ in harnesses]
     if no_gpu is not None:
         for name in gpu_checks:
             proof.record(name, "skipped", reason=no_gpu)
@@ -186,9 +195,15 @@ def main() -> int:
                                   "tests/test_trt_cuda.py", "tests/test_gpu_kernel.py"])
         proof.run(gpu_checks[7], [sys.executable, "scripts/gpu_kernel_bench.py", "--json",
                                   str(args.out / "kernel_bench.json")])
-    for name in ("plugin on the GPU through TensorRT's call order (issue 19, part 2)",
-                 "whole-network benchmark, decomposed vs fused (issue 19, part 4)"):
-        proof.record(name, "not written", reason="the harness is not written yet")
+        for tag, harness, library in harnesses:
+            name = f"plugin on the GPU, TensorRT's call order {tag}"
+            proof.run(name, [str(harness), str(library)], skip_code=77)
+            if sanitizer is not None and tag == harnesses[-1][0]:
+                proof.run(f"compute-sanitizer memcheck, plugin harness {tag}",
+                          [sanitizer, "--tool", "memcheck", "--error-exitcode", "99", str(harness), str(library),
+                           "--quick"], skip_code=77)
+    proof.record("whole-network benchmark, decomposed vs fused (issue 19, part 4)", "not written",
+                 reason="the benchmark is not written yet")
     failed = [r["check"] for r in proof.rows if r["status"] == "failed"]
     result = {"machine": {"host": platform.node(), "machine": platform.machine(), "gpu": no_gpu or "present"},
               "headers": [str(s) for s in sets], "seconds": round(time.perf_counter() - started, 1),
