@@ -85,6 +85,32 @@ def test_addresses_and_tls_rules():
     assert is_loopback("tcp://127.0.0.1:8786") and is_loopback("localhost:1") and not is_loopback("tcp://10.0.0.5:1")
 
 
+def test_something_that_is_not_a_scheduler_is_one_sentence():
+    """A port that answers garbage (another service, a proxy) is refused by the probe, not by a stuck Client."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.sendall(b"\xff" * 64)
+        time.sleep(0.5)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^Could not reach a Dask scheduler at tcp://127\.0\.0\.1:\d+ \("):
+        with open_client(address):
+            pass
+    assert time.monotonic() - started < 15
+    server.close()
+
+
 def test_cli_refuses_half_tls_and_bad_kinds(cli_runner, artifacts, tmp_path):
     result = cli_runner.invoke(app, ["fleet", str(artifacts[0]), "--tls-ca", str(tmp_path / "ca.pem")])
     assert result.exit_code == 2 and "all three" in one_error_line(result.output)
@@ -276,7 +302,7 @@ def test_a_tls_fleet_runs_and_refuses_plain_clients(artifacts, tmp_path):
             run = run_fleet(client, [artifacts[0]], FleetOptions(bench=FAST), scheduler=address, tls=True)
         assert [r.status for r in run.results] == ["ok"] and run.tls and run.results[0].kind == "orin-nx"
         plain = address.replace("tls://", "tcp://")
-        with pytest.raises(UserError, match="Could not reach the Dask scheduler"):
+        with pytest.raises(UserError, match="Could not reach a Dask scheduler"):
             with open_client(plain):
                 pass
     finally:

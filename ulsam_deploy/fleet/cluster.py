@@ -101,12 +101,11 @@ def open_client(address: str | None = None, *, tls: TlsFiles | None = None,
 
     if address is not None:
         security = tls.security() if tls is not None else None
+        _probe(address, security)
         try:
             client = Client(address, security=security, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"Could not reach the Dask scheduler at {address} ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); start it with 'dask scheduler' (docs/fleet.md) or check the "
-                            "address and the TLS files.") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the far end did, one sentence
+            raise _unreachable(address, exc) from None
         try:
             yield client
         finally:
@@ -131,6 +130,37 @@ def open_client(address: str | None = None, *, tls: TlsFiles | None = None,
                 client.close()
         finally:
             cluster.close()
+
+
+def _unreachable(address: str, exc: BaseException) -> UserError:
+    return UserError(f"Could not reach a Dask scheduler at {address} ({type(exc).__name__}: {str(exc)[:160]}); start "
+                     "it with 'dask scheduler' (docs/fleet.md), or check the address and the TLS files.")
+
+
+def _probe(address: str, security) -> None:
+    """Ask ``address`` who it is before a Client connects: something that is not a Dask scheduler (another service
+    on the port, a proxy) is one sentence here, not a Client stuck in its retries or a huge allocation."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def identity():
+        args = security.get_connection_args("client") if security is not None else {}
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await asyncio.wait_for(comm.read(), CONNECT_TIMEOUT_S)
+        finally:
+            await comm.close()
+
+    try:
+        with _quiet_dask():
+            reply = asyncio.run(identity())
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS mismatch, garbage (MemoryError is one)
+        raise _unreachable(address, exc) from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise UserError(f"{address} answered, but not as a Dask scheduler; give the scheduler's address "
+                        "(docs/fleet.md).")
 
 
 @contextlib.contextmanager
