@@ -16,6 +16,8 @@
 // port of kernels/reference.py (fp32: |d| <= 1e-4 + 1e-4|ref|; fp16: |d| <= 2e-2 + 2e-2|ref|).
 // The CUDA driver is reached through dlopen (nothing from CUDA is linked). Exit 0 pass, 1 fail, 77 no GPU.
 #include "NvInferRuntime.h"
+#include "half_float.h"
+#include "trt_test_support.h"
 
 #include <cuda.h>
 #include <dlfcn.h>
@@ -113,66 +115,6 @@ struct Driver
 
 Driver gCu;
 
-// ----------------------------------------------------------------------------------------- half floats
-uint16_t toHalf(float f)
-{
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    uint32_t const sign = (x >> 16) & 0x8000u;
-    int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
-    uint32_t mant = x & 0x7fffffu;
-    if (exp >= 31)
-        return static_cast<uint16_t>(sign | 0x7c00u);
-    if (exp <= 0)
-    {
-        if (exp < -10)
-            return static_cast<uint16_t>(sign);
-        mant |= 0x800000u;
-        uint32_t const shift = static_cast<uint32_t>(14 - exp);
-        uint32_t half = mant >> shift;
-        uint32_t const rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half & 1u)))
-            ++half;
-        return static_cast<uint16_t>(sign | half);
-    }
-    uint32_t half = (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
-    uint32_t const rem = mant & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (half & 1u)))
-        ++half;
-    return static_cast<uint16_t>(sign | half);
-}
-
-float fromHalf(uint16_t h)
-{
-    uint32_t const sign = (h & 0x8000u) << 16;
-    int32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ffu;
-    uint32_t x;
-    if (exp == 0)
-    {
-        if (mant == 0)
-            x = sign;
-        else
-        {
-            exp = 1;
-            while (!(mant & 0x400u))
-            {
-                mant <<= 1;
-                --exp;
-            }
-            mant &= 0x3ffu;
-            x = sign | (static_cast<uint32_t>(exp + 127 - 15) << 23) | (mant << 13);
-        }
-    }
-    else if (exp == 31)
-        x = sign | 0x7f800000u | (mant << 13);
-    else
-        x = sign | (static_cast<uint32_t>(exp + 127 - 15) << 23) | (mant << 13);
-    float f;
-    std::memcpy(&f, &x, 4);
-    return f;
-}
-
 // ------------------------------------------------------------------------------------------- the op
 struct Params
 {
@@ -256,44 +198,6 @@ std::vector<double> reference(std::vector<double> const& x, Params const& p, int
         }
     return y;
 }
-
-Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
-{
-    Dims d{};
-    d.nbDims = 4;
-    d.d[0] = n;
-    d.d[1] = c;
-    d.d[2] = h;
-    d.d[3] = w;
-    return d;
-}
-
-class CaptureLogger : public ILogger
-{
-public:
-    void log(Severity severity, AsciiChar const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-            messages.emplace_back(msg);
-    }
-    std::vector<std::string> messages;
-};
-
-class Finder : public ILoggerFinder
-{
-public:
-    explicit Finder(ILogger* l)
-        : mLogger(l)
-    {
-    }
-    ILogger* findLogger() override
-    {
-        return mLogger;
-    }
-
-private:
-    ILogger* mLogger;
-};
 
 constexpr size_t kCanary = 256;
 constexpr uint8_t kCanaryByte = 0xA5;

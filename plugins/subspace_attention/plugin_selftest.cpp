@@ -12,6 +12,7 @@
 // Prints one line per check; exit 0 when all pass.
 #include "NvInferRuntime.h"
 #include "launcher.h"
+#include "trt_test_support.h"
 
 #include <dlfcn.h>
 
@@ -35,48 +36,6 @@ void check(bool ok, std::string const& what)
     if (!ok)
         ++gFailures;
 }
-
-class CaptureLogger : public ILogger
-{
-public:
-    void log(Severity severity, AsciiChar const* msg) noexcept override
-    {
-        if (severity <= Severity::kWARNING)
-            messages.emplace_back(msg);
-    }
-    std::vector<std::string> messages;
-    bool saw(char const* needle) const
-    {
-        for (auto const& m : messages)
-            if (m.find(needle) != std::string::npos)
-                return true;
-        return false;
-    }
-    // Like saw(), but only among messages logged after index `from`.
-    bool sawSince(size_t from, char const* needle) const
-    {
-        for (size_t i = from; i < messages.size(); ++i)
-            if (messages[i].find(needle) != std::string::npos)
-                return true;
-        return false;
-    }
-};
-
-class Finder : public ILoggerFinder
-{
-public:
-    explicit Finder(ILogger* l)
-        : mLogger(l)
-    {
-    }
-    ILogger* findLogger() override
-    {
-        return mLogger;
-    }
-
-private:
-    ILogger* mLogger;
-};
 
 struct Fields
 {
@@ -126,16 +85,6 @@ DynamicPluginTensorDesc desc(DataType t, TensorFormat f, Dims d, Dims mn, Dims m
     return x;
 }
 
-Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
-{
-    Dims d{};
-    d.nbDims = 4;
-    d.d[0] = n;
-    d.d[1] = c;
-    d.d[2] = h;
-    d.d[3] = w;
-    return d;
-}
 
 } // namespace
 

@@ -1,0 +1,71 @@
+// What the plugin's self-tests share: a logger that keeps messages, the finder handed to setLoggerFinder, dims4.
+#pragma once
+
+#include "NvInferRuntime.h"
+
+#include <string>
+#include <vector>
+
+namespace ulsam_test
+{
+
+using namespace nvinfer1;
+
+class CaptureLogger : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity <= Severity::kWARNING)
+            messages.emplace_back(msg);
+    }
+    std::vector<std::string> messages;
+    bool saw(char const* needle) const
+    {
+        for (auto const& m : messages)
+            if (m.find(needle) != std::string::npos)
+                return true;
+        return false;
+    }
+    // Like saw(), but only among messages logged after index `from`.
+    bool sawSince(size_t from, char const* needle) const
+    {
+        for (size_t i = from; i < messages.size(); ++i)
+            if (messages[i].find(needle) != std::string::npos)
+                return true;
+        return false;
+    }
+};
+
+class Finder : public ILoggerFinder
+{
+public:
+    explicit Finder(ILogger* l)
+        : mLogger(l)
+    {
+    }
+    ILogger* findLogger() override
+    {
+        return mLogger;
+    }
+
+private:
+    ILogger* mLogger;
+};
+
+inline Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
+{
+    Dims d{};
+    d.nbDims = 4;
+    d.d[0] = n;
+    d.d[1] = c;
+    d.d[2] = h;
+    d.d[3] = w;
+    return d;
+}
+
+} // namespace ulsam_test
+
+using ulsam_test::CaptureLogger;
+using ulsam_test::dims4;
+using ulsam_test::Finder;
