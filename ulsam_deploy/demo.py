@@ -423,12 +423,12 @@ def _jsonable(obj):
 
 
 def _write_report(result: DemoResult, entry, opts: DemoOptions, work: Path) -> None:
-    from ulsam_deploy.artifacts import write_bytes, write_json
+    from ulsam_deploy.artifacts import now, write_bytes, write_json
 
     bench = result.bench.to_dict() if result.bench is not None else None
     summary = {
         "schema": "ulsam-deploy-demo/1",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": now(),
         "passed": result.passed,
         "seconds": round(result.seconds, 2),
         "model": {"name": entry.name, "title": entry.title, "card": entry.card.name, "config": entry["config"]},

@@ -37,16 +37,6 @@ using namespace nvinfer1;
 namespace
 {
 
-int gFailures = 0;
-
-void check(bool ok, std::string const& what)
-{
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    std::fflush(stdout);
-    if (!ok)
-        ++gFailures;
-}
-
 // ------------------------------------------------------------------------------------------------ driver
 struct Driver
 {

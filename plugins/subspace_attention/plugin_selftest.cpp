@@ -28,15 +28,6 @@ using namespace nvinfer1;
 namespace
 {
 
-int gFailures = 0;
-
-void check(bool ok, std::string const& what)
-{
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
-    if (!ok)
-        ++gFailures;
-}
-
 struct Fields
 {
     int32_t groups, reluDw, reluPw;

@@ -1,8 +1,10 @@
-// What the plugin's self-tests share: a logger that keeps messages, the finder handed to setLoggerFinder, dims4.
+// What the plugin's self-tests share: check() and its failure count, a logger that keeps messages, the finder
+// handed to setLoggerFinder, dims4.
 #pragma once
 
 #include "NvInferRuntime.h"
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,17 @@ namespace ulsam_test
 {
 
 using namespace nvinfer1;
+
+inline int gFailures = 0;
+
+// One line per check ("PASS what" / "FAIL what"), flushed so a crash after it still shows it; failures counted.
+inline void check(bool ok, std::string const& what)
+{
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
+    std::fflush(stdout);
+    if (!ok)
+        ++gFailures;
+}
 
 class CaptureLogger : public ILogger
 {
@@ -67,5 +80,7 @@ inline Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
 } // namespace ulsam_test
 
 using ulsam_test::CaptureLogger;
+using ulsam_test::check;
 using ulsam_test::dims4;
+using ulsam_test::gFailures;
 using ulsam_test::Finder;

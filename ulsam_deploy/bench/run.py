@@ -24,6 +24,7 @@ import os
 import time
 from typing import Sequence
 
+from ulsam_deploy.artifacts import now
 from ulsam_deploy.backends.base import Runner, infer_in_chunks
 from ulsam_deploy.backends.judge import accuracy, judge, reference_problem, tolerances_for
 from ulsam_deploy.bench.latency import TimingTarget, measure_interleaved
@@ -224,7 +225,7 @@ def run_bench(models: Sequence[ModelSpec | str | os.PathLike], options: BenchOpt
     for spec in specs:
         warnings += [f"{spec.name}: {note}" for note in spec.notes if "random weights" in note]
     return BenchReport(
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=machine_info(), versions=versions(),
+        created=now(), machine=machine_info(), versions=versions(),
         settings=options.to_dict(), inputs={**first.describe(), "sizes": [list(hw) for hw in sizes]},
         models=[s.describe() for s in specs],
         runners=runners_info, skipped=skipped, parity=parity_rows, latency=latency_rows, compare=compare_rows,

@@ -13,7 +13,7 @@ import json
 
 from ulsam_deploy.artifacts import json_text
 from ulsam_deploy.fleet.run import FleetRun
-from ulsam_deploy.fleet.schema import FLEET_SCHEMA, DeviceResult
+from ulsam_deploy.fleet.schema import FLEET_SCHEMA, DeviceResult, doctor_checks
 
 COLUMNS = ["device", "status", "file", "backend", "precision", "batch", "median_ms", "p99_ms", "images_per_s",
            "parity", "top1", "note"]
@@ -22,7 +22,7 @@ DOCTOR_FACTS = ("tensorrt", "cuda-driver", "gpu", "jetson", "onnxruntime", "cpu-
 
 def doctor_facts(result: DeviceResult) -> dict[str, str]:
     """The device's TensorRT, CUDA, driver, GPU and JetPack facts, in words (from its own doctor)."""
-    checks = {c.get("name"): c for c in (result.doctor or {}).get("checks", []) if isinstance(c, dict)}
+    checks = doctor_checks(result.doctor)
     facts = {}
     for name in DOCTOR_FACTS:
         check = checks.get(name)

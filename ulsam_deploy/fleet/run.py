@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Sequence
 
+from ulsam_deploy.artifacts import now
 from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
@@ -108,7 +109,7 @@ def collect_files(artifacts: Sequence[Path], images: Path | None) -> tuple[dict[
 
 def _pack_images(folder: Path) -> bytes:
     """A labelled ImageFolder (class sub-folders of images) as a tar, regular files only."""
-    from ulsam_deploy.data.sources import is_image
+    from ulsam_deploy.data.sources import is_image, walk_files
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -117,8 +118,8 @@ def _pack_images(folder: Path) -> bytes:
     buffer = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.is_symlink() and is_image(path):
+        for path in walk_files(folder):  # the walk bench's image discovery makes on the device
+            if not path.is_symlink() and is_image(path):
                 tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
                 count += 1
     if not count:
@@ -184,18 +185,14 @@ def run_fleet(client, artifacts: Sequence[Path], options: FleetOptions | None = 
             if kind not in results:
                 future.cancel()
                 results[kind] = DeviceResult(kind=kind, status="cancelled", reason="stopped by Ctrl-C before it "
-                                             "finished", finished=_clock())
+                                             "finished", finished=now())
         kill_children()
     for kind, workers in seen_on.items():
         if len(workers) > 1 and kind in results:
             notes.append(f"{kind}: the task was retried on {workers[-1]} after {', '.join(workers[:-1])} was lost")
     ordered = [results[k] for k in kinds]
     return FleetRun(scheduler, tls, specs, reference, options, ordered, notes, time.perf_counter() - t0, interrupted,
-                    _clock())
-
-
-def _clock() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    now())
 
 
 def _result_of(kind: str, future, workers: list[str]) -> DeviceResult:
@@ -208,13 +205,13 @@ def _result_of(kind: str, future, workers: list[str]) -> DeviceResult:
     try:
         return parse_result(future.result(), kind)
     except KilledWorker:
-        return DeviceResult(kind=kind, status="worker lost", finished=_clock(),
+        return DeviceResult(kind=kind, status="worker lost", finished=now(),
                             reason=f"every worker that took the task died (last: {workers[-1] if workers else '?'})")
     except (FutureCancelledError, UserError) as exc:
-        return DeviceResult(kind=kind, status="failed", reason=str(exc), finished=_clock())
+        return DeviceResult(kind=kind, status="failed", reason=str(exc), finished=now())
     except Exception as exc:  # noqa: BLE001 - the worker raised: its message, in a row
         return DeviceResult(kind=kind, status="failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}",
-                            finished=_clock())
+                            finished=now())
 
 
 def _watch(client, pending, started, seen_on, lonely_since, results, options: FleetOptions, event) -> None:
@@ -226,7 +223,7 @@ def _watch(client, pending, started, seen_on, lonely_since, results, options: Fl
         connected = workers_by_kind(client)
     except Exception:  # noqa: BLE001 - the scheduler is busy; look again at the next poll
         return
-    now = time.monotonic()
+    tick = time.monotonic()
     for kind, future in list(pending.items()):
         for worker, keys in processing.items():
             if future.key in keys and (not seen_on[kind] or seen_on[kind][-1] != worker):
@@ -235,17 +232,17 @@ def _watch(client, pending, started, seen_on, lonely_since, results, options: Fl
         if connected.get(kind):
             lonely_since.pop(kind, None)
         else:
-            lonely_since.setdefault(kind, now)
-        gone = now - lonely_since.get(kind, now) >= LOST_GRACE_S
-        late = now - started[kind] > options.time_limit_s + CLIENT_GRACE_S
+            lonely_since.setdefault(kind, tick)
+        gone = tick - lonely_since.get(kind, tick) >= LOST_GRACE_S
+        late = tick - started[kind] > options.time_limit_s + CLIENT_GRACE_S
         if gone or late:
             future.cancel()
             last = seen_on[kind][-1] if seen_on[kind] else "its worker"
-            reason = (f"{last} left at {_clock()} and no other worker of kind '{kind}' is connected to retry on"
+            reason = (f"{last} left at {now()} and no other worker of kind '{kind}' is connected to retry on"
                       if gone else f"no answer within the time limit ({options.time_limit_s:g} s) plus "
                                    f"{CLIENT_GRACE_S:g} s; the task was cancelled")
             results[kind] = DeviceResult(kind=kind, status="worker lost" if gone else "timed out", reason=reason,
-                                         worker=last, finished=_clock())
+                                         worker=last, finished=now())
             event("done", device=kind, status=results[kind].status)
             del pending[kind]
 

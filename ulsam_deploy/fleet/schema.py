@@ -128,6 +128,11 @@ class DeviceResult(_Strict):
         return self.model_dump_json(by_alias=True)
 
 
+def doctor_checks(doctor: dict | None) -> dict[str, dict]:
+    """A device's ``doctor --json`` report as its checks by name (nothing for a device whose doctor did not run)."""
+    return {c.get("name"): c for c in (doctor or {}).get("checks", []) if isinstance(c, dict)}
+
+
 def parse_task(text: str) -> DeviceTask:
     try:
         return DeviceTask.model_validate_json(text, strict=True)
@@ -152,4 +157,4 @@ def parse_result(text: object, kind: str) -> DeviceResult:
 
 
 __all__ = ["ArtifactFile", "BenchSettings", "DeviceResult", "DeviceTask", "EngineFile", "FLEET_SCHEMA",
-           "KIND_PATTERN", "StepRun", "parse_result", "parse_task"]
+           "KIND_PATTERN", "StepRun", "doctor_checks", "parse_result", "parse_task"]

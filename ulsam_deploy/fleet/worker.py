@@ -26,16 +26,13 @@ import time
 from pathlib import Path
 
 from ulsam_deploy._entry import PARENT_DEATH_ENV
-from ulsam_deploy.fleet.schema import DeviceResult, DeviceTask, EngineFile, StepRun, parse_task
+from ulsam_deploy.artifacts import now
+from ulsam_deploy.fleet.schema import DeviceResult, DeviceTask, EngineFile, StepRun, doctor_checks, parse_task
 
 WORK_DIR_ENV = "ULSAM_FLEET_DIR"
 TAIL_CHARS = 4000
 _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def work_root() -> Path:
@@ -123,7 +120,7 @@ def _tensorrt_here(doctor: dict | None) -> str | None:
     """None when engines can be built here, else why not (from the device's own doctor)."""
     if doctor is None:
         return "doctor did not run"
-    checks = {c.get("name"): c for c in doctor.get("checks", []) if isinstance(c, dict)}
+    checks = doctor_checks(doctor)
     for name in ("tensorrt", "gpu"):
         check = checks.get(name)
         if check is None or not check.get("ok"):
@@ -140,7 +137,7 @@ def run_device(task_json: str, files: dict) -> str:
     """Run one device kind's steps; the :class:`DeviceResult` as JSON text (never raises for a step's failure)."""
     from ulsam_deploy import __version__
 
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = now(), time.perf_counter()
     host = socket.gethostname()
     try:
         task = parse_task(task_json)
@@ -238,7 +235,7 @@ def _steps(task: DeviceTask, folder: Path, images: Path | None, deadline: float,
 
 
 def _finish(result: DeviceResult, t0: float) -> str:
-    result.finished = _now()
+    result.finished = now()
     result.seconds = round(time.perf_counter() - t0, 3)
     return result.to_json()
 

@@ -15,7 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.artifacts import now, sha256_file
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.sidecars import EngineSidecar, OnnxSidecar
@@ -106,8 +106,9 @@ def engine_sidecar(output: Path, onnx_path: Path, onnx_sidecar: OnnxSidecar | No
         "engine": output.name,
         "engine_sha256": hashlib.sha256(build.engine_bytes).hexdigest(),
         "engine_bytes": len(build.engine_bytes),
-        "onnx": {"file": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": info.precision,
-                 "fused_nodes": info.fused_nodes, "opset": info.opset},
+        # a sidecar's sha256 was checked against the file when it was read
+        "onnx": {"file": str(onnx_path), "sha256": onnx_sidecar.sha256 if onnx_sidecar else sha256_file(onnx_path),
+                 "precision": info.precision, "fused_nodes": info.fused_nodes, "opset": info.opset},
         "model": model_info,
         "tensorrt": {"version": version_of(trt), "major": parse_version(version_of(trt))[0],
                      "module": getattr(trt, "__file__", None)},
@@ -129,7 +130,7 @@ def engine_sidecar(output: Path, onnx_path: Path, onnx_sidecar: OnnxSidecar | No
         "rebuild_command": rebuild_command(onnx_path, output, options, plan),
         "versions": {"ulsam_deploy": __version__, "onnx": onnx.__version__, "python": platform.python_version()},
         "host": {"machine": platform.machine(), "system": platform.system()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": now(),
         "steps": list(onnx_sidecar.steps) if onnx_sidecar is not None else [],
     })
 
