@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
 """The GPU proof of issue 19 as one prepared command: every check, one results folder, non-zero on any failure.
 
-    ULSAM_TRT_HEADERS=third_party_fetched python scripts/gpu_proof.py --out gpu-proof [--budget 540]
+    python scripts/gpu_proof.py --prepare            # here, once: fill the carry folder gpu-carry/
+    python scripts/gpu_proof.py --out gpu-proof      # on the GPU machine (and here: host checks only)
 
-``ULSAM_TRT_HEADERS`` names a folder holding TensorRT header sets (any ``*/include/NvInfer.h`` below it, e.g.
-NVIDIA/TensorRT's ``include/`` at v10.3.0 and v11.1, fetched into the git-ignored ``third_party_fetched/``; never
-committed). Default: ``third_party_fetched``.
+The carry folder (git-ignored ``gpu-carry/``, never committed; travels with the working tree) holds what the GPU
+machine cannot fetch: TensorRT header sets (``*/include/NvInfer.h``: NVIDIA/TensorRT's ``include/`` at v10.3.0 and
+v11.1, copied by ``--prepare`` from ``third_party_fetched/``) and ``fused-onnx/``: the fused SubspaceAttention
+nodes of every paper configuration (ULSAM.md: MV1 and MV2 at their positions, g = 1, 2, 4, 8, 16, 224 x 224),
+exported and fused by our own steps from networks with calibrated BatchNorm statistics, each node kept verbatim
+with its input's shape (one whole fused MV2 too), and a manifest. ``ULSAM_TRT_HEADERS`` names another header
+folder; ``--onnx-dir`` another node folder.
 
 Checks, in order (each one a row of ``results.json`` with its status, seconds, reason and log file):
 
 - host (any machine): the plugin built against each header set (undefined symbols: libc/libstdc++/libgcc only);
-  the plugin's lifecycle self-test without a driver and against the stub driver; the launcher's stub self-test;
+  the plugin's lifecycle self-test without a driver and against the stub driver; the fields every carried ONNX
+  node gives, loaded the way TensorRT's ONNX parser loads them, route to our creator with none missing; the
+  launcher's stub self-test;
 - GPU (a CUDA driver and GPU present; else each is ``skipped`` with the reason): the launcher self-test on the
   device with the native cubins and with forced PTX JIT; compute-sanitizer memcheck, racecheck, synccheck and
-  initcheck over the cubin self-test; the ``gpu``-marked tests (``backends/trt/cuda.py`` on the real driver, the
-  Triton kernel); ``scripts/gpu_kernel_bench.py`` (correctness, fused vs decomposed, bandwidth, goals).
+  initcheck over the cubin self-test; ``backends/trt/cuda.py`` on the real driver (its ``gpu``-marked test:
+  memory, pinned memory, stream, events, a round trip, another thread, errors); ``scripts/gpu_kernel_bench.py``
+  (correctness, fused vs decomposed, bandwidth, goals);
+  ``scripts/gpu_network_bench.py`` (whole networks, decomposed vs fused ULSAM, eager and CUDA graphs).
 
 On a GPU, per header set, also ``ulsam_sa_plugin_gpu_harness`` (plugins/subspace_attention/plugin_gpu_harness.cpp):
-the plugin driven in TensorRT's build and runtime call order on device memory against a float64 reference, with
-the serialization round trip, a second context on another thread, CUDA-graph capture and replay, enqueue without
-onShapeChange, and canaries; plus compute-sanitizer memcheck over it. Not yet written, listed as ``not written`` so
-nobody mistakes silence for a pass: the whole-network benchmark (issue 19, part 4, second bullet).
+the plugin driven in TensorRT's build and runtime call order on device memory against a float64 reference, on
+synthetic shapes and on every carried fused node (batch 1, 8, 64, fp32 and fp16), with the serialization round
+trip, a second context on another thread, CUDA-graph capture and replay, enqueue without onShapeChange, and
+canaries; plus compute-sanitizer memcheck over its quick mode.
 """
 
 from __future__ import annotations
@@ -57,10 +66,11 @@ class Proof:
         return row
 
     def run(self, name: str, command: list[str], *, ok_codes=(0,), skip_code: int | None = None,
-            env: dict | None = None, expect: str | None = None) -> dict:
+            env: dict | None = None, expect: str | None = None, cap: float | None = None) -> dict:
         left = self.deadline - time.monotonic()
         if left < 5:
             return self.record(name, "skipped", reason="the time budget ran out")
+        left = min(left, cap) if cap else left
         log = self.logs / (name.replace(" ", "_").replace("/", "_") + ".log")
         started = time.perf_counter()
         try:
@@ -73,7 +83,8 @@ class Proof:
         log.write_text(text)
         seconds = time.perf_counter() - started
         if code is None:
-            return self.record(name, "failed", seconds, "timed out (time budget)", str(log))
+            return self.record(name, "failed", seconds, f"timed out after {seconds:.0f} s (not proven either way)",
+                               str(log))
         if skip_code is not None and code == skip_code:
             return self.record(name, "skipped", seconds, _last_line(text), str(log))
         if code not in ok_codes or (expect is not None and expect not in text) or "\nFAIL " in "\n" + proc.stdout:
@@ -102,6 +113,15 @@ def gpu_present() -> str | None:
     return None
 
 
+def find_sanitizer() -> str | None:
+    """compute-sanitizer on PATH, else in the CUDA toolkit's bin/ (CUDA_HOME, /usr/local/cuda)."""
+    found = shutil.which("compute-sanitizer")
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if found is None and home and (Path(home) / "bin" / "compute-sanitizer").is_file():
+            found = str(Path(home) / "bin" / "compute-sanitizer")
+    return found
+
+
 def header_sets(folder: Path) -> list[Path]:
     return sorted({p.parent.parent for p in folder.glob("**/include/NvInfer.h")})
 
@@ -124,23 +144,131 @@ def foreign_symbols(library: Path) -> list[str] | None:
     return foreign
 
 
+CARRY = ROOT / "gpu-carry"
+FETCHED = ROOT / "third_party_fetched"
+
+
+def carry_name(arch: str, width: float, positions: str, groups: int) -> str:
+    """``mv1-x0.75-8_1+9_1+11-g4``: a configuration as a file name."""
+    return f"{arch}-x{width:g}-{positions.replace(',', '+').replace(':', '_')}-g{groups}"
+
+
+def plugin_nodes(model):
+    """The fused plugin nodes of ``model``, verbatim, in a graph of their own: each node's input and output with
+    the shapes the exported graph gives them. What the harness needs of a whole fused file, at a few KB."""
+    from onnx import helper
+
+    from ulsam_deploy.op_spec import OP_TYPE
+
+    graph = model.graph
+    infos = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    nodes = [n for n in graph.node if n.op_type == OP_TYPE]
+    inputs, outputs = [], []
+    for node in nodes:
+        src = infos[node.input[0]]
+        inputs.append(src)
+        out = helper.make_tensor_value_info(node.output[0], src.type.tensor_type.elem_type, None)
+        out.type.CopyFrom(src.type)  # the op keeps the shape and the dtype
+        outputs.append(out)
+    small = helper.make_model(helper.make_graph(nodes, "fused_nodes", inputs, outputs),
+                              opset_imports=list(model.opset_import), producer_name="gpu_proof --prepare")
+    small.ir_version = model.ir_version
+    return small, [{"name": n.name, "shape": [d.dim_value or d.dim_param for d in
+                                              infos[n.input[0]].type.tensor_type.shape.dim]} for n in nodes]
+
+
+def prepare(carry: Path, headers_from: Path, items: list[tuple[str, float, str, int]],
+            whole: tuple[str, float, str, int] | None, log=print) -> dict:
+    """Fill ``carry``: header sets copied from ``headers_from``; ``fused-onnx/`` with the fused nodes of every
+    ``(arch, width, positions, groups)`` item, exported and fused by ``export_model`` (the ``export --fuse`` step)
+    from a network whose BatchNorm statistics come from a few random batches, at 224 x 224; ``whole`` kept whole."""
+    import onnx
+    import tempfile
+
+    import torch
+
+    from ulsam_deploy.models import build_model, calibrate_batchnorm
+    from ulsam_deploy.models.checkpoint import CheckpointInfo
+    from ulsam_deploy.steps.export import ExportOptions, export_model
+
+    carry.mkdir(parents=True, exist_ok=True)
+    for root in header_sets(headers_from) if headers_from.is_dir() else []:
+        target = carry / root.name / "include"
+        if not (target / "NvInfer.h").is_file():
+            shutil.copytree(root / "include", target, dirs_exist_ok=True)
+            log(f"headers {root.name} -> {target}")
+    out_dir = carry / "fused-onnx"
+    out_dir.mkdir(exist_ok=True)
+    manifest = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, width, positions, g in items:
+            name = carry_name(arch, width, positions, g)
+            torch.manual_seed(g)
+            model = build_model(arch, width, positions, groups=g)
+            calibrate_batchnorm(model, torch.randn(4, 3, 224, 224))
+            t0 = time.perf_counter()
+            result = export_model(model, CheckpointInfo(config=model.config), Path(tmp) / f"{name}.onnx",
+                                  ExportOptions(fuse=True, parity_batches=(1,)))
+            is_whole = whole == (arch, width, positions, g)
+            nodes_model, nodes = plugin_nodes(onnx.load(str(result.path)))
+            target = out_dir / f"{name}.onnx"
+            if is_whole:
+                shutil.copyfile(result.path, target)
+            else:
+                onnx.save(nodes_model, str(target))
+            manifest.append({"file": target.name, "arch": arch, "width": width, "positions": positions,
+                             "groups": g, "whole_model": is_whole, "nodes": nodes})
+            log(f"{target.name}: {len(nodes)} node(s){' (whole model)' if is_whole else ''}, "
+                f"{time.perf_counter() - t0:.1f} s")
+    (out_dir / "manifest.json").write_text(json.dumps({"input_size": 224, "files": manifest}, indent=1) + "\n")
+    return {"files": manifest}
+
+
+def onnx_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "gpu-proof")
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds for everything (the device's limit)")
+    parser.add_argument("--budget", type=float, default=520.0,
+                        help="seconds for everything (under the device's 540 s limit, with time to write results)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--carry", type=Path, default=CARRY, help="the carry folder (headers, fused ONNX nodes)")
+    parser.add_argument("--onnx-dir", type=Path, help="fused ONNX files for the harness (default: CARRY/fused-onnx)")
+    parser.add_argument("--prepare", action="store_true", help="fill the carry folder here, then stop")
+    parser.add_argument("--headers-from", type=Path, default=FETCHED, help="--prepare: where the fetched headers are")
+    parser.add_argument("--configs", nargs="*", help="--prepare: only these, as bench specs (mv2+17:1/g4)")
     args = parser.parse_args()
-    headers = Path(os.environ.get("ULSAM_TRT_HEADERS") or ROOT / "third_party_fetched")
+    sys.path.insert(0, str(ROOT))
+    if args.prepare:
+        from ulsam_deploy.bench.models import parse_model_spec
+        from ulsam_deploy.models import PAPER_CONFIGS, PAPER_GROUPS
+
+        if args.configs:
+            chosen = [parse_model_spec(text) for text in args.configs]
+            if None in chosen:
+                parser.error(f"--configs: not a model spec: {args.configs[chosen.index(None)]}")
+            items = [(c.arch, c.width, c.ulsam, c.groups) for c in chosen]
+        else:
+            items = [(*cfg, g) for cfg in PAPER_CONFIGS for g in PAPER_GROUPS]
+        prepare(args.carry, args.headers_from, items, whole=("mv2", 1.0, "17:1", 4))
+        return 0
+    headers = Path(os.environ.get("ULSAM_TRT_HEADERS") or args.carry)
+    cases = onnx_files(args.onnx_dir or args.carry / "fused-onnx")
     proof = Proof(args.out, args.budget)
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT))
     from ulsam_deploy.backends.trt.plugin_build import build_plugin
 
     no_gpu = gpu_present()
     sets = header_sets(headers) if headers.is_dir() else []
     if not sets:
         proof.record("headers", "failed", reason=f"no TensorRT header set (include/NvInfer.h) under {headers}; fetch "
-                     "NVIDIA/TensorRT's include/ at v10.3.0 and v11.x into it")
+                     "NVIDIA/TensorRT's include/ at v10.3.0 and v11.x into third_party_fetched/ and run --prepare")
+    if not cases:
+        where = args.onnx_dir or args.carry / "fused-onnx"
+        proof.record("fused ONNX nodes", "failed", reason=f"no fused ONNX under {where}; run this script with "
+                     "--prepare first")
     launcher = None
     harnesses: list[tuple[str, Path, Path]] = []  # (tag, harness, plugin library)
     for root in sets:
@@ -164,49 +292,57 @@ def main() -> int:
         harness = built.build_dir / "ulsam_sa_plugin_gpu_harness"
         if harness.is_file():
             harnesses.append((tag, harness, built.plugin_library))
+            if cases:
+                proof.run(f"fields of {len(cases)} fused ONNX files, as TensorRT's parser loads them {tag}",
+                          [str(harness), "--fields", str(built.plugin_library), *map(str, cases)])
         else:
-            proof.record(f"plugin on the GPU, TensorRT's call order {tag}", "failed", reason="the harness was not built")
+            proof.record(f"plugin on the GPU, TensorRT's call order {tag}", "failed",
+                         reason="the harness was not built")
         proof.run(f"plugin lifecycle, stub driver {tag}", [str(built.plugin_selftest), str(built.plugin_library),
                                                            "--stub", str(built.cuda_stub)],
                   expect="enqueue (fp16) x3: three launches, no allocation")
     if launcher is not None:
         proof.run("launcher, stub driver", [str(launcher.selftest), "--stub", str(launcher.cuda_stub)])
-    gpu_checks = ["launcher on the GPU, native cubins", "launcher on the GPU, forced PTX JIT",
-                  *[f"compute-sanitizer {tool}" for tool in ("memcheck", "racecheck", "synccheck", "initcheck")],
-                  "gpu-marked tests", "kernel benchmark"]
-    gpu_checks += [f"plugin on the GPU, TensorRT's call order {tag}" for tag, _, _ in harnesses]
-    if no_gpu is not None:
-        for name in gpu_checks:
-            proof.record(name, "skipped", reason=no_gpu)
-    elif launcher is None:
-        for name in gpu_checks:
-            proof.record(name, "skipped", reason="nothing was built")
-    else:
-        selftest = str(launcher.selftest)
-        proof.run(gpu_checks[0], [selftest, "--images=cubin"], skip_code=77)
-        proof.run(gpu_checks[1], [selftest, "--images=ptx"], skip_code=77)
-        sanitizer = shutil.which("compute-sanitizer")
-        for tool, name in zip(("memcheck", "racecheck", "synccheck", "initcheck"), gpu_checks[2:6]):
-            if sanitizer is None:
-                proof.record(name, "skipped", reason="compute-sanitizer is not on PATH")
-                continue
-            proof.run(name, [sanitizer, "--tool", tool, "--error-exitcode", "99", selftest, "--images=cubin"])
-        proof.run(gpu_checks[6], [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                  "tests/test_trt_cuda.py", "tests/test_gpu_kernel.py"])
-        proof.run(gpu_checks[7], [sys.executable, "scripts/gpu_kernel_bench.py", "--json",
-                                  str(args.out / "kernel_bench.json")])
-        for tag, harness, library in harnesses:
-            name = f"plugin on the GPU, TensorRT's call order {tag}"
-            proof.run(name, [str(harness), str(library)], skip_code=77)
-            if sanitizer is not None and tag == harnesses[-1][0]:
-                proof.run(f"compute-sanitizer memcheck, plugin harness {tag}",
-                          [sanitizer, "--tool", "memcheck", "--error-exitcode", "99", str(harness), str(library),
-                           "--quick"], skip_code=77)
-    proof.record("whole-network benchmark, decomposed vs fused (issue 19, part 4)", "not written",
-                 reason="the benchmark is not written yet")
+    # GPU checks, most telling first, each with a time cap so that one stuck check cannot eat the others' time
+    sanitizer = find_sanitizer()
+    plan: list[tuple[str, list[str] | None, float, str | None]] = []  # (name, command, cap s, reason to skip)
+    selftest = str(launcher.selftest) if launcher else ""
+    plan.append(("launcher on the GPU, native cubins", [selftest, "--images=cubin"], 60, None))
+    plan.append(("launcher on the GPU, forced PTX JIT", [selftest, "--images=ptx"], 60, None))
+    for tag, harness, library in harnesses:
+        plan.append((f"plugin on the GPU, TensorRT's call order {tag}",
+                     [str(harness), str(library), "--onnx", *map(str, cases)], 120, None))
+    if harnesses:
+        tag, harness, library = harnesses[-1]
+        plan.append((f"compute-sanitizer memcheck, plugin harness {tag}",
+                     [sanitizer or "", "--tool", "memcheck", "--error-exitcode", "99", str(harness), str(library),
+                      "--quick"], 120, None if sanitizer else "compute-sanitizer is not on PATH"))
+    plan.append(("backends/trt/cuda.py on the real driver", [sys.executable, "-m", "pytest", "-q", "-s", "-m", "gpu",
+                                                              "-p", "no:cacheprovider", "tests/test_trt_cuda.py"],
+                 90, None))
+    for name, script, data in (("kernel benchmark", "gpu_kernel_bench.py", "kernel_bench.json"),
+                               ("whole-network benchmark, decomposed vs fused", "gpu_network_bench.py",
+                                "network_bench.json")):
+        plan.append((name, [sys.executable, f"scripts/{script}", "--quick", "--strict-skip", "--json",
+                            str(args.out / data), "--out", str(args.out / "benchmarks.md")], 150, None))
+    for tool in ("memcheck", "racecheck", "synccheck", "initcheck"):
+        plan.append((f"compute-sanitizer {tool}", [sanitizer or "", "--tool", tool, "--error-exitcode", "99",
+                                                    selftest, "--images=cubin"], 60,
+                     None if sanitizer else "compute-sanitizer is not on PATH"))
+    for name, command, cap, skip in plan:
+        reason = no_gpu or ("nothing was built" if launcher is None else None) or skip
+        if reason:
+            proof.record(name, "skipped", reason=reason)
+        else:
+            # a GPU is here: a check that answers "no GPU" (77) or runs no test has failed, not skipped
+            proof.run(name, command, cap=cap, expect="1 passed" if "pytest" in command else None)
     failed = [r["check"] for r in proof.rows if r["status"] == "failed"]
-    result = {"machine": {"host": platform.node(), "machine": platform.machine(), "gpu": no_gpu or "present"},
-              "headers": [str(s) for s in sets], "seconds": round(time.perf_counter() - started, 1),
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
+
+    result = {"machine": {"host": platform.node(), "machine": platform.machine(), "gpu": no_gpu or "present",
+                          "driver": probe_cuda_driver().to_dict()},
+              "headers": [str(s) for s in sets], "fused_onnx": [c.name for c in cases],
+              "seconds": round(time.perf_counter() - started, 1),
               "passed": not failed, "failed": failed, "checks": proof.rows}
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'PASSED' if not failed else 'FAILED'}: {len(proof.rows)} checks, {len(failed)} failed; "

@@ -20,9 +20,13 @@ def _has_cuda_gpu() -> bool:
     return bool(probe_cuda_driver().gpus)
 
 
+# Probed once, before any test loads a stub libcuda into this process (a loaded library whose soname is
+# libcuda.so.1 would answer every later dlopen("libcuda.so.1") and pass for a GPU).
+HAS_CUDA_GPU = _has_cuda_gpu()
+
 # Triton reads TRITON_INTERPRET when triton.language is first imported: set it before any test module imports
 # triton, so the kernel runs in the CPU interpreter wherever there is no GPU (AOT tests use clean subprocesses)
-if not _has_cuda_gpu():
+if not HAS_CUDA_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
@@ -33,7 +37,7 @@ def _missing(marker: str) -> str | None:
     """Why a test with ``marker`` cannot run here (None: it can), probed once per session."""
     if marker not in _REASONS:
         if marker == "gpu":
-            _REASONS[marker] = None if _has_cuda_gpu() else "needs a CUDA GPU (the CUDA driver finds none here)"
+            _REASONS[marker] = None if HAS_CUDA_GPU else "needs a CUDA GPU (the CUDA driver finds none here)"
         else:
             try:
                 import tensorrt
@@ -44,7 +48,7 @@ def _missing(marker: str) -> str | None:
                           "TensorRT version in tests/test_trt_bindings.py" if marker == "trt_api" else
                           f"needs TensorRT ({type(exc).__name__}: pip install tensorrt on an x86 GPU machine) and a "
                           "GPU")
-            if reason is None and marker == "tensorrt" and not _has_cuda_gpu():
+            if reason is None and marker == "tensorrt" and not HAS_CUDA_GPU:
                 reason = "needs TensorRT and a GPU: TensorRT is here, no GPU"
             _REASONS[marker] = reason
     return _REASONS[marker]

@@ -13,14 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ulsam_deploy.artifacts import sha256_file
 from ulsam_deploy.sidecars import DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec, sidecar_path
-from ulsam_deploy.models.config import ModelConfig
+from ulsam_deploy.models.config import PAPER_CONFIGS as _PAPER_CONFIGS, ModelConfig
 
-PAPER_CONFIGS = [
-    ("mv1", 1.0, "11:1"), ("mv1", 1.0, "12:1"), ("mv1", 1.0, "13:1"),
-    ("mv1", 1.0, "8:1,9:1,11"), ("mv1", 0.75, "8:1,9:1,11"), ("mv1", 0.5, "8:1,9:1,11"),
-    ("mv2", 1.0, "17:1"), ("mv2", 1.0, "13"), ("mv2", 1.0, "16"), ("mv2", 1.0, "9,13"),
-    ("mv2", 1.0, "16,17"), ("mv2", 1.0, "14,17"), ("mv2", 1.0, "13,14,16,17"),
-]
+PAPER_CONFIGS = list(_PAPER_CONFIGS)
 
 
 def _have_fashion_mnist() -> bool:

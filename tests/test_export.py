@@ -130,9 +130,9 @@ def test_existing_output_needs_force(tmp_path):
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
-    import ulsam_deploy.steps.export as export_mod
+    import ulsam_deploy.models.ulsam as ulsam_mod
 
-    real = export_mod.to_export_form
+    real = ulsam_mod.to_export_form
 
     def broken(model):
         deploy = real(model)
@@ -140,7 +140,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
             deploy.classifier[1].bias += 0.01  # a real, small deviation the parity check must catch
         return deploy
 
-    monkeypatch.setattr(export_mod, "to_export_form", broken)
+    monkeypatch.setattr(ulsam_mod, "to_export_form", broken)
     ck, _ = _checkpoint(tmp_path)
     with pytest.raises(ParityError, match="differs from PyTorch"):
         export_checkpoint(ck, tmp_path / "m.onnx")

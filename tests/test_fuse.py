@@ -20,7 +20,8 @@ from helpers import PAPER_CONFIGS, clean_error, randomize_bn
 from ulsam_deploy import op_spec
 from ulsam_deploy.cli import app
 from ulsam_deploy.errors import BackendUnavailable, UserError
-from ulsam_deploy.steps.export import ExportOptions, export_checkpoint, to_export_form
+from ulsam_deploy.models.ulsam import to_export_form
+from ulsam_deploy.steps.export import ExportOptions, export_checkpoint
 from ulsam_deploy.onnx_graph import check_model, fit_ir_version
 from ulsam_deploy.backends.onnxrt.custom_ops import prepare_model, register_custom_ops, subspace_attention, take_errors
 from ulsam_deploy.passes.fuse import fuse_model

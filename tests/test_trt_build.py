@@ -881,7 +881,8 @@ def test_plugin_build_of_an_unfusable_fp16_graph_says_fuse_first(tmp_path, monke
     """fp16 Casts split a ULSAM block, so build-trt --plugin cannot fuse it: refused before any TensorRT call
     (the stand-in module has a version and nothing else, so any TensorRT use would fail here)."""
     pytest.importorskip("onnxruntime_extensions")
-    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.models.ulsam import to_export_form
+    from ulsam_deploy.steps.export import ExportOptions, torch_to_onnx
     from ulsam_deploy.onnx_graph import fit_ir_version
     from ulsam_deploy.passes.fp16 import to_fp16
     from ulsam_deploy.passes.simplify import simplify_model
@@ -910,7 +911,8 @@ def fused_small(tmp_path_factory):
     pytest.importorskip("onnxruntime_extensions")
     import torch
 
-    from ulsam_deploy.steps.export import ExportOptions, to_export_form, torch_to_onnx
+    from ulsam_deploy.models.ulsam import to_export_form
+    from ulsam_deploy.steps.export import ExportOptions, torch_to_onnx
     from ulsam_deploy.onnx_graph import fit_ir_version
     from ulsam_deploy.passes.fuse import fuse_model
     from ulsam_deploy.passes.simplify import simplify_model

@@ -154,3 +154,58 @@ def test_another_thread_gets_the_context_made_current(stub):
     worker.join()
     memory.close()
     assert errors == []
+
+
+@pytest.mark.gpu
+def test_the_real_driver_round_trip_pinned_memory_stream_events_and_threads():
+    """The same path on a real GPU (run by scripts/gpu_proof.py): 256 MiB through pinned memory both ways on our
+    stream, events that time the copies, a copy from another thread, one-sentence errors, nothing left behind."""
+    import threading
+
+    info = cuda.probe_cuda_driver()
+    assert info.available and info.gpus, info.error
+    gpu = info.gpus[0]
+    assert "Stub" not in gpu.name, "the stub libcuda is loaded in this process: run this test on its own (-m gpu)"
+    assert gpu.total_memory_bytes > 1 << 30 and int(gpu.sm.removeprefix("sm_")) >= 50
+    assert cuda.compute_capability(0) == int(gpu.sm.removeprefix("sm_"))
+    memory = cuda.open_cuda_memory(0)
+    try:
+        n = 64 << 20  # float32 elements: 256 MiB
+        host_in = memory.host_empty((n,), np.float32)
+        host_out = memory.host_empty((n,), np.float32)
+        host_in[:] = np.arange(n, dtype=np.float32)
+        dev = memory.device_empty((n,), np.float32)
+        start, mid, end = memory.event(), memory.event(), memory.event()
+        memory.record(start)
+        memory.h2d(dev, host_in)
+        memory.record(mid)
+        memory.d2h(host_out, dev)
+        memory.record(end)
+        memory.synchronize()
+        np.testing.assert_array_equal(host_out, host_in)
+        h2d_ms, d2h_ms = memory.elapsed_ms(start, mid), memory.elapsed_ms(mid, end)
+        gbs = 2 * n * 4 / ((h2d_ms + d2h_ms) / 1e3) / 1e9
+        print(f"H2D {h2d_ms:.2f} ms, D2H {d2h_ms:.2f} ms ({gbs:.1f} GB/s average over pinned memory)")
+        assert h2d_ms > 0 and d2h_ms > 0 and gbs > 1.0  # pinned copies over PCIe/NVLink, not pageable crawl
+
+        host_out[:] = 0
+        errors = []
+
+        def copy_back():
+            try:
+                memory.d2h(host_out, dev)
+                memory.synchronize()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        worker = threading.Thread(target=copy_back)
+        worker.start()
+        worker.join()
+        assert errors == [] and np.array_equal(host_out, host_in)
+        with pytest.raises(cuda.CudaError) as err:
+            memory.device_empty((1 << 50,), np.float32)  # 4 PiB
+        assert "CUDA_ERROR_OUT_OF_MEMORY" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        memory.close()
+    with pytest.raises(cuda.CudaUnavailable, match=r"GPU 99 does not exist here"):
+        cuda.open_cuda_memory(99)

@@ -1,11 +1,14 @@
 // The plugin on a real GPU, driven the way TensorRT drives it, with no libnvinfer (issue 19, part 2).
 //
-//   ulsam_sa_plugin_gpu_harness <plugin.so> [--quick]
+//   ulsam_sa_plugin_gpu_harness <plugin.so> [--quick] [--onnx FILE...]
+//   ulsam_sa_plugin_gpu_harness --fields <plugin.so> FILE.onnx...  host only: the fields each plugin node of
+//                                                                  each FILE gives, as TensorRT's parser passes them
 //   ulsam_sa_plugin_gpu_harness --reference N C H W G SEED HALF    host only: print the input, fields and
 //                                                                  the float64 reference of one case
 //
-// dlopen()s the plugin, calls setLoggerFinder + getCreators, creates the plugin from ONNX-style fields
-// (INT -> kINT32, FLOATS -> kFLOAT32), and per case runs TensorRT's build order (supportsFormatCombination,
+// dlopen()s the plugin, calls setLoggerFinder + getCreators, creates the plugin from ONNX-style fields: seeded
+// synthetic ones for the shapes below, and with --onnx the fused nodes of real exported models, loaded the way
+// onnx-tensorrt does (onnx_fields.h). Per case it runs TensorRT's build order (supportsFormatCombination,
 // getOutputDataTypes, getOutputShapes, configurePlugin with min/opt/max, getWorkspaceSize for max) and runtime
 // order (attachToContext on a thread that only made the device's primary context current, onShapeChange,
 // enqueue on a created stream with exactly the reported workspace), then: a smaller shape through
@@ -17,6 +20,7 @@
 // The CUDA driver is reached through dlopen (nothing from CUDA is linked). Exit 0 pass, 1 fail, 77 no GPU.
 #include "NvInferRuntime.h"
 #include "half_float.h"
+#include "onnx_fields.h"
 #include "trt_test_support.h"
 
 #include <cuda.h>
@@ -28,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,11 +113,12 @@ Driver gCu;
 // ------------------------------------------------------------------------------------------- the op
 struct Params
 {
-    int32_t groups, reluDw, reluPw;
+    int32_t groups = 1, reluDw = 1, reluPw = 1;
     std::vector<float> scale, shift, weight, bias;
     std::vector<PluginField> list;
     PluginFieldCollection fc{};
 
+    // Seeded synthetic constants for `c` channels in `g` groups, as ONNX-style fields.
     Params(int c, int g, int seed)
         : groups(g)
         , reluDw(1)
@@ -141,6 +147,41 @@ struct Params
         fc.nbFields = static_cast<int32_t>(list.size());
         fc.fields = list.data();
     }
+
+    // The fields TensorRT's ONNX parser would pass for a fused node; the reference reads the same values.
+    explicit Params(onnx_fields::Fields const& fields)
+    {
+        fc = fields.collection;
+        for (int32_t i = 0; i < fc.nbFields; ++i)
+        {
+            PluginField const& f = fc.fields[i];
+            std::string const name = f.name;
+            auto ints = static_cast<int32_t const*>(f.data);
+            auto floats = static_cast<float const*>(f.data);
+            if (f.type == PluginFieldType::kINT32 && f.length == 1)
+            {
+                if (name == "groups")
+                    groups = ints[0];
+                else if (name == "relu_dw")
+                    reluDw = ints[0];
+                else if (name == "relu_pw")
+                    reluPw = ints[0];
+            }
+            else if (f.type == PluginFieldType::kFLOAT32)
+            {
+                std::vector<float> v(floats, floats + f.length);
+                if (name == "dw_scale")
+                    scale = v;
+                else if (name == "dw_shift")
+                    shift = v;
+                else if (name == "pw_weight")
+                    weight = v;
+                else if (name == "pw_bias")
+                    bias = v;
+            }
+        }
+    }
+    Params(Params const&) = delete;
 };
 
 // float64 port of kernels/reference.py (op_spec's semantics)
@@ -235,10 +276,12 @@ struct Case
 {
     int n, c, h, w, g;
     bool half;
+    std::string label; // where the fields came from (an ONNX file and node), empty for synthetic ones
     std::string name() const
     {
         return std::string(half ? "fp16 " : "fp32 ") + std::to_string(n) + "x" + std::to_string(c) + "x"
-            + std::to_string(h) + "x" + std::to_string(w) + " g" + std::to_string(g);
+            + std::to_string(h) + "x" + std::to_string(w) + " g" + std::to_string(g)
+            + (label.empty() ? "" : " " + label);
     }
 };
 
@@ -330,10 +373,10 @@ T* capability(IPluginV3* p, PluginCapabilityType t)
     return p ? static_cast<T*>(p->getCapabilityInterface(t)) : nullptr;
 }
 
-void runCase(IPluginCreatorV3One* creator, Case const& k, int seed, CaptureLogger& logger, bool extras)
+void runCase(IPluginCreatorV3One* creator, Case const& k, Params const& params, int seed, CaptureLogger& logger,
+    bool extras)
 {
     std::string const name = k.name();
-    Params params(k.c, k.g, seed);
     IPluginV3* plugin = creator->createPlugin("sa", &params.fc, TensorRTPhase::kBUILD);
     auto* build = capability<IPluginV3OneBuild>(plugin, PluginCapabilityType::kBUILD);
     auto* runtime = capability<IPluginV3OneRuntime>(plugin, PluginCapabilityType::kRUNTIME);
@@ -387,7 +430,7 @@ void runCase(IPluginCreatorV3One* creator, Case const& k, int seed, CaptureLogge
     {
         // ---- a smaller shape through onShapeChange + enqueue (the runtime order) ----
         int const n2 = std::max(1, k.n / 2), h2 = std::max(1, k.h - 1), w2 = std::max(1, k.w - 2);
-        Case const small{n2, k.c, h2, w2, k.g, k.half};
+        Case const small{n2, k.c, h2, w2, k.g, k.half, k.label};
         std::vector<uint8_t> in2;
         std::vector<double> v2;
         makeInput(small, seed + 1, in2, v2);
@@ -487,13 +530,102 @@ void runCase(IPluginCreatorV3One* creator, Case const& k, int seed, CaptureLogge
     delete plugin;
 }
 
+// The plugin nodes of one ONNX file as harness cases: shape from the graph (the batch replaced by `batch`),
+// fields as TensorRT's ONNX parser passes them. Checks the node routes to this creator (op_type = plugin name,
+// plugin_version and plugin_namespace attributes, defaults "1" and "", equal to the creator's).
+struct OnnxCase
+{
+    Case shape;
+    onnx_fields::Fields fields;
+};
+
+std::vector<OnnxCase> onnxCases(std::string const& path, IPluginCreatorV3One* creator, int batch, bool half)
+{
+    onnx_fields::Model const model = onnx_fields::readModel(path);
+    std::vector<OnnxCase> out;
+    std::string const file = path.substr(path.find_last_of('/') + 1);
+    for (auto const& node : model.nodes)
+    {
+        if (node.opType != creator->getPluginName())
+            continue;
+        std::string const where = file + ":" + node.name;
+        bool const routes = node.stringAttr("plugin_version", "1") == creator->getPluginVersion()
+            && node.stringAttr("plugin_namespace", "") == creator->getPluginNamespace();
+        check(routes, where + ": op_type, plugin_version and plugin_namespace name this creator");
+        auto shape = node.inputs.empty() ? model.shapes.end() : model.shapes.find(node.inputs[0]);
+        if (shape == model.shapes.end() || shape->second.size() != 4 || shape->second[1] < 1 || shape->second[2] < 1
+            || shape->second[3] < 1)
+        {
+            check(false, where + ": the input's C, H and W are in the graph");
+            continue;
+        }
+        OnnxCase c;
+        onnx_fields::loadFields(node, *creator->getFieldNames(), c.fields);
+        check(c.fields.missing.empty(), where + ": every field the creator lists is an attribute of the node");
+        Params const p(c.fields);
+        auto const& d = shape->second;
+        c.shape = Case{batch, static_cast<int>(d[1]), static_cast<int>(d[2]), static_cast<int>(d[3]), p.groups, half,
+            where};
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+// host only: the fields a file's plugin nodes give, one line per node and field (tests compare them with onnx)
+void printFields(IPluginCreatorV3One* creator, std::string const& path)
+{
+    for (auto const& c : onnxCases(path, creator, 1, false))
+    {
+        std::printf("NODE %s C=%d H=%d W=%d\n", c.shape.label.c_str(), c.shape.c, c.shape.h, c.shape.w);
+        for (int32_t i = 0; i < c.fields.collection.nbFields; ++i)
+        {
+            PluginField const& f = c.fields.collection.fields[i];
+            std::printf("FIELD %s %d %d", f.name, static_cast<int>(f.type), f.length);
+            for (int32_t j = 0; j < f.length; ++j)
+            {
+                if (f.type == PluginFieldType::kFLOAT32)
+                    std::printf(" %.9g", static_cast<double>(static_cast<float const*>(f.data)[j]));
+                else if (f.type == PluginFieldType::kINT32)
+                    std::printf(" %d", static_cast<int32_t const*>(f.data)[j]);
+                else
+                    std::printf(" %d", static_cast<int>(static_cast<char const*>(f.data)[j]));
+            }
+            std::printf("\n");
+        }
+    }
+}
+
+IPluginCreatorV3One* loadCreator(char const* library, CaptureLogger& logger, Finder& finder)
+{
+    void* lib = dlopen(library, RTLD_NOW | RTLD_LOCAL);
+    check(lib != nullptr, std::string("dlopen ") + library);
+    if (!lib)
+        return nullptr;
+    auto setFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(lib, "setLoggerFinder"));
+    auto getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(lib, "getCreators"));
+    check(setFinder && getCreators, "setLoggerFinder + getCreators exported");
+    if (!setFinder || !getCreators)
+        return nullptr;
+    setFinder(&finder);
+    int32_t count = 0;
+    IPluginCreatorInterface* const* creators = getCreators(count);
+    auto* creator = count > 0 ? static_cast<IPluginCreatorV3One*>(creators[0]) : nullptr;
+    check(creator != nullptr, "one IPluginCreatorV3One");
+    (void) logger;
+    return creator;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
 {
     if (argc < 2)
     {
-        std::fprintf(stderr, "usage: %s <plugin.so> [--quick]\n", argv[0]);
+        std::fprintf(stderr,
+            "usage: %s <plugin.so> [--quick] [--onnx FILE...]\n"
+            "       %s --fields <plugin.so> FILE.onnx...\n"
+            "       %s --reference N C H W G SEED HALF\n",
+            argv[0], argv[0], argv[0]);
         return 2;
     }
     if (std::strcmp(argv[1], "--reference") == 0 && argc == 9)
@@ -501,7 +633,7 @@ int main(int argc, char** argv)
         // host only: this harness's input, fields and float64 reference for one case, one number per line
         // (section headers "x", "scale", "shift", "weight", "bias", "relu_pw", "y"); tests compare with NumPy
         Case const k{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6]),
-            std::atoi(argv[8]) != 0};
+            std::atoi(argv[8]) != 0, ""};
         int const seed = std::atoi(argv[7]);
         Params params(k.c, k.g, seed);
         std::vector<uint8_t> bytes;
@@ -521,28 +653,49 @@ int main(int argc, char** argv)
         dump("y", reference(x, params, k.n, k.c, k.h, k.w));
         return 0;
     }
-    bool const quick = argc > 2 && std::strcmp(argv[2], "--quick") == 0;
+    CaptureLogger logger;
+    Finder finder(&logger);
+    if (std::strcmp(argv[1], "--fields") == 0 && argc >= 4)
+    {
+        IPluginCreatorV3One* creator = loadCreator(argv[2], logger, finder);
+        if (!creator)
+            return 1;
+        for (int i = 3; i < argc; ++i)
+        {
+            try
+            {
+                printFields(creator, argv[i]);
+            }
+            catch (std::exception const& e)
+            {
+                check(false, std::string(argv[i]) + ": " + e.what());
+            }
+        }
+        return gFailures ? 1 : 0;
+    }
+    bool quick = false;
+    std::vector<std::string> onnxFiles;
+    for (int i = 2; i < argc; ++i)
+    {
+        if (std::strcmp(argv[i], "--quick") == 0)
+            quick = true;
+        else if (std::strcmp(argv[i], "--onnx") == 0)
+        {
+            while (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0)
+                onnxFiles.emplace_back(argv[++i]);
+        }
+        else
+        {
+            std::fprintf(stderr, "unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
     if (!gCu.load())
     {
         std::printf("SKIP no CUDA driver or GPU\n");
         return 77;
     }
-    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    check(lib != nullptr, std::string("dlopen ") + argv[1]);
-    if (!lib)
-        return 1;
-    CaptureLogger logger;
-    Finder finder(&logger);
-    auto setFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(lib, "setLoggerFinder"));
-    auto getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(lib, "getCreators"));
-    check(setFinder && getCreators, "setLoggerFinder + getCreators exported");
-    if (!setFinder || !getCreators)
-        return 1;
-    setFinder(&finder);
-    int32_t count = 0;
-    IPluginCreatorInterface* const* creators = getCreators(count);
-    auto* creator = count > 0 ? static_cast<IPluginCreatorV3One*>(creators[0]) : nullptr;
-    check(creator != nullptr, "one IPluginCreatorV3One");
+    IPluginCreatorV3One* creator = loadCreator(argv[1], logger, finder);
     if (!creator)
         return 1;
     // the ULSAM shapes of the paper configurations at 224 (MV2: 96 ch at 14x14, 160 ch at 7x7; MV1: 512 at
@@ -551,20 +704,51 @@ int main(int argc, char** argv)
     for (bool half : {false, true})
     {
         for (int g : {1, 2, 4, 8, 16})
-            cases.push_back({1, 96, 14, 14, g, half});
-        cases.push_back({8, 160, 7, 7, 4, half});
-        cases.push_back({2, 512, 14, 14, 4, half});
-        cases.push_back({1, 1024, 7, 7, 8, half});
-        cases.push_back({3, 24, 13, 11, 4, half});
-        cases.push_back({4, 32, 1, 1, 2, half});
+            cases.push_back({1, 96, 14, 14, g, half, ""});
+        cases.push_back({8, 160, 7, 7, 4, half, ""});
+        cases.push_back({2, 512, 14, 14, 4, half, ""});
+        cases.push_back({1, 1024, 7, 7, 8, half, ""});
+        cases.push_back({3, 24, 13, 11, 4, half, ""});
+        cases.push_back({4, 32, 1, 1, 2, half, ""});
         if (!quick)
-            cases.push_back({64, 96, 14, 14, 4, half});
+            cases.push_back({64, 96, 14, 14, 4, half, ""});
     }
     int seed = 0;
     for (Case const& k : cases)
     {
         bool const extras = seed < 2 || k.g == 4;
-        runCase(creator, k, seed++, logger, extras);
+        Params const params(k.c, k.g, seed);
+        runCase(creator, k, params, seed++, logger, extras);
+    }
+    // the fused nodes of real exported models, fields as TensorRT's ONNX parser passes them; batch 1, 8, 64 in
+    // turn; the first node of each dtype also through the runtime, serialization, thread and graph checks
+    int const batches[] = {1, 8, 64};
+    int index = 0;
+    for (bool half : {false, true})
+    {
+        bool first = true;
+        for (auto const& file : onnxFiles)
+        {
+            std::vector<OnnxCase> found;
+            try
+            {
+                found = onnxCases(file, creator, batches[index % 3], half);
+            }
+            catch (std::exception const& e)
+            {
+                check(false, file + ": " + e.what());
+                continue;
+            }
+            check(!found.empty(), file + ": holds at least one " + std::string(creator->getPluginName()) + " node");
+            for (auto const& c : found)
+            {
+                Case k = c.shape;
+                k.n = batches[index++ % 3];
+                Params const params(c.fields);
+                runCase(creator, k, params, seed++, logger, first);
+                first = false;
+            }
+        }
     }
     std::printf("%s: %d failure(s)\n", gFailures ? "FAILED" : "PASSED", gFailures);
     return gFailures ? 1 : 0;

@@ -13,6 +13,14 @@ from ulsam_deploy.errors import ConfigError
 from ulsam_deploy.models.positions import LayerSpec, Position, format_positions, parse_positions
 
 ARCHS = ("mv1", "mv2")
+# (arch, width, positions) of every configuration the paper trains (ULSAM.md), each with groups in PAPER_GROUPS
+PAPER_CONFIGS = (
+    ("mv1", 1.0, "11:1"), ("mv1", 1.0, "12:1"), ("mv1", 1.0, "13:1"),
+    ("mv1", 1.0, "8:1,9:1,11"), ("mv1", 0.75, "8:1,9:1,11"), ("mv1", 0.5, "8:1,9:1,11"),
+    ("mv2", 1.0, "17:1"), ("mv2", 1.0, "13"), ("mv2", 1.0, "16"), ("mv2", 1.0, "9,13"),
+    ("mv2", 1.0, "16,17"), ("mv2", 1.0, "14,17"), ("mv2", 1.0, "13,14,16,17"),
+)
+PAPER_GROUPS = (1, 2, 4, 8, 16)
 MAX_INPUT_SIZE = 4096  # the sidecar schema's bound too
 MAX_IN_CHANNELS = 64
 MAX_CLASSES = 1_000_000

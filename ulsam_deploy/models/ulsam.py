@@ -147,3 +147,21 @@ class ULSAMExport(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}"
+
+
+def replace_ulsam_blocks(model: nn.Module, make) -> nn.Module:
+    """A copy of ``model`` (eval) with every :class:`ULSAM` block replaced by ``make(block)``, wherever it sits
+    (a replaced layer in ``features``, an inserted block in ``ulsam_after``)."""
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    for parent in list(copied.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ULSAM):
+                setattr(parent, name, make(child))
+    return copied
+
+
+def to_export_form(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval) whose ULSAM blocks are :class:`ULSAMExport` (BN folded, one branch)."""
+    return replace_ulsam_blocks(model, ULSAMExport.from_ulsam)

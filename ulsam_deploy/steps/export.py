@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import warnings
@@ -118,19 +117,6 @@ def parity_sizes(input_range, stride: int, size: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys([(opt, opt), (lo, lo), (hi, hi), odd]))
 
 
-def to_export_form(model):
-    """A copy of ``model`` (eval) whose ULSAM blocks are :class:`ULSAMExport` (BN folded, one branch)."""
-    from ulsam_deploy.models import ULSAM, ULSAMExport
-
-    deploy = copy.deepcopy(model).eval()
-    for index, layer in enumerate(deploy.features):
-        if isinstance(layer, ULSAM):
-            deploy.features[index] = ULSAMExport.from_ulsam(layer)
-    for key in list(deploy.ulsam_after.keys()):
-        deploy.ulsam_after[key] = ULSAMExport.from_ulsam(deploy.ulsam_after[key])
-    return deploy
-
-
 def torch_to_onnx(model, input_size: int, in_channels: int, options: ExportOptions,
                   output_names: tuple[str, ...] = ("logits",)):
     """Trace to ONNX with ``input`` (N,C,H,W float32) and ``output_names``; the batch axis is dynamic unless fixed,
@@ -179,6 +165,7 @@ def onnx_from_model(model, options: ExportOptions, stage=None):
     import contextlib
 
     from ulsam_deploy.models.config import feature_taps
+    from ulsam_deploy.models.ulsam import to_export_form
 
     stage = stage or (lambda _t: contextlib.nullcontext())
     config = model.config
@@ -359,4 +346,4 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
 
 __all__ = ["DEFAULT_BATCH_RANGE", "ExportOptions", "check_range", "check_sizes", "default_output", "export_checkpoint",
            "export_model", "nearest_legal", "onnx_from_model", "parity_inputs", "parity_sizes", "parse_input_size",
-           "to_export_form", "torch_to_onnx"]
+           "torch_to_onnx"]
