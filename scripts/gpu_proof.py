@@ -17,9 +17,12 @@ Checks, in order (each one a row of ``results.json`` with its status, seconds, r
 - host (any machine): the plugin built against each header set (undefined symbols: libc/libstdc++/libgcc only);
   the plugin's lifecycle self-test without a driver and against the stub driver; the fields every carried ONNX
   node gives, loaded the way TensorRT's ONNX parser loads them, route to our creator with none missing; the
-  launcher's stub self-test;
+  launcher's stub self-test; the QDP launch plan (``scripts/gpu_qdp_launch.py --dry-run``: every stripped PTX
+  declares exactly the 16 arguments TensorRT passes);
 - GPU (a CUDA driver and GPU present; else each is ``skipped`` with the reason): the launcher self-test on the
-  device with the native cubins and with forced PTX JIT; compute-sanitizer memcheck, racecheck, synccheck and
+  device with the native cubins and with forced PTX JIT; the QDP route's exact launch (``gpu_qdp_launch.py``:
+  the stripped ISA 8.0 PTX through cuModuleLoadData and cuLaunchKernel with TensorRT's argument layout and grid,
+  against the oracle, canaries intact); compute-sanitizer memcheck, racecheck, synccheck and
   initcheck over the cubin self-test; ``backends/trt/cuda.py`` on the real driver (its ``gpu``-marked test:
   memory, pinned memory, stream, events, a round trip, another thread, errors); ``scripts/gpu_kernel_bench.py``
   (correctness, fused vs decomposed, bandwidth, goals);
@@ -303,6 +306,8 @@ def main() -> int:
                   expect="enqueue (fp16) x3: three launches, no allocation")
     if launcher is not None:
         proof.run("launcher, stub driver", [str(launcher.selftest), "--stub", str(launcher.cuda_stub)])
+    proof.run("QDP launch plan: the stripped PTX takes exactly TensorRT's arguments",
+              [sys.executable, "scripts/gpu_qdp_launch.py", "--dry-run"])
     # GPU checks, most telling first, each with a time cap so that one stuck check cannot eat the others' time
     sanitizer = find_sanitizer()
     plan: list[tuple[str, list[str] | None, float, str | None]] = []  # (name, command, cap s, reason to skip)
@@ -312,6 +317,9 @@ def main() -> int:
     for tag, harness, library in harnesses:
         plan.append((f"plugin on the GPU, TensorRT's call order {tag}",
                      [str(harness), str(library), "--onnx", *map(str, cases)], 120, None))
+    plan.append(("QDP route on the GPU: stripped ISA 8.0 PTX, cuModuleLoadData + cuLaunchKernel as TensorRT",
+                 [sys.executable, "scripts/gpu_qdp_launch.py", "--json", str(args.out / "qdp_launch.json")], 90,
+                 None))
     if harnesses:
         tag, harness, library = harnesses[-1]
         plan.append((f"compute-sanitizer memcheck, plugin harness {tag}",

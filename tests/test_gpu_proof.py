@@ -96,11 +96,12 @@ def test_the_proof_runs_here_builds_everything_and_skips_the_gpu_with_reasons(tm
                       f"fields of {len(SUBSET)} fused ONNX files, as TensorRT's parser loads them {tag}"):
             assert status[check]["status"] == "passed", status[check]
     assert status["launcher, stub driver"]["status"] == "passed"
+    assert status["QDP launch plan: the stripped PTX takes exactly TensorRT's arguments"]["status"] == "passed"
     assert len(results["fused_onnx"]) == len(SUBSET) and {r["status"] for r in results["checks"]} <= \
         {"passed", "skipped"}
     if module.gpu_present() is not None:
         gpu = [row for row in results["checks"] if row["status"] == "skipped"]
-        assert len(gpu) == 10 + len(builds) and all("CUDA driver" in r["reason"] or "GPU" in r["reason"] for r in gpu)
+        assert len(gpu) == 11 + len(builds) and all("CUDA driver" in r["reason"] or "GPU" in r["reason"] for r in gpu)
         expected = {f"plugin on the GPU, TensorRT's call order {n.removeprefix('build ')}" for n in builds} | \
             {"whole-network benchmark, decomposed vs fused", "kernel benchmark", "backends/trt/cuda.py on the real driver"}
         assert expected <= {row["check"] for row in gpu}
@@ -271,3 +272,34 @@ def test_the_harness_reference_is_the_numpy_oracle(case, harness):
     assert np.abs(ref - x).max() > 1e-3
     if half:  # inputs exactly representable in fp16
         assert np.array_equal(x.astype(np.float16).astype(np.float64), x)
+
+
+def _qdp_module():
+    spec = importlib.util.spec_from_file_location("gpu_qdp_launch", ROOT / "scripts" / "gpu_qdp_launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_qdp_launch_passes_what_the_stripped_ptx_declares(capsys):
+    """Without a GPU: every case's PTX (known and dynamic width, fp32 and fp16) takes x + 4 constants, 9 int32
+    scalars and y + ws, in that order, on N * groups blocks; with Triton's hidden parameters left in, it would not."""
+    module = _qdp_module()
+    assert module.main(["--dry-run"]) == 0
+    assert capsys.readouterr().out.count("PASS plan") == len(module.CASES) * 4
+    kernel, launch, scalars = module.plan(2, 64, 9, 7, 8, "fp16", False, None)
+    assert [t[0] for t in module.ptx_param_types(kernel.ptx)] == [t[0] for t in module.PARAM_TYPES]
+    assert launch["grid"] == 16 and scalars == [8, 9, 7, 8, 16, 1, 8, 1, 1]
+    from ulsam_deploy.kernels import aot
+
+    man = aot.load_manifest()
+    rec = aot.find_kernel(man, kernel.arch, "fp16", kernel.variant)
+    unstripped = module.ptx_param_types((aot.IMAGE_DIR / rec["file"]).read_text())
+    assert len(unstripped) == len(module.PARAM_TYPES) + len(aot.HIDDEN_PARAMS)
+
+
+def test_the_qdp_launch_says_skip_without_a_gpu(capsys):
+    module = _qdp_module()
+    if _proof_module().gpu_present() is None:
+        pytest.skip("a GPU is here: the launch runs for real in the proof")
+    assert module.main([]) == 77 and capsys.readouterr().out.startswith("SKIP no CUDA driver or GPU")
