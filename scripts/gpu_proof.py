@@ -26,7 +26,9 @@ Checks, in order (each one a row of ``results.json`` with its status, seconds, r
   initcheck over the cubin self-test; ``backends/trt/cuda.py`` on the real driver (its ``gpu``-marked test:
   memory, pinned memory, stream, events, a round trip, another thread, errors); ``scripts/gpu_kernel_bench.py``
   (correctness, fused vs decomposed, bandwidth, goals);
-  ``scripts/gpu_network_bench.py`` (whole networks, decomposed vs fused ULSAM, eager and CUDA graphs).
+  ``scripts/gpu_network_bench.py`` (whole networks, decomposed vs fused ULSAM, eager and CUDA graphs); last, an
+  Nsight Compute profile of the kernel on the goal shapes (speed of light, memory, launch, occupancy: why a speed
+  goal is met or missed).
 
 On a GPU, per header set, also ``ulsam_sa_plugin_gpu_harness`` (plugins/subspace_attention/plugin_gpu_harness.cpp):
 the plugin driven in TensorRT's build and runtime call order on device memory against a float64 reference, on
@@ -116,12 +118,12 @@ def gpu_present() -> str | None:
     return None
 
 
-def find_sanitizer() -> str | None:
-    """compute-sanitizer on PATH, else in the CUDA toolkit's bin/ (CUDA_HOME, /usr/local/cuda)."""
-    found = shutil.which("compute-sanitizer")
+def find_cuda_tool(name: str) -> str | None:
+    """A CUDA tool (compute-sanitizer, ncu) on PATH, else in the toolkit's bin/ (CUDA_HOME, /usr/local/cuda)."""
+    found = shutil.which(name)
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if found is None and home and (Path(home) / "bin" / "compute-sanitizer").is_file():
-            found = str(Path(home) / "bin" / "compute-sanitizer")
+        if found is None and home and (Path(home) / "bin" / name).is_file():
+            found = str(Path(home) / "bin" / name)
     return found
 
 
@@ -309,7 +311,7 @@ def main() -> int:
     proof.run("QDP launch plan: the stripped PTX takes exactly TensorRT's arguments",
               [sys.executable, "scripts/gpu_qdp_launch.py", "--dry-run"])
     # GPU checks, most telling first, each with a time cap so that one stuck check cannot eat the others' time
-    sanitizer = find_sanitizer()
+    sanitizer, ncu = find_cuda_tool("compute-sanitizer"), find_cuda_tool("ncu")
     plan: list[tuple[str, list[str] | None, float, str | None]] = []  # (name, command, cap s, reason to skip)
     selftest = str(launcher.selftest) if launcher else ""
     plan.append(("launcher on the GPU, native cubins", [selftest, "--images=cubin"], 60, None))
@@ -337,6 +339,12 @@ def main() -> int:
         plan.append((f"compute-sanitizer {tool}", [sanitizer or "", "--tool", tool, "--error-exitcode", "99",
                                                     selftest, "--images=cubin"], 60,
                      None if sanitizer else "compute-sanitizer is not on PATH"))
+    # why a speed goal is or is not met: Nsight Compute's speed-of-light and memory sections for the goal shapes
+    plan.append(("Nsight Compute profile of the kernel (goal shapes)", [
+        ncu or "", "--target-processes", "all", "--kernel-name", "regex:ulsam", "--launch-count", "4",
+        "--section", "SpeedOfLight", "--section", "MemoryWorkloadAnalysis", "--section", "LaunchStats",
+        "--section", "Occupancy", sys.executable, "scripts/gpu_kernel_bench.py", "--profile-case"], 90,
+        None if ncu else "ncu (Nsight Compute) is not on PATH"))
     for name, command, cap, skip in plan:
         reason = no_gpu or ("nothing was built" if launcher is None else None) or skip
         if reason:

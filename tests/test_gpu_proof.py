@@ -101,9 +101,10 @@ def test_the_proof_runs_here_builds_everything_and_skips_the_gpu_with_reasons(tm
         {"passed", "skipped"}
     if module.gpu_present() is not None:
         gpu = [row for row in results["checks"] if row["status"] == "skipped"]
-        assert len(gpu) == 11 + len(builds) and all("CUDA driver" in r["reason"] or "GPU" in r["reason"] for r in gpu)
+        assert len(gpu) == 12 + len(builds) and all("CUDA driver" in r["reason"] or "GPU" in r["reason"] for r in gpu)
         expected = {f"plugin on the GPU, TensorRT's call order {n.removeprefix('build ')}" for n in builds} | \
-            {"whole-network benchmark, decomposed vs fused", "kernel benchmark", "backends/trt/cuda.py on the real driver"}
+            {"whole-network benchmark, decomposed vs fused", "kernel benchmark",
+             "backends/trt/cuda.py on the real driver"}
         assert expected <= {row["check"] for row in gpu}
 
 
