@@ -3,6 +3,7 @@
 
     python scripts/gpu_proof.py --prepare            # here, once: fill the carry folder gpu-carry/
     python scripts/gpu_proof.py --out gpu-proof      # on the GPU machine (and here: host checks only)
+    python scripts/gpu_proof.py --summarize gpu-proof  # its results as Markdown, for docs/benchmarks.md
 
 The carry folder (git-ignored ``gpu-carry/``, never committed; travels with the working tree) holds what the GPU
 machine cannot fetch: TensorRT header sets (``*/include/NvInfer.h``: NVIDIA/TensorRT's ``include/`` at v10.3.0 and
@@ -47,6 +48,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -229,6 +231,28 @@ def prepare(carry: Path, headers_from: Path, items: list[tuple[str, float, str, 
     return {"files": manifest}
 
 
+def summarize(out: Path) -> str:
+    """A finished proof as Markdown for docs/benchmarks.md: machine, driver, every check, the benchmark tables."""
+    result = json.loads((out / "results.json").read_text())
+    driver = result["machine"].get("driver") or {}
+    gpus = ", ".join(f"{g['name']} ({g['sm']}, {g['total_memory_bytes'] / 2**30:.0f} GiB)"
+                     for g in driver.get("gpus", [])) or result["machine"]["gpu"]
+    lines = [f"### GPU proof on {gpus}", "",
+             f"Driver {driver.get('driver_version') or '?'} ({driver.get('library') or 'no libcuda'}), host "
+             f"{result['machine']['host']} ({result['machine']['machine']}); TensorRT header sets "
+             f"{', '.join(Path(h).name for h in result['headers'])}; {len(result.get('fused_onnx', []))} fused ONNX "
+             f"files; {result['seconds']:.0f} s; "
+             f"{'PASSED' if result['passed'] else 'FAILED: ' + ', '.join(result['failed'])}.",
+             "", "| check | status | seconds | note |", "|---|---|---|---|"]
+    for row in result["checks"]:
+        note = row["reason"].replace("|", "/")
+        lines.append(f"| {row['check']} | {row['status']} | {row['seconds']:.1f} | {note} |")
+    tables = out / "benchmarks.md"
+    if tables.is_file():
+        lines += ["", tables.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
 def onnx_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.onnx")) if folder.is_dir() else []
 
@@ -241,11 +265,18 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--carry", type=Path, default=CARRY, help="the carry folder (headers, fused ONNX nodes)")
     parser.add_argument("--onnx-dir", type=Path, help="fused ONNX files for the harness (default: CARRY/fused-onnx)")
+    parser.add_argument("--build-root", type=Path, default=Path(tempfile.gettempdir()) / "ulsam-gpu-proof",
+                        help="where the plugin builds go (kept out of --out, which travels back from a GPU machine)")
     parser.add_argument("--prepare", action="store_true", help="fill the carry folder here, then stop")
+    parser.add_argument("--summarize", type=Path, metavar="OUT",
+                        help="print a finished proof's results (OUT/results.json, OUT/benchmarks.md) as Markdown")
     parser.add_argument("--headers-from", type=Path, default=FETCHED, help="--prepare: where the fetched headers are")
     parser.add_argument("--configs", nargs="*", help="--prepare: only these, as bench specs (mv2+17:1/g4)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     if args.prepare:
         from ulsam_deploy.bench.models import parse_model_spec
         from ulsam_deploy.models import PAPER_CONFIGS, PAPER_GROUPS
@@ -280,7 +311,7 @@ def main() -> int:
         tag = root.name
         t0 = time.perf_counter()
         try:
-            built = build_plugin(args.out / f"build-{tag}", tensorrt_root=root, jobs=args.jobs, clean=True)
+            built = build_plugin(args.build_root / f"build-{tag}", tensorrt_root=root, jobs=args.jobs, clean=True)
         except Exception as exc:  # noqa: BLE001 - a failed build is a failed check, with its message
             proof.record(f"build {tag}", "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
             continue

@@ -106,6 +106,10 @@ def test_the_proof_runs_here_builds_everything_and_skips_the_gpu_with_reasons(tm
             {"whole-network benchmark, decomposed vs fused", "kernel benchmark",
              "backends/trt/cuda.py on the real driver"}
         assert expected <= {row["check"] for row in gpu}
+    assert not (tmp_path / "proof" / "build-tensorrt-v11.1").exists()  # builds stay out of what travels back
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_proof.py"), "--summarize",
+                              str(tmp_path / "proof")], capture_output=True, text=True, check=True).stdout
+    assert summary.startswith("### GPU proof on ") and summary.count("\n| ") == len(results["checks"]) + 1
 
 
 @pytest.mark.slow
