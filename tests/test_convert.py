@@ -465,7 +465,7 @@ def test_error_paths(small_onnx, tmp_path, grey_images):
         convert_file(small_onnx, small_onnx, ConvertOptions(precision="fp16", force=True), verify_data=verify)
     with pytest.raises(UserError, match="does not exist"):
         convert_file(tmp_path / "nope.onnx", None, fp16)
-    with pytest.raises(UserError, match="fp16 or int8"):
+    with pytest.raises(UserError, match="--precision must be one of fp16, int8, not 'int4'"):
         ConvertOptions(precision="int4")
     with pytest.raises(UserError, match="--target must be one of tensorrt, ort"):
         ConvertOptions(precision="int8", target="tflite")
@@ -477,9 +477,14 @@ def test_error_paths(small_onnx, tmp_path, grey_images):
         ConvertOptions(precision="int8", io="fp16")
     with pytest.raises(UserError, match="--calib-method"):
         ConvertOptions(calib_method="kl")
-    for bad in ({"min_agreement": float("nan")}, {"max_drop": -1}, {"calib_limit": 0}):
-        with pytest.raises(UserError):
+    for bad, sentence in (({"min_agreement": float("nan")}, "--min-agreement must be greater than 0 and at most 1, "
+                                                            "not nan."),
+                          ({"min_agreement": 0.0}, "--min-agreement must be greater than 0 and at most 1, not 0.0."),
+                          ({"max_drop": -1}, "--max-drop must be from 0 to 100 (accuracy points), not -1."),
+                          ({"calib_limit": 0}, "--calib-limit must be at least 1 (images), not 0.")):
+        with pytest.raises(UserError) as err:
             ConvertOptions(**bad)
+        assert str(err.value) == sentence
     int8 = ConvertOptions(precision="int8")
     with pytest.raises(UserError, match="does not exist"):
         convert_file(small_onnx, tmp_path / "a.onnx", int8, calib_data=tmp_path / "missing", verify_data=verify)
@@ -587,7 +592,7 @@ def test_cli_convert_fp16_and_errors(cli_runner, small_onnx, grey_images, tmp_pa
     assert result.exit_code == 2 and "does not exist" in one_error_line(result.output)
     target = tmp_path / "x.int8.onnx"
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "bf16", "-o", str(target)])
-    assert result.exit_code == 2 and "fp16 or int8" in one_error_line(result.output)
+    assert result.exit_code == 2 and "--precision must be one of fp16, int8" in one_error_line(result.output)
     result = cli_runner.invoke(app, ["convert", str(small_onnx), "--precision", "fp16", "-o", str(target),
                                      "--verify-data", str(grey_images), "--threshold", "fp16:min_cosine=1.1"])
     assert result.exit_code == 3 and "nothing was written" in one_error_line(result.output)

@@ -128,7 +128,7 @@ def test_a_corrupt_training_image_is_one_sentence_from_every_worker(cli_runner, 
     (["--dataset", "fashion-mnist", "--in-channels", "3"], "grey"),
     (["--dataset", "fashion-mnist", "--input-size", "8"], "too small"),
     (["--dataset", "fashion-mnist", "--arch", "mv1", "--lr-gamma", "0.9"], "--lr-step"),
-    (["--dataset", "fashion-mnist", "--lr", "-1"], "--lr must be a positive"),
+    (["--dataset", "fashion-mnist", "--lr", "-1"], "--lr must be greater than 0, not -1"),
     (["--dataset", "fashion-mnist", "--batch-size", "1"], "--batch-size must be from 2 to"),
     (["--dataset", "fashion-mnist", "--pretrained", "--width", "0.5"], "x1.0"),
     (["--dataset", "fashion-mnist", "--ulsam", "19"], "cannot replace"),
@@ -140,6 +140,24 @@ def test_cli_bad_input_is_one_sentence(cli_runner, tmp_path, args, needle):
     result = cli_runner.invoke(app, ["train", *args, "--out", str(tmp_path / "run"), "--epochs", "1", "--limit", "4"])
     clean_error(result, 2, needle)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("given, sentence", [
+    ({"momentum": 1.0}, "--momentum must be at least 0 and less than 1, not 1.0."),
+    ({"batch_size": 1}, "--batch-size must be at least 2 (BatchNorm needs two samples), not 1."),
+    ({"lr_gamma": 0.0}, "--lr-gamma must be greater than 0 and at most 1, not 0.0."),
+    ({"arch": "mv1", "lr_step": 0}, "--lr-step must be at least 1 (epochs), not 0."),
+    ({"epochs": 0}, "--epochs must be at least 1, not 0."),
+    ({"dropout": float("nan")}, "--dropout must be at least 0 and less than 1, not nan."),
+    ({"in_channels": 2}, "--in-channels must be one of 1, 3, not 2."),
+    ({"keep": -1}, "--keep must be at least 0, not -1."),
+])
+def test_library_callers_get_the_declared_ranges_as_one_sentence(given, sentence):
+    """The rules live on TrainOptions' fields (declared.Flag), so resolve_options says them for any caller, before a
+    recipe's derived value (an lr_gamma from epochs, say) could divide by a bad one."""
+    with pytest.raises(UserError) as err:
+        resolve_options(TrainOptions(dataset="fashion-mnist", **given))
+    assert str(err.value) == sentence
 
 
 def test_recipe_defaults_follow_the_paper_scaled():

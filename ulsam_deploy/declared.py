@@ -16,10 +16,20 @@ from ulsam_deploy.errors import UserError
 
 @dataclass(frozen=True)
 class Flag:
+    """A flag's name and rules: inclusive (``ge``, ``le``) or exclusive (``gt``, ``lt``) bounds, or ``choices``;
+    ``why`` is said after the range ("--batch-size must be at least 2 (BatchNorm needs two samples), not 1.")."""
+
     name: str
     ge: float | None = None
     le: float | None = None
     choices: tuple | None = None
+    gt: float | None = None
+    lt: float | None = None
+    why: str | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return any(b is not None for b in (self.ge, self.le, self.gt, self.lt))
 
 
 def _number(value: float) -> str:
@@ -28,8 +38,21 @@ def _number(value: float) -> str:
 
 def _range_text(flag: Flag) -> str:
     if flag.ge is not None and flag.le is not None:
-        return f"from {_number(flag.ge)} to {_number(flag.le)}"
-    return f"at least {_number(flag.ge)}" if flag.ge is not None else f"at most {_number(flag.le)}"
+        text = f"from {_number(flag.ge)} to {_number(flag.le)}"
+    else:
+        low = (f"at least {_number(flag.ge)}" if flag.ge is not None else
+               f"greater than {_number(flag.gt)}" if flag.gt is not None else None)
+        high = (f"at most {_number(flag.le)}" if flag.le is not None else
+                f"less than {_number(flag.lt)}" if flag.lt is not None else None)
+        text = " and ".join(t for t in (low, high) if t)
+    return f"{text} ({flag.why})" if flag.why else text
+
+
+def _outside(flag: Flag, item) -> bool:
+    if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+        return True
+    return ((flag.ge is not None and item < flag.ge) or (flag.le is not None and item > flag.le)
+            or (flag.gt is not None and item <= flag.gt) or (flag.lt is not None and item >= flag.lt))
 
 
 def check_flags(options) -> None:
@@ -42,12 +65,9 @@ def check_flags(options) -> None:
             continue
         for item in value if isinstance(value, (tuple, list)) else (value,):
             if flag.choices is not None and item not in flag.choices:
-                raise UserError(f"{flag.name} must be one of {', '.join(map(str, flag.choices))}, not '{item}'.")
-            if flag.ge is None and flag.le is None:
-                continue
-            bad = isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or \
-                (flag.ge is not None and item < flag.ge) or (flag.le is not None and item > flag.le)
-            if bad:
+                shown = f"'{item}'" if isinstance(item, str) else item
+                raise UserError(f"{flag.name} must be one of {', '.join(map(str, flag.choices))}, not {shown}.")
+            if flag.bounded and _outside(flag, item):
                 raise UserError(f"{flag.name} must be {_range_text(flag)}, not {item}.")
 
 

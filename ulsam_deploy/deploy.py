@@ -10,30 +10,35 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.events import SILENT, Events
+from ulsam_deploy.op_spec import PLUGIN_ROUTES
+from ulsam_deploy.passes import INT8_TARGETS
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
 class DeployOptions:
-    precision: str = "fp16"
-    target: str = "tensorrt"  # int8: the runtime the Q/DQ layout is made for
+    precision: Annotated[str, Flag("--precision", choices=PRECISIONS)] = "fp16"
+    # int8: the runtime the Q/DQ layout is made for
+    target: Annotated[str, Flag("--target", choices=INT8_TARGETS)] = "tensorrt"
     fuse: bool = True  # the ULSAM blocks as the plugin's SubspaceAttention op
     calib_data: str | None = None  # int8 [default: Fashion-MNIST's training split for 1-channel 10-class models]
     verify_data: str | None = None  # [default: the real images convert verifies on]
     batch_profile: str | None = None  # build-trt's MIN:OPT:MAX [default: the export's batch range]
-    plugin: str | None = "auto"  # how the engine gets the fused op: auto, lib or python
+    # how the engine gets the fused op
+    plugin: Annotated[str | None, Flag("--plugin", choices=PLUGIN_ROUTES)] = "auto"
     engine: bool = True  # build the engine (where TensorRT is)
     require_engine: bool = False  # no TensorRT here is an error (exit 4) rather than a stop at the boundary
     bench: bool = False
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+        check_flags(self)
         if self.precision != "int8" and self.calib_data is not None:
             raise UserError("--calib-data is for --precision int8.")
         if self.require_engine and not self.engine:

@@ -30,6 +30,9 @@ ATTR_PW_WEIGHT = "pw_weight"  # floats [C]
 ATTR_PW_BIAS = "pw_bias"  # floats [g]
 FLOAT_LIST_ATTRS = (ATTR_DW_SCALE, ATTR_DW_SHIFT, ATTR_PW_WEIGHT, ATTR_PW_BIAS)
 
+# how an engine gets the fused op: auto (lib where built, else python), lib (the C++ plugin library), python (QDP)
+PLUGIN_ROUTES = ("auto", "lib", "python")
+
 # node attributes TensorRT's ONNX parser ignores but routes by
 PLUGIN_ATTRS = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
 

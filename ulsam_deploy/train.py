@@ -27,10 +27,12 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
 from ulsam_deploy.artifacts import atomic_target, check_output, write_bytes
@@ -67,29 +69,31 @@ class TrainOptions:
     ulsam: str | None = None  # none
     groups: int | None = None  # 4
     input_size: int | None = None  # 64 for Fashion-MNIST, 224 for folders
-    in_channels: int | None = None  # 1 for Fashion-MNIST, 3 for folders
-    dropout: float | None = None  # 0.2
+    # 1 for Fashion-MNIST, 3 for folders
+    in_channels: Annotated[int | None, Flag("--in-channels", choices=(1, 3))] = None
+    dropout: Annotated[float | None, Flag("--dropout", ge=0, lt=1)] = None  # 0.2
     pretrained: bool | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    lr_gamma: float | None = None  # MV2 (exponential)
-    lr_step: int | None = None  # MV1 (step)
+    epochs: Annotated[int | None, Flag("--epochs", ge=1)] = None
+    batch_size: Annotated[int | None, Flag("--batch-size", ge=2, why="BatchNorm needs two samples")] = None
+    lr: Annotated[float | None, Flag("--lr", gt=0)] = None
+    momentum: Annotated[float | None, Flag("--momentum", ge=0, lt=1)] = None
+    weight_decay: Annotated[float | None, Flag("--weight-decay", ge=0)] = None
+    lr_gamma: Annotated[float | None, Flag("--lr-gamma", gt=0, le=1)] = None  # MV2 (exponential)
+    lr_step: Annotated[int | None, Flag("--lr-step", ge=1, why="epochs")] = None  # MV1 (step)
     augment: bool | None = None  # True
-    limit: int | None = None  # first N training images (balanced over classes for folders)
-    test_limit: int | None = None
+    # first N training images (balanced over classes for folders)
+    limit: Annotated[int | None, Flag("--limit", ge=1, why="images")] = None
+    test_limit: Annotated[int | None, Flag("--test-limit", ge=1, why="images")] = None
     seed: int | None = None  # 0
     device: str = "auto"
-    threads: int | None = None
-    workers: int = 0
+    threads: Annotated[int | None, Flag("--threads", ge=1)] = None
+    workers: Annotated[int, Flag("--workers", ge=0)] = 0
     out: str = "runs/train"
     resume: bool = False
     force: bool = False
-    metrics_format: str = "jsonl"
-    log_every: int = 20
-    keep: int = 0  # keep only the last K epoch checkpoints (0: all)
+    metrics_format: Annotated[str, Flag("--metrics", choices=("jsonl", "csv"))] = "jsonl"
+    log_every: Annotated[int, Flag("--log-every", ge=1)] = 20
+    keep: Annotated[int, Flag("--keep", ge=0)] = 0  # keep only the last K epoch checkpoints (0: all)
 
     def recipe_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,6 +142,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     for name, value in FIXED_DEFAULTS.items():
         if getattr(o, name) is None:
             setattr(o, name, value)
+    check_flags(o)  # the declared ranges of what was given; the recipe's defaults below keep them by construction
     o.arch = canonical_arch(o.arch)
     o.ulsam = o.ulsam or ""
     if (o.data is None) == (o.dataset is None):
@@ -151,8 +156,6 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     recipe = PAPER_RECIPES[o.arch]
     if o.in_channels is None:
         o.in_channels = 1 if o.dataset == "fashion-mnist" else _folder_channels(o.data)
-    if o.in_channels not in (1, 3):
-        raise UserError(f"--in-channels must be 1 (grey) or 3 (RGB), not {o.in_channels}.")
     if o.dataset == "fashion-mnist" and o.in_channels != 1:
         raise UserError("Fashion-MNIST is grey: use --in-channels 1 (the default for it).")
     if o.input_size is None:
@@ -161,49 +164,25 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
         raise UserError(f"--input-size {o.input_size} is too small for MobileNet's 32x downsampling; use at least 16 (32 or more).")
     if o.epochs is None:
         o.epochs = recipe["epochs"]
-    if o.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {o.epochs}.")
     if o.batch_size is None:
         o.batch_size = recipe["batch_size"]
-    if o.batch_size < 2:
-        raise UserError(f"--batch-size must be at least 2 (BatchNorm needs two samples), not {o.batch_size}.")
     if o.lr is None:
         o.lr = recipe["lr"] * o.batch_size / recipe["batch_size"]
-    if not o.lr > 0 or not math.isfinite(o.lr):
-        raise UserError(f"--lr must be a positive number, not {o.lr}.")
     o.momentum = recipe["momentum"] if o.momentum is None else o.momentum
     o.weight_decay = recipe["weight_decay"] if o.weight_decay is None else o.weight_decay
-    if not 0 <= o.momentum < 1 or o.weight_decay < 0:
-        raise UserError("--momentum must be in [0, 1) and --weight-decay non-negative.")
     if o.arch == "mv1":
         if o.lr_gamma is not None:
             raise UserError("--lr-gamma is MV2's per-epoch factor; MV1's schedule is a step decay: use --lr-step.")
         if o.lr_step is None:
             o.lr_step = max(1, round(recipe["lr_step"] * o.epochs / recipe["reference_epochs"]))
-        if o.lr_step < 1:
-            raise UserError(f"--lr-step must be at least 1 epoch, not {o.lr_step}.")
     else:
         if o.lr_step is not None:
             raise UserError("--lr-step is MV1's step decay; MV2's schedule is exponential: use --lr-gamma.")
         if o.lr_gamma is None:
             o.lr_gamma = recipe["lr_gamma"] ** (recipe["reference_epochs"] / o.epochs)
-        if not 0 < o.lr_gamma <= 1:
-            raise UserError(f"--lr-gamma must be in (0, 1], not {o.lr_gamma}.")
     if o.pretrained:
         if o.arch != "mv2" or abs(o.width - 1.0) > 1e-9:
             raise UserError("--pretrained loads torchvision's ImageNet MobileNet-V2 x1.0 weights; use --arch mv2 --width 1.0.")
-    for name in ("limit", "test_limit"):
-        value = getattr(o, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number of images, not {value}.")
-    if o.metrics_format not in ("jsonl", "csv"):
-        raise UserError(f"--metrics must be 'jsonl' or 'csv', not '{o.metrics_format}'.")
-    if o.threads is not None and o.threads < 1:
-        raise UserError(f"--threads must be at least 1, not {o.threads}.")
-    if o.workers < 0 or o.log_every < 1 or o.keep < 0:
-        raise UserError("--workers and --keep must be non-negative and --log-every positive.")
-    if not 0 <= o.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), not {o.dropout}.")
     o.device = resolve_device(o.device)
     _check_model_flags(o)
     return o

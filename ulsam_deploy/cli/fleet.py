@@ -58,8 +58,10 @@ def fleet(
     if given and scheduler is None:
         raise UserError("--tls-* files are for a remote scheduler; give --scheduler tls://HOST:PORT (the embedded "
                         "cluster listens on 127.0.0.1 only).")
-    if plugin not in ("auto", "lib", "python"):
-        raise UserError(f"--plugin must be auto, lib or python, not '{plugin}'.")
+    from ulsam_deploy.op_spec import PLUGIN_ROUTES
+
+    if plugin not in PLUGIN_ROUTES:
+        raise UserError(f"--plugin must be one of {', '.join(PLUGIN_ROUTES)}, not '{plugin}'.")
     tls = TlsFiles(tls_ca, tls_cert, tls_key) if given else None
     address = check_address(scheduler, tls) if scheduler is not None else None
     options = FleetOptions(

@@ -30,14 +30,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ulsam_deploy.passes import CALIB_METHODS, INT8_TARGETS as TARGETS
+
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.onnx_graph import (INT8_TARGET_KEY, eliminate_dead_code, fit_ir_version, graph_inputs, name_nodes,
                                      producers_and_consumers, set_metadata, unshare_initializers)
 
-TARGETS = ("tensorrt", "ort")
 TRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
 TRT_NO_OUTPUT_QUANT = ("Conv", "Gemm", "MatMul")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 class CalibrationReader:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
+from ulsam_deploy.passes import CALIB_METHODS, INT8_TARGETS
 from ulsam_deploy.steps._step import Step, StepResult, load_with_sidecar
 
 PRECISIONS = ("fp16", "int8")
@@ -33,46 +36,33 @@ DEFAULT_CALIB_METHOD = {"tensorrt": "percentile", "ort": "minmax"}
 
 @dataclass
 class ConvertOptions:
-    precision: str = "fp16"
-    target: str = "tensorrt"  # int8: the runtime the model is made for ("tensorrt" or "ort")
-    io: str = "fp32"  # fp16: graph inputs/outputs stay fp32 unless "fp16"
+    precision: Annotated[str, Flag("--precision", choices=PRECISIONS)] = "fp16"
+    # int8: the runtime the model is made for
+    target: Annotated[str, Flag("--target", choices=INT8_TARGETS)] = "tensorrt"
+    io: Annotated[str, Flag("--io", choices=("fp32", "fp16"))] = "fp32"  # fp16: graph I/O stays fp32 unless "fp16"
     fuse: bool = False  # fuse ULSAM blocks into SubspaceAttention (after quantizing, for int8)
     force: bool = False
-    min_agreement: float = 0.995  # fp16 gate: top-1 agreement with fp32
-    max_drop: float = 1.0  # int8 gate: top-1 accuracy points lost against fp32
-    calib_method: str | None = None  # default per target: percentile (tensorrt), minmax (ort)
-    calib_limit: int = 512
-    verify_limit: int | None = None
+    # fp16 gate: top-1 agreement with fp32
+    min_agreement: Annotated[float, Flag("--min-agreement", gt=0, le=1)] = 0.995
+    # int8 gate: top-1 accuracy points lost against fp32
+    max_drop: Annotated[float, Flag("--max-drop", ge=0, le=100, why="accuracy points")] = 1.0
+    # default per target: percentile (tensorrt), minmax (ort)
+    calib_method: Annotated[str | None, Flag("--calib-method", choices=CALIB_METHODS)] = None
+    calib_limit: Annotated[int, Flag("--calib-limit", ge=1, why="images")] = 512
+    verify_limit: Annotated[int | None, Flag("--verify-limit", ge=1, why="images")] = None
     reduce_range: bool | None = None  # int8 --target ort: None = what the CPU needs
-    batch: int = 32  # images per ONNX Runtime call (calibration and verification)
-    threads: int | None = None
+    # images per ONNX Runtime call (calibration and verification)
+    batch: Annotated[int, Flag("the batch size", ge=1)] = 32
+    threads: Annotated[int | None, Flag("--threads", ge=1, le=256)] = None
     keep_ulsam_fp32: bool = True
     tolerances: dict | None = None  # more overrides of the judge's tolerances, as bench's --threshold gives them
 
     def __post_init__(self) -> None:
-        from ulsam_deploy.passes.int8 import CALIB_METHODS, TARGETS
-
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be fp16 or int8, not '{self.precision}'.")
-        if self.target not in TARGETS:
-            raise UserError(f"--target must be one of {', '.join(TARGETS)}, not '{self.target}'.")
-        if self.io not in ("fp32", "fp16"):
-            raise UserError(f"--io must be fp32 or fp16, not '{self.io}'.")
+        check_flags(self)
         if self.precision == "int8" and self.io == "fp16":
             raise UserError("--io fp16 applies to --precision fp16; int8 Q/DQ models keep fp32 I/O.")
-        if self.calib_method is not None and self.calib_method not in CALIB_METHODS:
-            raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, not '{self.calib_method}'.")
         if self.precision == "int8" and self.target == "tensorrt" and self.reduce_range:
             raise UserError("--reduce-range applies to --target ort; TensorRT's int8 is symmetric 8-bit, so drop it.")
-        if not (np.isfinite(self.min_agreement) and 0 < self.min_agreement <= 1):
-            raise UserError(f"--min-agreement must be in (0, 1], not {self.min_agreement}.")
-        if not (np.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
-            raise UserError(f"--max-drop must be between 0 and 100 accuracy points, not {self.max_drop}.")
-        for value, flag in ((self.calib_limit, "--calib-limit"), (self.verify_limit, "--verify-limit")):
-            if value is not None and int(value) < 1:
-                raise UserError(f"{flag} must be a positive number of images, not {value}.")
-        if int(self.batch) < 1:
-            raise UserError(f"The batch size must be positive, not {self.batch}.")
 
     @property
     def method(self) -> str:

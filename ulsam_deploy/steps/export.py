@@ -7,10 +7,12 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from ulsam_deploy.artifacts import sha256_file
+from ulsam_deploy.declared import Flag, check_flags
 from ulsam_deploy.sidecars import DynamicRange, ModelInfo, OnnxSidecar, PreprocessSpec, TensorSpec
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.events import SILENT, Events
@@ -28,10 +30,10 @@ MAX_INPUT_SIZE = 4096
 @dataclass
 class ExportOptions:
     opset: int = 17
-    batch: int | None = None  # None: dynamic batch axis
+    batch: Annotated[int | None, Flag("--static-batch", ge=1)] = None  # None: dynamic batch axis
     simplify: bool = True
-    atol: float = 1e-4
-    exporter: str = "torchscript"  # or "dynamo"
+    atol: Annotated[float, Flag("--atol", gt=0)] = 1e-4
+    exporter: Annotated[str, Flag("--exporter", choices=("torchscript", "dynamo"))] = "torchscript"
     force: bool = False
     fuse: bool = False
     seed: int = 0
@@ -43,12 +45,7 @@ class ExportOptions:
         if not OPSETS[0] <= int(self.opset) <= OPSETS[1]:
             raise UserError(f"Opset {self.opset} is not supported; choose an opset from {OPSETS[0]} to {OPSETS[1]} "
                             f"(17 is the default; TensorRT 10 reads up to {TRT10_MAX_OPSET}).")
-        if self.batch is not None and int(self.batch) < 1:
-            raise UserError(f"--static-batch must be a positive integer, not {self.batch}.")
-        if self.exporter not in ("torchscript", "dynamo"):
-            raise UserError(f"Unknown exporter '{self.exporter}'; choose 'torchscript' or 'dynamo'.")
-        if not (np.isfinite(self.atol) and self.atol > 0):
-            raise UserError(f"--atol must be a positive number, not {self.atol}.")
+        check_flags(self)
         if self.input_range is not None:
             self.input_range = check_range(self.input_range)
 

@@ -35,10 +35,10 @@ from typing import Annotated
 import onnx
 
 from ulsam_deploy.declared import Flag, check_flags
+from ulsam_deploy.op_spec import PLUGIN_ROUTES
 from ulsam_deploy.errors import UserError
 from ulsam_deploy.backends.trt.runtime import parse_version
 
-PLUGIN_ROUTES = ("auto", "lib", "python")
 ONNX_OPSET_MAX_TRT10 = 20  # onnx-tensorrt 10.x documents ONNX opsets 9 to 20
 OPT_LEVELS = range(0, 6)
 MAX_TIMING_CACHE_BYTES = 1 << 30  # TensorRT's caches are megabytes
