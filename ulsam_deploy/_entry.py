@@ -35,14 +35,35 @@ def _die_with_parent() -> None:
         raise SystemExit(143)
 
 
+def _exit_interrupted(code: int) -> None:
+    """Leave with ``code`` now that the interrupt was handled. CPython remembers a KeyboardInterrupt that crossed C
+    code running Python (an import, for one) even when it was caught later, and at the end of ``Py_RunMain`` kills
+    the process with SIGINT (status -2) instead of exiting with the code asked for; so the exit handlers run here
+    (atexit, weakref finalizers: temporary folders) and the process ends without that last step."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on(143))
     signal.signal(signal.SIGINT, _exit_on(130))
     if os.environ.get(PARENT_DEATH_ENV):
         _die_with_parent()
-    from ulsam_deploy.cli.app import run
+    try:
+        from ulsam_deploy.cli.app import run
 
-    run()
+        run()
+    except SystemExit as exc:
+        if exc.code in (130, 143):
+            _exit_interrupted(exc.code)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
