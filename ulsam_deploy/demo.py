@@ -24,14 +24,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.events import SILENT, Events
 
-Echo = Callable[[str], None]
 
 
 @dataclass
@@ -133,9 +131,9 @@ def _imagenet_images(work: Path, preprocess) -> RealImages:
 
 # ----------------------------------------------------------------------------------------- demo
 
-def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t: None,
-             bench_events: Events | None = None) -> DemoResult:
-    """Run the pipeline and write the report folder; see the module docstring."""
+def run_demo(opts: DemoOptions, events: Events = SILENT) -> DemoResult:
+    """Run the pipeline and write the report folder; see the module docstring. ``events`` gets the steps' stages and
+    warnings, bench's runner events, and one ``demo_step`` event per finished step (name, status, detail)."""
     from ulsam_deploy import bundled
 
     opts = opts.resolved()
@@ -154,7 +152,7 @@ def run_demo(opts: DemoOptions, events: Events = SILENT, echo: Echo = lambda _t:
 
             threads_before = torch.get_num_threads()
             torch.set_num_threads(opts.threads)
-        steps, report = _pipeline(entry, opts, work, events, echo, bench_events)
+        steps, report = _pipeline(entry, opts, work, events)
         result = DemoResult(out, steps, report, time.perf_counter() - started)
         _write_report(result, entry, opts, work)
         _name_final_folder(work, out)
@@ -252,7 +250,7 @@ def _rebase(result: DemoResult, work: Path, out: Path) -> None:
             step.artifact = str(out / Path(step.artifact).relative_to(work))
 
 
-def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, bench_events):
+def _pipeline(entry, opts: DemoOptions, work: Path, events: Events):
     from ulsam_deploy import bundled
     from ulsam_deploy.sidecars import BUNDLED_PREFIX
     from ulsam_deploy.data.images import Preprocess
@@ -262,8 +260,7 @@ def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, 
 
     def record(step: Step) -> Step:
         steps.append(step)
-        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[step.status]
-        echo(f"[{colour}]{step.status:>7}[/] {step.name}: {step.detail}")
+        events.emit("demo_step", name=step.name, status=step.status, detail=step.detail)
         return step
 
     t0 = time.perf_counter()
@@ -291,7 +288,7 @@ def _pipeline(entry, opts: DemoOptions, work: Path, events: Events, echo: Echo, 
     variants += _fuse_step(onnx_path, work, events, record)
     variants += _precision_steps(onnx_path, work, images, events, record)
     engines = _tensorrt_step(variants, work, opts.batches, events, record)
-    report = _bench_step(model, info, entry, variants, engines, images, opts, work, record, bench_events)
+    report = _bench_step(model, info, entry, variants, engines, images, opts, work, record, events)
     return steps, report
 
 
@@ -389,7 +386,7 @@ def _tensorrt_step(variants: list[Path], work: Path, batches: tuple[int, ...], e
 
 
 def _bench_step(model, info, entry, variants, engines, images: RealImages, opts: DemoOptions, work: Path,
-                record, bench_events):
+                record, events: Events):
     from ulsam_deploy.bench.latency import TimingConfig
     from ulsam_deploy.bench.report import write_reports
     from ulsam_deploy.bench.options import BenchOptions
@@ -403,7 +400,7 @@ def _bench_step(model, info, entry, variants, engines, images: RealImages, opts:
     options = BenchOptions(backends=("torch", "ort", "trt"), batches=opts.batches, timing=timing, threads=opts.threads,
                            inputs=str(images.folder), num_inputs=len(images.verify))
     t0 = time.perf_counter()
-    report = run_bench([spec], options, events=bench_events or SILENT)
+    report = run_bench([spec], options, events=events)
     write_reports(report, json_path=work / "bench.json", csv_path=work / "bench.csv", markdown_path=work / "bench.md",
                   chart_path=work / "bench.png", force=True)
     failures = report.parity_failures

@@ -9,7 +9,7 @@ import typer
 
 from ulsam_deploy.cli.command import command
 from ulsam_deploy.cli.options import MAX_COUNT, ThreadsOpt, csv_list
-from ulsam_deploy.cli.ui import BenchProgress, RichEvents, console
+from ulsam_deploy.cli.ui import DemoProgress, console
 from ulsam_deploy.errors import UserError
 
 
@@ -32,9 +32,8 @@ def demo(
 
     options = DemoOptions(model=model, out=out, quick=quick, images=images, threads=threads, force=force,
                           batches=csv_list(batch_sizes, "--batch-sizes", int) or None)
-    with BenchProgress() as progress:
-        result = run_demo(options, events=RichEvents(), echo=lambda text: console.print(text, soft_wrap=True),
-                          bench_events=progress)
+    with DemoProgress() as progress:
+        result = run_demo(options, events=progress)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     console.print(f"{verdict} in {result.seconds:.0f}s. Report: [bold]{result.out / 'README.md'}[/] "
                   f"(demo.json, bench.md/json/csv/png beside it)")

@@ -169,6 +169,32 @@ class BenchProgress(Events):
             self.progress.update(self.task, completed=self.latency_total)
 
 
+class DemoProgress(RichEvents):
+    """The demo on the terminal: its stages and warnings as :class:`RichEvents`, each finished step as a coloured
+    line on standard output, bench's runner events through a :class:`BenchProgress` (use as a context manager)."""
+
+    COLOURS = {"ok": "green", "skipped": "yellow", "failed": "red"}
+
+    def __init__(self):
+        super().__init__()
+        self.bench = BenchProgress()
+
+    def __enter__(self) -> "DemoProgress":
+        self.bench.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bench.__exit__(*exc)
+
+    def emit(self, kind: str, **data) -> None:
+        if kind == "demo_step":
+            colour = self.COLOURS.get(data["status"], "white")
+            console.print(f"[{colour}]{data['status']:>7}[/] {escape(data['name'])}: {escape(data['detail'])}",
+                          soft_wrap=True)
+        else:
+            self.bench.emit(kind, **data)
+
+
 class TrainProgress(Events):
     """Training's events: messages on stdout, a live bar per phase (loss / accuracy, count, ETA), one summary line
     per epoch; without a terminal, a line at each quarter of a training epoch instead of the bar. Use as a context
