@@ -69,22 +69,27 @@ def test_memory_round_trip_events_and_cleanup(stub):
     assert host_in.ctypes.data != x.ctypes.data and host_in.shape == x.shape  # pinned buffers of our own
     dev = memory.device_empty(x.shape, np.float32)
     assert dev.nbytes == x.nbytes and memory.device_ptr(dev) == dev.ptr != 0
-    start, mid, end = memory.event(), memory.event(), memory.event()
     np.copyto(host_in, x)
+    first, second, total = _timed_round_trip(memory, host_in, host_out, dev)
+    np.testing.assert_array_equal(host_out, x)
+    assert first >= 0 and second >= 0 and total >= max(first, second)
+    assert memory.stream_handle != 0
+    assert [lib.stub_live(i) - b for i, b in enumerate(before)] == [1, 2, 3, 1, 1]
+    memory.close()
+    memory.close()  # twice is harmless
+    assert [lib.stub_live(i) for i in range(5)] == before
+
+
+def _timed_round_trip(memory, host_in, host_out, dev) -> tuple[float, float, float]:
+    """host_in -> dev -> host_out on the memory's stream, timed by three events: (H2D ms, D2H ms, both ms)."""
+    start, mid, end = memory.event(), memory.event(), memory.event()
     memory.record(start)
     memory.h2d(dev, host_in)
     memory.record(mid)
     memory.d2h(host_out, dev)
     memory.record(end)
     memory.synchronize()
-    np.testing.assert_array_equal(host_out, x)
-    first, second = memory.elapsed_ms(start, mid), memory.elapsed_ms(mid, end)
-    assert first >= 0 and second >= 0 and memory.elapsed_ms(start, end) >= max(first, second)
-    assert memory.stream_handle != 0
-    assert [lib.stub_live(i) - b for i, b in enumerate(before)] == [1, 2, 3, 1, 1]
-    memory.close()
-    memory.close()  # twice is harmless
-    assert [lib.stub_live(i) for i in range(5)] == before
+    return memory.elapsed_ms(start, mid), memory.elapsed_ms(mid, end), memory.elapsed_ms(start, end)
 
 
 def test_copy_into_a_smaller_buffer_is_refused(stub):
@@ -134,34 +139,38 @@ def test_calls_need_the_primary_context_current(stub):
 
 
 def test_another_thread_gets_the_context_made_current(stub):
-    import threading
-
     path, _ = stub
     memory = cuda.open_cuda_memory(0, [str(path)])
     host = memory.host_empty((8,), np.float32)
     dev = memory.device_empty((8,), np.float32)
-    errors = []
-
-    def copy():
-        try:
-            memory.h2d(dev, host)
-            memory.synchronize()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    worker = threading.Thread(target=copy)
-    worker.start()
-    worker.join()
+    errors = _on_another_thread(lambda: memory.h2d(dev, host), memory)
     memory.close()
     assert errors == []
+
+
+def _on_another_thread(copy, memory) -> list[Exception]:
+    """Run ``copy`` and a synchronize on a new thread; what it raised."""
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            copy()
+            memory.synchronize()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    return errors
 
 
 @pytest.mark.gpu
 def test_the_real_driver_round_trip_pinned_memory_stream_events_and_threads():
     """The same path on a real GPU (run by scripts/gpu_proof.py): 256 MiB through pinned memory both ways on our
     stream, events that time the copies, a copy from another thread, one-sentence errors, nothing left behind."""
-    import threading
-
     info = cuda.probe_cuda_driver()
     assert info.available and info.gpus, info.error
     gpu = info.gpus[0]
@@ -175,33 +184,15 @@ def test_the_real_driver_round_trip_pinned_memory_stream_events_and_threads():
         host_out = memory.host_empty((n,), np.float32)
         host_in[:] = np.arange(n, dtype=np.float32)
         dev = memory.device_empty((n,), np.float32)
-        start, mid, end = memory.event(), memory.event(), memory.event()
-        memory.record(start)
-        memory.h2d(dev, host_in)
-        memory.record(mid)
-        memory.d2h(host_out, dev)
-        memory.record(end)
-        memory.synchronize()
+        h2d_ms, d2h_ms, _ = _timed_round_trip(memory, host_in, host_out, dev)
         np.testing.assert_array_equal(host_out, host_in)
-        h2d_ms, d2h_ms = memory.elapsed_ms(start, mid), memory.elapsed_ms(mid, end)
         gbs = 2 * n * 4 / ((h2d_ms + d2h_ms) / 1e3) / 1e9
         print(f"H2D {h2d_ms:.2f} ms, D2H {d2h_ms:.2f} ms ({gbs:.1f} GB/s average over pinned memory)")
         assert h2d_ms > 0 and d2h_ms > 0 and gbs > 1.0  # pinned copies over PCIe/NVLink, not pageable crawl
 
         host_out[:] = 0
-        errors = []
-
-        def copy_back():
-            try:
-                memory.d2h(host_out, dev)
-                memory.synchronize()
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        worker = threading.Thread(target=copy_back)
-        worker.start()
-        worker.join()
-        assert errors == [] and np.array_equal(host_out, host_in)
+        assert _on_another_thread(lambda: memory.d2h(host_out, dev), memory) == []
+        assert np.array_equal(host_out, host_in)
         with pytest.raises(cuda.CudaError) as err:
             memory.device_empty((1 << 50,), np.float32)  # 4 PiB
         assert "CUDA_ERROR_OUT_OF_MEMORY" in str(err.value) and "\n" not in str(err.value)

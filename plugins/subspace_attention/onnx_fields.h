@@ -209,7 +209,21 @@ inline Node readNode(Reader r)
     return n;
 }
 
-// ValueInfoProto -> (name, shape); TypeProto.tensor_type.shape.dim[].dim_value
+// Calls fn(Reader) for every length-delimited field `number` of the message `r` holds; skips every other field.
+template <class Fn>
+inline void eachMessage(Reader r, uint32_t number, Fn&& fn)
+{
+    while (r.more())
+    {
+        auto [field, wire] = r.tag();
+        if (field == number && wire == 2)
+            fn(r.sub());
+        else
+            r.skip(wire);
+    }
+}
+
+// ValueInfoProto -> (name, shape); type(2).tensor_type(1).shape(2).dim(1).dim_value(1)
 inline std::pair<std::string, Shape> readValueInfo(Reader r)
 {
     std::string name;
@@ -221,36 +235,10 @@ inline std::pair<std::string, Shape> readValueInfo(Reader r)
         if (field == 1 && wire == 2)
             name = r.bytes();
         else if (field == 2 && wire == 2)
-        {
-            Reader type = r.sub();
-            while (type.more())
-            {
-                auto [tf, tw] = type.tag();
-                if (tf != 1 || tw != 2)
-                {
-                    type.skip(tw);
-                    continue;
-                }
-                Reader tensor = type.sub();
-                while (tensor.more())
-                {
-                    auto [xf, xw] = tensor.tag();
-                    if (xf != 2 || xw != 2)
-                    {
-                        tensor.skip(xw);
-                        continue;
-                    }
+            eachMessage(r.sub(), 1, [&](Reader tensor) {
+                eachMessage(tensor, 2, [&](Reader dims) {
                     ranked = true;
-                    Reader dims = tensor.sub();
-                    while (dims.more())
-                    {
-                        auto [df, dw] = dims.tag();
-                        if (df != 1 || dw != 2)
-                        {
-                            dims.skip(dw);
-                            continue;
-                        }
-                        Reader dim = dims.sub();
+                    eachMessage(dims, 1, [&](Reader dim) {
                         int64_t value = -1;
                         while (dim.more())
                         {
@@ -261,10 +249,9 @@ inline std::pair<std::string, Shape> readValueInfo(Reader r)
                                 dim.skip(vw);
                         }
                         shape.push_back(value);
-                    }
-                }
-            }
-        }
+                    });
+                });
+            });
         else
             r.skip(wire);
     }
@@ -278,18 +265,9 @@ inline Model readModel(std::string const& path)
         throw std::runtime_error("cannot open " + path);
     std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     Model m;
-    Reader model(data.data(), data.size());
     bool sawGraph = false;
-    while (model.more())
-    {
-        auto [field, wire] = model.tag();
-        if (field != 7 || wire != 2) // ModelProto.graph
-        {
-            model.skip(wire);
-            continue;
-        }
+    eachMessage(Reader(data.data(), data.size()), 7, [&](Reader graph) { // ModelProto.graph
         sawGraph = true;
-        Reader graph = model.sub();
         while (graph.more())
         {
             auto [gf, gw] = graph.tag();
@@ -304,7 +282,7 @@ inline Model readModel(std::string const& path)
             else
                 graph.skip(gw);
         }
-    }
+    });
     if (!sawGraph)
         throw std::runtime_error(path + " holds no ONNX graph");
     return m;
