@@ -23,7 +23,7 @@ per-precision tolerances. A fused fp16 network that fails where the decomposed f
 one that fails alongside it is reported (random classifier weights have near-tied logits).
 
 Without a GPU it prints ``SKIP: ...`` and exits 0 (77 with ``--strict-skip``); ``--smoke`` runs the same code on the
-CPU with tiny networks (width 0.5, 32 x 32, batch 1, fp32, eager) under ``TRITON_INTERPRET=1``.
+CPU with tiny networks (width 0.5, 32 x 32, batch 1, fp32 and fp16, eager) under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     started = time.time()
     if args.smoke:
-        width, size, classes, batches, dtypes, modes = 0.5, 32, 10, (1,), ["fp32"], ["eager"]
+        width, size, classes, batches, dtypes, modes = 0.5, 64, 10, (1,), ["fp32", "fp16"], ["eager"]
         config = TimingConfig(warmup_s=0.0, min_iters=1, min_seconds=0.0, block_s=0.001)
         parity_batch = 2
     else:
