@@ -308,3 +308,17 @@ def test_the_qdp_launch_says_skip_without_a_gpu(capsys):
     if _proof_module().gpu_present() is None:
         pytest.skip("a GPU is here: the launch runs for real in the proof")
     assert module.main([]) == 77 and capsys.readouterr().out.startswith("SKIP no CUDA driver or GPU")
+
+
+def test_the_harness_judges_by_the_judges_limits():
+    """The C++ harness cannot import the judge: its constants are checked against it here."""
+    import re
+
+    from ulsam_deploy.backends.judge import DEFAULT_TOLERANCES, REPORT_TOLERANCE
+
+    text = (ROOT / "plugins" / "subspace_attention" / "plugin_gpu_harness.cpp").read_text()
+    found = dict(re.findall(r"k(Fp\d\d(?:Atol|Rtol)) = ([0-9.e-]+)", text))
+    assert {k: float(v) for k, v in found.items()} == {
+        "Fp32Atol": DEFAULT_TOLERANCES["fp32"].atol, "Fp32Rtol": DEFAULT_TOLERANCES["fp32"].rtol,
+        "Fp16Atol": REPORT_TOLERANCE["fp16"][0], "Fp16Rtol": REPORT_TOLERANCE["fp16"][1]}
+    assert "d <= atol || d <= rtol * std::fabs(ref[i])" in text  # the judge's rule: within atol OR within rtol

@@ -16,7 +16,7 @@
 // attachToContext -> enqueue, bitwise equal); a second context on another thread (bitwise equal); enqueue
 // inside CUDA-graph capture and a replay (bitwise equal); enqueue without onShapeChange (an error, a logged
 // sentence, nothing written); canaries after the output and the workspace. Outputs are compared with a float64
-// port of kernels/reference.py (fp32: |d| <= 1e-4 + 1e-4|ref|; fp16: |d| <= 2e-2 + 2e-2|ref|).
+// port of kernels/reference.py within the judge's element-wise limits (fp32: 1e-4 or 1e-3 relative; fp16: 1e-2).
 // The CUDA driver is reached through dlopen (nothing from CUDA is linked). Exit 0 pass, 1 fail, 77 no GPU.
 #include "NvInferRuntime.h"
 #include "half_float.h"
@@ -310,9 +310,13 @@ void makeInput(Case const& k, int seed, std::vector<uint8_t>& bytes, std::vector
     }
 }
 
+// The judge's element-wise limits (backends/judge.py: fp32's gate, the limits fp16 is reported against): an element
+// passes within atol or within rtol of the reference (tests/test_gpu_proof.py keeps these equal to the judge's).
+constexpr double kFp32Atol = 1e-4, kFp32Rtol = 1e-3, kFp16Atol = 1e-2, kFp16Rtol = 1e-2;
+
 bool close(std::vector<uint8_t> const& got, std::vector<double> const& ref, bool half, double* worst)
 {
-    double const atol = half ? 2e-2 : 1e-4, rtol = atol;
+    double const atol = half ? kFp16Atol : kFp32Atol, rtol = half ? kFp16Rtol : kFp32Rtol;
     *worst = 0.0;
     bool ok = true;
     for (size_t i = 0; i < ref.size(); ++i)
@@ -332,7 +336,7 @@ bool close(std::vector<uint8_t> const& got, std::vector<double> const& ref, bool
         }
         double const d = std::fabs(v - ref[i]);
         *worst = std::max(*worst, d);
-        if (!(d <= atol + rtol * std::fabs(ref[i])))
+        if (!(d <= atol || d <= rtol * std::fabs(ref[i])))
             ok = false;
     }
     return ok;
