@@ -322,3 +322,17 @@ def test_the_harness_judges_by_the_judges_limits():
         "Fp32Atol": DEFAULT_TOLERANCES["fp32"].atol, "Fp32Rtol": DEFAULT_TOLERANCES["fp32"].rtol,
         "Fp16Atol": REPORT_TOLERANCE["fp16"][0], "Fp16Rtol": REPORT_TOLERANCE["fp16"][1]}
     assert "d <= atol || d <= rtol * std::fabs(ref[i])" in text  # the judge's rule: within atol OR within rtol
+
+
+def test_a_tool_refusing_the_machine_is_skipped_with_its_line_and_a_finding_still_fails(tmp_path):
+    """compute-sanitizer on gVisor says 'Device not supported' and fails: that is the machine, not our code."""
+    module = _proof_module()
+    proof = module.Proof(tmp_path, budget_s=60)
+    refused = proof.run("sanitizer", ["sh", "-c", "echo '========= Error: Device not supported'; exit 99"],
+                        unsupported=module.TOOL_REFUSALS)
+    finding = proof.run("finding", ["sh", "-c", "echo '========= Invalid __global__ write of size 4'; exit 99"],
+                        unsupported=module.TOOL_REFUSALS)
+    assert refused["status"] == "skipped" and "Device not supported" in refused["reason"]
+    assert finding["status"] == "failed" and "exit 99" in finding["reason"]
+    capped = proof.run("stuck", ["sleep", "30"], cap=1)
+    assert capped["status"] == "failed" and "timed out" in capped["reason"] and capped["seconds"] < 10
