@@ -119,7 +119,28 @@ def test_cli_refuses_half_tls_and_bad_kinds(cli_runner, artifacts, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_wants_onnx_files_or_list_kinds_not_both(cli_runner, artifacts):
+    result = cli_runner.invoke(app, ["fleet"])
+    assert result.exit_code == 2 and "or --list-kinds" in one_error_line(result.output)
+    result = cli_runner.invoke(app, ["fleet", str(artifacts[0]), "--list-kinds"])
+    assert result.exit_code == 2 and "ships nothing" in one_error_line(result.output)
+
+
 # --------------------------------------------------------------------------- on a cluster (slow)
+
+
+@pytest.mark.slow
+def test_list_kinds_shows_the_connected_kinds_and_ships_nothing(cli_runner, tmp_path, monkeypatch):
+    from ulsam_deploy.fleet import cluster
+
+    monkeypatch.chdir(tmp_path)
+    result = cli_runner.invoke(app, ["fleet", "--list-kinds"])
+    assert result.exit_code == 0, result.output
+    kinds = cluster.local_kinds()
+    assert "Device kinds at the embedded cluster on 127.0.0.1 (names for --kinds):" in result.output
+    for kind in kinds:
+        assert f"│ {kind} " in result.output
+    assert list(tmp_path.iterdir()) == [] and not _children_running()
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from ulsam_deploy.events import Events
 
 @command()
 def fleet(
-    artifacts: list[Path] = typer.Argument(..., metavar="ONNX...", help="The ONNX files to ship (first: the fp32 reference; then fused / fp16 / int8 variants), each with its sidecar."),
+    artifacts: Optional[list[Path]] = typer.Argument(None, metavar="ONNX...", help="The ONNX files to ship (first: the fp32 reference; then fused / fp16 / int8 variants), each with its sidecar."),
+    list_kinds: bool = typer.Option(False, "--list-kinds", help="Only list the device kinds connected to the scheduler, with their workers, and stop."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="Device kinds to cover, comma-separated (worker resources) [default: every connected kind]."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address, e.g. tls://10.0.0.5:8786 [default: a cluster on this machine]."),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="TLS: the CA certificate (PEM) that signed every party."),
@@ -52,6 +53,12 @@ def fleet(
     from ulsam_deploy.bench.report import check_report_paths
 
     require_dask()
+    if list_kinds and artifacts:
+        raise UserError("--list-kinds lists the connected device kinds and ships nothing; drop the ONNX files or "
+                        "--list-kinds.")
+    if not list_kinds and not artifacts:
+        raise UserError("Give the ONNX files to ship (the fp32 reference first), or --list-kinds to see the "
+                        "connected device kinds.")
     given = [p for p in (tls_ca, tls_cert, tls_key) if p is not None]
     if given and len(given) != 3:
         raise UserError("TLS needs all three of --tls-ca, --tls-cert and --tls-key.")
@@ -64,6 +71,9 @@ def fleet(
         raise UserError(f"--plugin must be one of {', '.join(PLUGIN_ROUTES)}, not '{plugin}'.")
     tls = TlsFiles(tls_ca, tls_cert, tls_key) if given else None
     address = check_address(scheduler, tls) if scheduler is not None else None
+    if list_kinds:
+        _list_kinds(address, tls)
+        return
     options = FleetOptions(
         kinds=list(csv_list(kinds, "--kinds")) if kinds is not None else None,
         bench=BenchSettings(batch_sizes=list(csv_list(batch_sizes, "--batch-sizes", int)), warmup_ms=warmup,
@@ -97,6 +107,26 @@ def fleet(
         failed = [f"{r.kind} ({r.status})" for r in run.results if r.status != "ok"]
         raise UserError(f"Not every device passed: {', '.join(failed) or 'a parity check failed'}; the report says "
                         "why for each row.", exit_code=3)
+
+
+def _list_kinds(address: str | None, tls) -> None:
+    """The kinds a fleet would cover (``--kinds`` names), each with its workers: what a run would be sent to."""
+    from ulsam_deploy.fleet.cluster import open_client, workers_by_kind
+
+    with console.status("Asking the scheduler for its workers", spinner="dots"):
+        with open_client(address, tls=tls) as client:
+            kinds = workers_by_kind(client)
+    where = address or "the embedded cluster on 127.0.0.1"
+    if not kinds:
+        raise UserError(f"No worker with a device kind is connected to {where}; start one with 'dask worker "
+                        "ADDRESS --resources \"KIND=1\" --nthreads 1' (docs/fleet.md).")
+    table = Table()
+    for column in ("kind", "workers", "addresses"):
+        table.add_column(column, overflow="fold")
+    for kind, addresses in sorted(kinds.items()):
+        table.add_row(escape(kind), str(len(addresses)), escape(", ".join(sorted(addresses))))
+    console.print(f"Device kinds at {escape(where)} (names for --kinds):", soft_wrap=True, highlight=False)
+    console.print(table)
 
 
 class FleetProgress(Events):
