@@ -41,7 +41,6 @@ canaries; plus compute-sanitizer memcheck over its quick mode.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -114,20 +113,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def gpu_present() -> str | None:
-    """None when a CUDA driver with a GPU is here, else why not."""
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            lib = None
-    if lib is None:
-        return "no CUDA driver (libcuda.so.1 not found)"
-    count = ctypes.c_int(0)
-    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return "the CUDA driver finds no GPU"
-    return None
+def gpu_present(driver=None) -> str | None:
+    """None when a CUDA driver with a GPU is here, else why not (``backends/trt/cuda.py``'s probe, or ``driver``,
+    its result)."""
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
+
+    driver = driver or probe_cuda_driver()
+    return None if driver.gpus else f"no usable CUDA driver or GPU: {driver.error or 'the driver reports none'}"
 
 
 def find_cuda_tool(name: str) -> str | None:
@@ -200,8 +192,6 @@ def prepare(carry: Path, headers_from: Path, items: list[tuple[str, float, str, 
     ``(arch, width, positions, groups)`` item, exported and fused by ``export_model`` (the ``export --fuse`` step)
     from a network whose BatchNorm statistics come from a few random batches, at 224 x 224; ``whole`` kept whole."""
     import onnx
-    import tempfile
-
     import torch
 
     from ulsam_deploy.models import build_model, calibrate_batchnorm
@@ -301,19 +291,21 @@ def main() -> int:
         prepare(args.carry, args.headers_from, items, whole=("mv2", 1.0, "17:1", 4))
         return 0
     headers = Path(os.environ.get("ULSAM_TRT_HEADERS") or args.carry)
-    cases = onnx_files(args.onnx_dir or args.carry / "fused-onnx")
+    onnx_dir = args.onnx_dir or args.carry / "fused-onnx"
+    cases = onnx_files(onnx_dir)
     proof = Proof(args.out, args.budget)
     started = time.perf_counter()
+    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
     from ulsam_deploy.backends.trt.plugin_build import build_plugin
 
-    no_gpu = gpu_present()
+    driver = probe_cuda_driver()
+    no_gpu = gpu_present(driver)
     sets = header_sets(headers) if headers.is_dir() else []
     if not sets:
         proof.record("headers", "failed", reason=f"no TensorRT header set (include/NvInfer.h) under {headers}; fetch "
                      "NVIDIA/TensorRT's include/ at v10.3.0 and v11.x into third_party_fetched/ and run --prepare")
     if not cases:
-        where = args.onnx_dir or args.carry / "fused-onnx"
-        proof.record("fused ONNX nodes", "failed", reason=f"no fused ONNX under {where}; run this script with "
+        proof.record("fused ONNX nodes", "failed", reason=f"no fused ONNX under {onnx_dir}; run this script with "
                      "--prepare first")
     launcher = None
     harnesses: list[tuple[str, Path, Path]] = []  # (tag, harness, plugin library)
@@ -400,10 +392,8 @@ def main() -> int:
         if tool and row["status"] == "skipped":
             refused[command[0]] = row["reason"]
     failed = [r["check"] for r in proof.rows if r["status"] == "failed"]
-    from ulsam_deploy.backends.trt.cuda import probe_cuda_driver
-
     result = {"machine": {"host": platform.node(), "machine": platform.machine(), "gpu": no_gpu or "present",
-                          "driver": probe_cuda_driver().to_dict()},
+                          "driver": driver.to_dict()},
               "headers": [str(s) for s in sets], "fused_onnx": [c.name for c in cases],
               "seconds": round(time.perf_counter() - started, 1),
               "passed": not failed, "failed": failed, "checks": proof.rows}

@@ -56,102 +56,85 @@ def plan(n, c, h, w, g, dtype, width_known: bool, arch: int | None):
     return kernel, launch, scalars
 
 
-class Driver:
-    """The few driver calls the launch needs, through ctypes (nothing linked)."""
+class Launcher:
+    """The launch on top of ``backends/trt/cuda.py`` (its driver, primary context, pinned memory, stream, errors):
+    only the module and launch calls are added here."""
 
     def __init__(self):
-        self.lib = ctypes.CDLL("libcuda.so.1")
-        self.ctx = ctypes.c_void_p()
-        dev = ctypes.c_int()
-        self.ok(self.lib.cuInit(0), "cuInit")
-        self.ok(self.lib.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-        self.ok(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(self.ctx), dev), "cuDevicePrimaryCtxRetain")
-        self.ok(self.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-        major, minor = ctypes.c_int(), ctypes.c_int()
-        self.ok(self.lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev), "cc major")
-        self.ok(self.lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev), "cc minor")
-        self.cc = major.value * 10 + minor.value
-        name = ctypes.create_string_buffer(256)
-        self.lib.cuDeviceGetName(name, 256, dev)
-        self.name = name.value.decode()
-        self.lib.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
-        self.lib.cuMemFree_v2.argtypes = [ctypes.c_uint64]
-        self.lib.cuMemcpyHtoD_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
-        self.lib.cuMemcpyDtoH_v2.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t]
-        self.lib.cuMemsetD8_v2.argtypes = [ctypes.c_uint64, ctypes.c_ubyte, ctypes.c_size_t]
-        self.lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [
-            ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+        from ulsam_deploy.backends.trt.cuda import open_cuda_memory
 
-    def ok(self, status: int, what: str) -> None:
-        if status != 0:
-            text = ctypes.c_char_p()
-            self.lib.cuGetErrorName(status, ctypes.byref(text))
-            raise RuntimeError(f"{what} failed: {text.value.decode() if text.value else status}")
+        self.memory = open_cuda_memory(0)
+        gpu = self.memory.driver.gpus()[0]
+        self.name, self.cc = gpu.name, int(gpu.sm.removeprefix("sm_"))
+        lib, ptr = self.memory.driver.lib, ctypes.POINTER
+        for fn, args in (("cuModuleLoadData", [ptr(ctypes.c_void_p), ctypes.c_char_p]),
+                         ("cuModuleGetFunction", [ptr(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]),
+                         ("cuFuncSetAttribute", [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]),
+                         ("cuModuleUnload", [ctypes.c_void_p]),
+                         ("cuLaunchKernel", [ctypes.c_void_p] + [ctypes.c_uint] * 7
+                          + [ctypes.c_void_p, ptr(ctypes.c_void_p), ctypes.c_void_p])):
+            getattr(lib, fn).restype, getattr(lib, fn).argtypes = ctypes.c_int, args
 
-    def alloc(self, nbytes: int, fill: int | None = None) -> int:
-        ptr = ctypes.c_uint64()
-        self.ok(self.lib.cuMemAlloc_v2(ctypes.byref(ptr), max(nbytes, 1)), "cuMemAlloc")
-        if fill is not None:
-            self.ok(self.lib.cuMemsetD8_v2(ptr.value, fill, nbytes), "cuMemsetD8")
-        return ptr.value
+    def upload(self, array: np.ndarray):
+        """A device copy of ``array`` (through pinned memory, on the stream)."""
+        host = self.memory.host_empty(array.shape, array.dtype)
+        np.copyto(host, array)
+        dev = self.memory.device_empty(array.shape, array.dtype)
+        self.memory.h2d(dev, host)
+        self.memory.synchronize()
+        return dev
 
-    def upload(self, array: np.ndarray) -> int:
-        array = np.ascontiguousarray(array)
-        ptr = self.alloc(array.nbytes)
-        self.ok(self.lib.cuMemcpyHtoD_v2(ptr, array.ctypes.data, array.nbytes), "cuMemcpyHtoD")
-        return ptr
-
-    def download(self, ptr: int, nbytes: int) -> bytes:
-        out = ctypes.create_string_buffer(nbytes)
-        self.ok(self.lib.cuMemcpyDtoH_v2(out, ptr, nbytes), "cuMemcpyDtoH")
-        return out.raw
+    def download(self, dev) -> bytes:
+        host = self.memory.host_empty((dev.nbytes,), np.uint8)
+        self.memory.d2h(host, dev)
+        self.memory.synchronize()
+        return host.tobytes()
 
     def function(self, ptx: str, entry: str, shared: int):
+        call = self.memory.driver.call
         module, func = ctypes.c_void_p(), ctypes.c_void_p()
         t0 = time.perf_counter()
-        self.ok(self.lib.cuModuleLoadData(ctypes.byref(module), ptx.encode() + b"\0"), "cuModuleLoadData (PTX JIT)")
+        call("cuModuleLoadData", ctypes.byref(module), ptx.encode() + b"\0")  # the driver JIT-compiles the PTX
         jit_ms = (time.perf_counter() - t0) * 1e3
-        self.ok(self.lib.cuModuleGetFunction(ctypes.byref(func), module, entry.encode()), "cuModuleGetFunction")
+        call("cuModuleGetFunction", ctypes.byref(func), module, entry.encode())
         if shared > 48 * 1024:
-            self.ok(self.lib.cuFuncSetAttribute(func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared),
-                    "cuFuncSetAttribute")
+            call("cuFuncSetAttribute", func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
         return module, func, jit_ms
 
     def launch(self, func, grid: int, block: int, shared: int, args: list) -> None:
         holders = [ctypes.c_uint64(v) if kind == "u64" else ctypes.c_int32(v) for kind, v in args]
         params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(h), ctypes.c_void_p) for h in holders])
-        self.ok(self.lib.cuLaunchKernel(func, grid, 1, 1, block, 1, 1, shared, None, params, None), "cuLaunchKernel")
-        self.ok(self.lib.cuCtxSynchronize(), "the kernel (cuCtxSynchronize)")
+        self.memory.driver.call("cuLaunchKernel", func, grid, 1, 1, block, 1, 1, shared, self.memory.stream, params,
+                                None)
+        self.memory.synchronize()
 
 
-def run_case(driver: Driver, case, dtype: str, width_known: bool) -> dict:
+def run_case(launcher: Launcher, case, dtype: str, width_known: bool) -> dict:
     from ulsam_deploy.kernels import reference as R
 
     n, c, h, w, g = case
-    kernel, launch, scalars = plan(n, c, h, w, g, dtype, width_known, driver.cc)
+    kernel, launch, scalars = plan(n, c, h, w, g, dtype, width_known, launcher.cc)
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     rng = np.random.default_rng(n * 1000 + c + h + w + g)
     x = rng.standard_normal((n, c, h, w)).astype(np_dtype)
     p = R.random_params(c, g, seed=c + g, logit_scale=3.0)
-    module, func, jit_ms = driver.function(kernel.ptx, kernel.entry, kernel.shared_bytes)
-    inputs = [driver.upload(x)] + [driver.upload(np.asarray(v, np.float32))
-                                   for v in (p.dw_scale, p.dw_shift, p.pw_weight, p.pw_bias)]
+    module, func, jit_ms = launcher.function(kernel.ptx, kernel.entry, kernel.shared_bytes)
+    inputs = [launcher.upload(x)] + [launcher.upload(np.asarray(v, np.float32))
+                                     for v in (p.dw_scale, p.dw_shift, p.pw_weight, p.pw_bias)]
     y_bytes, ws_bytes = x.nbytes, int(np.prod(launch["ws_shape"])) * 4
-    y = driver.alloc(y_bytes + CANARY, fill=0xA5)
-    ws = driver.alloc(ws_bytes + CANARY, fill=0xA5)
-    args = [("u64", v) for v in inputs] + [("u32", int(v)) for v in scalars] + [("u64", y), ("u64", ws)]
-    driver.launch(func, launch["grid"], kernel.threads, kernel.shared_bytes, args)
-    raw = driver.download(y, y_bytes + CANARY)
+    y = launcher.upload(np.full(y_bytes + CANARY, 0xA5, np.uint8))
+    ws = launcher.upload(np.full(ws_bytes + CANARY, 0xA5, np.uint8))
+    args = [("u64", d.ptr) for d in inputs] + [("u32", int(v)) for v in scalars] + [("u64", y.ptr), ("u64", ws.ptr)]
+    launcher.launch(func, launch["grid"], kernel.threads, kernel.shared_bytes, args)
+    raw, raw_ws = launcher.download(y), launcher.download(ws)
+    launcher.memory.driver.call("cuModuleUnload", module)
     got = np.frombuffer(raw[:y_bytes], dtype=np_dtype).reshape(x.shape).astype(np.float64)
-    canaries = raw[y_bytes:] == b"\xa5" * CANARY and driver.download(ws + ws_bytes, CANARY) == b"\xa5" * CANARY
+    canaries = raw[y_bytes:] == b"\xa5" * CANARY and raw_ws[ws_bytes:] == b"\xa5" * CANARY
     ref = R.subspace_attention_numpy(x.astype(np.float64), g, p.dw_scale, p.dw_shift, p.pw_weight, p.pw_bias,
                                      True, True, out_dtype=np.float64)
     tol = 2e-3 * np.abs(ref) + 2e-3 if dtype == "fp16" else 1e-5 * np.abs(ref) + 1e-5
     err = float(np.abs(got - ref).max())
     ok = bool((np.abs(got - ref) <= tol).all()) and canaries
-    for ptr in [*inputs, y, ws]:
-        driver.lib.cuMemFree_v2(ptr)
-    driver.lib.cuModuleUnload(module)
     return {"shape": list(case), "dtype": dtype, "width_known": width_known, "entry": kernel.entry,
             "ptx_arch": kernel.arch, "variant": kernel.variant, "grid": launch["grid"], "threads": kernel.threads,
             "shared_bytes": kernel.shared_bytes, "jit_ms": jit_ms, "max_abs_err": err, "canaries": canaries,
@@ -179,18 +162,20 @@ def main(argv=None) -> int:
                           f"g={case[4]} {dtype} width {'known' if known else 'dynamic'}: {kernel.entry} "
                           f"({len(types)} params), grid {launch['grid']} x {kernel.threads} threads")
     else:
+        from ulsam_deploy.backends.trt.cuda import CudaError, CudaUnavailable
+
         try:
-            driver = Driver()
-        except (OSError, RuntimeError) as exc:
+            launcher = Launcher()
+        except CudaUnavailable as exc:
             print(f"SKIP no CUDA driver or GPU: {exc}")
             return 77
-        print(f"device {driver.name} (sm_{driver.cc})")
+        print(f"device {launcher.name} (sm_{launcher.cc})")
         for case in CASES:
             for dtype in ("fp32", "fp16"):
                 for known in (True, False):
                     try:
-                        row = run_case(driver, case, dtype, known)
-                    except RuntimeError as exc:
+                        row = run_case(launcher, case, dtype, known)
+                    except CudaError as exc:
                         row = {"shape": list(case), "dtype": dtype, "width_known": known, "ok": False,
                                "error": str(exc)}
                     rows.append(row)
@@ -200,6 +185,7 @@ def main(argv=None) -> int:
                                                   f"{'intact' if row['canaries'] else 'OVERWRITTEN'}")
                     print(f"{'PASS' if row['ok'] else 'FAIL'} qdp N={case[0]} C={case[1]} {case[2]}x{case[3]} "
                           f"g={case[4]} {dtype} width {'known' if known else 'dynamic'}: {detail}", flush=True)
+        launcher.memory.close()
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures}, indent=1) + "\n")
     print(f"{'PASSED' if not failures else 'FAILED'}: {len(rows)} launches, {failures} failed")
