@@ -599,23 +599,11 @@ void printFields(IPluginCreatorV3One* creator, std::string const& path)
     }
 }
 
-IPluginCreatorV3One* loadCreator(char const* library, CaptureLogger& logger, Finder& finder)
+IPluginCreatorV3One* loadCreator(char const* library, Finder& finder)
 {
-    void* lib = dlopen(library, RTLD_NOW | RTLD_LOCAL);
-    check(lib != nullptr, std::string("dlopen ") + library);
-    if (!lib)
-        return nullptr;
-    auto setFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(lib, "setLoggerFinder"));
-    auto getCreators = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(lib, "getCreators"));
-    check(setFinder && getCreators, "setLoggerFinder + getCreators exported");
-    if (!setFinder || !getCreators)
-        return nullptr;
-    setFinder(&finder);
-    int32_t count = 0;
-    IPluginCreatorInterface* const* creators = getCreators(count);
-    auto* creator = count > 0 ? static_cast<IPluginCreatorV3One*>(creators[0]) : nullptr;
+    ulsam_test::LoadedPlugin const plugin = loadPlugin(library, finder);
+    auto* creator = plugin.creators.empty() ? nullptr : static_cast<IPluginCreatorV3One*>(plugin.creators[0]);
     check(creator != nullptr, "one IPluginCreatorV3One");
-    (void) logger;
     return creator;
 }
 
@@ -661,7 +649,7 @@ int main(int argc, char** argv)
     Finder finder(&logger);
     if (std::strcmp(argv[1], "--fields") == 0 && argc >= 4)
     {
-        IPluginCreatorV3One* creator = loadCreator(argv[2], logger, finder);
+        IPluginCreatorV3One* creator = loadCreator(argv[2], finder);
         if (!creator)
             return 1;
         for (int i = 3; i < argc; ++i)
@@ -699,7 +687,7 @@ int main(int argc, char** argv)
         std::printf("SKIP no CUDA driver or GPU\n");
         return 77;
     }
-    IPluginCreatorV3One* creator = loadCreator(argv[1], logger, finder);
+    IPluginCreatorV3One* creator = loadCreator(argv[1], finder);
     if (!creator)
         return 1;
     // the ULSAM shapes of the paper configurations at 224 (MV2: 96 ch at 14x14, 160 ch at 7x7; MV1: 512 at

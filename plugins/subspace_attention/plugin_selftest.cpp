@@ -191,26 +191,15 @@ int main(int argc, char** argv)
         setenv("ULSAM_SA_CUDA_DRIVER", argv[3], 1); // before the plugin's launcher first needs the driver
         check(stub.load(argv[3]), std::string("stub driver ") + argv[3]);
     }
-    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    check(lib != nullptr, std::string("dlopen plugin: ") + (lib ? "ok" : dlerror()));
-    if (!lib)
-        return 1;
-    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
-    using SetLoggerFinder = void (*)(ILoggerFinder*);
-    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
-    auto setLoggerFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
-    check(getCreators && setLoggerFinder, "exports getCreators + setLoggerFinder");
-    check(dlsym(lib, "ulsam_sa_launch") == nullptr, "launcher symbols stay private to the plugin");
-    if (!getCreators || !setLoggerFinder)
-        return 1;
     CaptureLogger logger;
     Finder finder(&logger);
-    setLoggerFinder(&finder);
-
-    int32_t n = 0;
-    IPluginCreatorInterface* const* creators = getCreators(n);
-    check(n == 1 && creators && creators[0], "one creator");
-    auto* creator = static_cast<IPluginCreatorV3One*>(creators[0]);
+    ulsam_test::LoadedPlugin const library = loadPlugin(argv[1], finder);
+    if (library.handle)
+        check(dlsym(library.handle, "ulsam_sa_launch") == nullptr, "launcher symbols stay private to the plugin");
+    check(library.creators.size() == 1 && library.creators[0], "one creator");
+    if (library.creators.empty() || !library.creators[0])
+        return 1;
+    auto* creator = static_cast<IPluginCreatorV3One*>(library.creators[0]);
     check(std::string(creator->getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE", "creator kind PLUGIN CREATOR_V3ONE");
     check(std::string(creator->getPluginName()) == "SubspaceAttention", "name SubspaceAttention");
     check(std::string(creator->getPluginVersion()) == "1", "version 1");

@@ -1,8 +1,10 @@
 // What the plugin's self-tests share: check() and its failure count, a logger that keeps messages, the finder
-// handed to setLoggerFinder, dims4.
+// handed to setLoggerFinder, dims4, loading the plugin library.
 #pragma once
 
 #include "NvInferRuntime.h"
+
+#include <dlfcn.h>
 
 #include <cstdio>
 #include <string>
@@ -77,6 +79,36 @@ inline Dims dims4(int64_t n, int64_t c, int64_t h, int64_t w)
     return d;
 }
 
+// A plugin library opened the way IPluginRegistry::loadLibrary / trtexec --dynamicPlugins open it: dlopen, the two
+// exported entry points, the logger finder handed over, getCreators. Each step is a check line; `creators` is
+// empty when one failed.
+struct LoadedPlugin
+{
+    void* handle = nullptr;
+    std::vector<IPluginCreatorInterface*> creators;
+};
+
+inline LoadedPlugin loadPlugin(char const* path, ILoggerFinder& finder)
+{
+    LoadedPlugin loaded;
+    loaded.handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    check(loaded.handle != nullptr, std::string("dlopen ") + path + (loaded.handle ? "" : std::string(": ") + dlerror()));
+    if (!loaded.handle)
+        return loaded;
+    auto getCreators
+        = reinterpret_cast<IPluginCreatorInterface* const* (*) (int32_t&)>(dlsym(loaded.handle, "getCreators"));
+    auto setLoggerFinder = reinterpret_cast<void (*)(ILoggerFinder*)>(dlsym(loaded.handle, "setLoggerFinder"));
+    check(getCreators && setLoggerFinder, "exports getCreators + setLoggerFinder");
+    if (!getCreators || !setLoggerFinder)
+        return loaded;
+    setLoggerFinder(&finder);
+    int32_t count = 0;
+    IPluginCreatorInterface* const* creators = getCreators(count);
+    for (int32_t i = 0; creators && i < count; ++i)
+        loaded.creators.push_back(creators[i]);
+    return loaded;
+}
+
 } // namespace ulsam_test
 
 using ulsam_test::CaptureLogger;
@@ -84,3 +116,4 @@ using ulsam_test::check;
 using ulsam_test::dims4;
 using ulsam_test::gFailures;
 using ulsam_test::Finder;
+using ulsam_test::loadPlugin;
