@@ -155,7 +155,7 @@ def test_the_harness_loads_fields_as_tensorrts_onnx_parser_does(carry, harness):
     FLOATS -> kFLOAT32 (1), values bit-equal to what onnx reads; C, H, W from the graph."""
     import numpy as np
     import onnx
-    from onnx import helper, numpy_helper  # noqa: F401
+    from onnx import helper
 
     from ulsam_deploy import op_spec
 

@@ -31,7 +31,6 @@ from ulsam_deploy.errors import BackendUnavailable, UserError
 from ulsam_deploy.events import SILENT, Events
 
 
-
 @dataclass
 class DemoOptions:
     model: str = "fashion-mnist"  # a bundled model name
